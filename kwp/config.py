@@ -1,0 +1,473 @@
+"""The configuration model: YAML loading, validation and redaction.
+
+Pure: no Twisted here, so it loads fast in ``kwp check-config`` and in tests.
+Every problem found is collected, so one run reports all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from kwp.templates import Template, TemplateError, compile_template
+
+MiB = 1024 * 1024
+DEFAULT_BODY_LIMIT = 256 * 1024
+MAX_BODY_LIMIT = 100 * MiB
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+# Keys of the contract that no code implements yet.  They are refused rather
+# than accepted and ignored: an ignored allowed-ips would be a silent hole.
+NOT_SUPPORTED_YET = frozenset(
+    {
+        "server.trusted-proxies",
+        "server.metrics",
+        "channel.secret-extract-template",
+        "channel.secret-sign-template",
+        "channel.provider",
+        "channel.verify-token",
+        "channel.dedup-window-seconds",
+        "channel.max-queue",
+        "channel.allowed-ips",
+        "channel.forward",
+        "secret-type.hmac-sha256",
+    }
+)
+
+SECRET_TYPES = ("plain", "hmac-sha256")
+PROVIDERS = (
+    "github",
+    "gitlab",
+    "telegram",
+    "stripe",
+    "slack",
+    "shopify",
+    "standard-webhooks",
+    "meta",
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Forward:
+    url: str
+    interval_seconds: float = 30.0
+    expected_status: int | None = None
+    timeout_seconds: float = 15.0
+    max_attempts: int | None = None
+    max_delay_seconds: float = 3600.0
+    concurrency: int = 1
+    sign_header: str | None = None
+    sign_secret: str | None = None
+    sign_template: Template | None = None
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    token: str
+    secrets: tuple[str, ...] = ()
+    secret_header: str | None = None
+    secret_type: str = "plain"
+    extract_template: Template | None = None
+    sign_template: Template | None = None
+    provider: str | None = None
+    verify_token: str | None = None
+    dedup_window_seconds: int = 86400
+    max_queue: int | None = None
+    max_body_size: int | None = None
+    allowed_ips: tuple[Network, ...] = ()
+    note: str | None = None
+    monitoring_metrics: bool = True
+    forward: Forward | None = None
+
+
+@dataclass(frozen=True)
+class Server:
+    default_body_limit: int = DEFAULT_BODY_LIMIT
+    trusted_proxies: tuple[Network, ...] = ()
+    ignored_headers: frozenset[str] = frozenset()
+    admin_token: str | None = None
+    metrics: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Server = field(default_factory=Server)
+    channels: tuple[Channel, ...] = ()
+    path: str = "config.yml"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.channels})
+        object.__setattr__(self, "_by_token", {c.token: c for c in self.channels})
+
+    def channel(self, name: str) -> Channel | None:
+        return self._by_name.get(name)
+
+    def channel_for_token(self, token: str) -> Channel | None:
+        return self._by_token.get(token)
+
+    def body_limit(self, channel: Channel) -> int:
+        return channel.max_body_size or self.server.default_body_limit
+
+    @property
+    def largest_body_limit(self) -> int:
+        return max([self.server.default_body_limit] + [self.body_limit(c) for c in self.channels])
+
+
+class _Reader:
+    """Reads one mapping of the YAML document, recording errors with their place."""
+
+    def __init__(self, errors: list[str], where: str, data: Any, known: tuple[str, ...], aliases=None):
+        self.errors = errors
+        self.where = where
+        self.data = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            self.error(None, "must be a mapping")
+        self.aliases = aliases or {}
+        for key in self.data:
+            if not isinstance(key, str) or (key not in known and key not in self.aliases):
+                self.error(key, "unknown key" + _did_you_mean(key, known))
+
+    def error(self, key: str | None, message: str) -> None:
+        place = self.where + (f": key '{key}'" if key is not None else "")
+        self.errors.append(f"{place}: {message}")
+
+    def has(self, key: str) -> bool:
+        return self._key(key) in self.data
+
+    def _key(self, key: str) -> str:
+        if key not in self.data:
+            for alias, target in self.aliases.items():
+                if target == key and alias in self.data:
+                    return alias
+        return key
+
+    def get(self, key: str, check, default=None, required: bool = False):
+        """Return the checked value of key; check raises ValueError with a message."""
+        actual = self._key(key)
+        if actual not in self.data or self.data[actual] is None:
+            if required:
+                self.error(key, "is required")
+            return default
+        try:
+            return check(self.data[actual])
+        except ValueError as e:
+            self.error(actual, str(e))
+            return default
+
+
+def _did_you_mean(key: Any, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("must be a string")
+    value = str(value)
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("must not be an empty list")
+    return tuple(_string(v) for v in items)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _integer(low: int, high: int | None = None):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return check
+
+
+def _seconds(low: float):
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number of seconds")
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(
+                f"must be one of {', '.join(choices)}, got {value!r}" + _did_you_mean(value, choices)
+            )
+        return value
+
+    return check
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of IP addresses or CIDR ranges")
+    result = []
+    for item in value:
+        try:
+            result.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(result)
+
+
+def _header_names(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of header names")
+    return frozenset(_string(v).lower() for v in value)
+
+
+def _template(allowed: str):
+    def check(value: Any) -> Template:
+        try:
+            template = compile_template(_string(value))
+        except TemplateError as e:
+            raise ValueError(f"invalid template: {e}") from None
+        unknown = template.variables - {allowed}
+        if unknown:
+            raise ValueError(f"unknown variable {sorted(unknown)[0]!r}; only {allowed!r} is available")
+        return template
+
+    return check
+
+
+def _url(value: Any) -> str:
+    url = _string(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"has an invalid port: {url!r}") from None
+    return url
+
+
+SERVER_KEYS = ("default-body-limit", "trusted-proxies", "ignored-headers", "admin-token", "metrics")
+CHANNEL_KEYS = (
+    "name",
+    "api-read-token",
+    "webhook-secret",
+    "secret-header",
+    "secret-type",
+    "secret-extract-template",
+    "secret-sign-template",
+    "provider",
+    "verify-token",
+    "dedup-window-seconds",
+    "max-queue",
+    "max-body-size",
+    "allowed-ips",
+    "note",
+    "monitoring-metrics",
+    "forward",
+)
+FORWARD_KEYS = (
+    "url",
+    "interval-seconds",
+    "expected-status",
+    "timeout-seconds",
+    "max-attempts",
+    "max-delay-seconds",
+    "concurrency",
+    "sign-header",
+    "sign-secret",
+    "sign-template",
+)
+
+
+def _refuse_unsupported(reader: _Reader, scope: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if f"{scope}.{key}" in NOT_SUPPORTED_YET and reader.has(key):
+            reader.error(key, "is not supported yet by this version of kwp")
+
+
+def _parse_server(errors: list[str], where: str, data: Any) -> Server:
+    r = _Reader(errors, where, data if data is not None else {}, SERVER_KEYS)
+    _refuse_unsupported(r, "server", SERVER_KEYS)
+    return Server(
+        default_body_limit=r.get("default-body-limit", _integer(1, MAX_BODY_LIMIT), DEFAULT_BODY_LIMIT),
+        trusted_proxies=r.get("trusted-proxies", _networks, ()),
+        ignored_headers=r.get("ignored-headers", _header_names, frozenset()),
+        admin_token=r.get("admin-token", _string),
+        metrics=r.get("metrics", _boolean, False),
+    )
+
+
+def _parse_forward(errors: list[str], where: str, data: Any) -> Forward | None:
+    r = _Reader(errors, where, data, FORWARD_KEYS)
+    url = r.get("url", _url, required=True)
+    if url is None:
+        return None
+    return Forward(
+        url=url,
+        interval_seconds=r.get("interval-seconds", _seconds(0.001), 30.0),
+        expected_status=r.get("expected-status", _integer(100, 599)),
+        timeout_seconds=r.get("timeout-seconds", _seconds(0.001), 15.0),
+        max_attempts=r.get("max-attempts", _integer(1)),
+        max_delay_seconds=r.get("max-delay-seconds", _seconds(0.001), 3600.0),
+        concurrency=r.get("concurrency", _integer(1, 64), 1),
+        sign_header=r.get("sign-header", _string),
+        sign_secret=r.get("sign-secret", _string),
+        sign_template=r.get("sign-template", _template("signature")),
+    )
+
+
+def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str):
+        where = f"{where} ({name})"
+    r = _Reader(errors, where, data, CHANNEL_KEYS, aliases={"token": "api-read-token"})
+    if r.has("api-read-token") and "token" in r.data and "api-read-token" in r.data:
+        r.error("token", "is an alias of 'api-read-token'; give only one of them")
+    _refuse_unsupported(r, "channel", CHANNEL_KEYS)
+    name = r.get("name", _string, required=True)
+    if name is not None and not CHANNEL_NAME.match(name):
+        r.error("name", f"{name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
+    token = r.get("api-read-token", _string, required=True)
+    secret_type = r.get("secret-type", _one_of(SECRET_TYPES), "plain")
+    if f"secret-type.{secret_type}" in NOT_SUPPORTED_YET:
+        r.error("secret-type", f"{secret_type!r} is not supported yet by this version of kwp")
+    channel = Channel(
+        name=name or "",
+        token=token or "",
+        secrets=r.get("webhook-secret", _strings, ()),
+        secret_header=r.get("secret-header", _string),
+        secret_type=secret_type,
+        extract_template=r.get("secret-extract-template", _template("raw")),
+        sign_template=r.get("secret-sign-template", _template("signature")),
+        provider=r.get("provider", _one_of(PROVIDERS)),
+        verify_token=r.get("verify-token", _string),
+        dedup_window_seconds=r.get("dedup-window-seconds", _integer(0), 86400),
+        max_queue=r.get("max-queue", _integer(1)),
+        max_body_size=r.get("max-body-size", _integer(1, MAX_BODY_LIMIT)),
+        allowed_ips=r.get("allowed-ips", _networks, ()),
+        note=r.get("note", lambda v: str(v)),
+        monitoring_metrics=r.get("monitoring-metrics", _boolean, True),
+        forward=_parse_forward(errors, f"{where}: forward", data["forward"])
+        if r.has("forward") and f"channel.forward" not in NOT_SUPPORTED_YET
+        else None,
+    )
+    if channel.provider is None:
+        if channel.secrets and not channel.secret_header:
+            r.error("secret-header", "is required when webhook-secret is set (otherwise nothing is verified)")
+        if channel.secret_header and not channel.secrets:
+            r.error("webhook-secret", "is required when secret-header is set")
+    return channel if name and token else None
+
+
+def parse_config(data: Any, path: str = "config.yml") -> Config:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    top = _Reader(errors, path, data, ("server", "channels"))
+    server = _parse_server(errors, f"{path}: server", top.data.get("server"))
+    raw_channels = top.data.get("channels")
+    if not isinstance(raw_channels, list):
+        top.error("channels", "is required and must be a list of channels")
+        raw_channels = []
+    channels = []
+    for index, item in enumerate(raw_channels):
+        channel = _parse_channel(errors, f"{path}: channels[{index}]", item)
+        if channel is not None:
+            channels.append(channel)
+    seen_names: dict[str, int] = {}
+    seen_tokens: dict[str, str] = {}
+    for channel in channels:
+        where = f"{path}: channel '{channel.name}'"
+        if channel.name in seen_names:
+            errors.append(f"{where}: key 'name': duplicate channel name")
+        seen_names[channel.name] = 1
+        if channel.token in seen_tokens:
+            errors.append(
+                f"{where}: key 'api-read-token': the same token is used by channel '{seen_tokens[channel.token]}'"
+            )
+        elif channel.token == server.admin_token:
+            errors.append(f"{where}: key 'api-read-token': the same token is used as server.admin-token")
+        seen_tokens[channel.token] = channel.name
+    if errors:
+        raise ConfigError(errors)
+    return Config(server=server, channels=tuple(channels), path=path)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the YAML file at path."""
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the file: {e.strerror or e}"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{path}: invalid YAML{at}: {problem}"]) from None
+    return parse_config(data, path)
+
+
+REDACTED = "<redacted>"
+
+
+def redacted(config: Config) -> dict:
+    """The effective configuration as plain data, every secret and token replaced."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, Template):
+            return obj.source
+        if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            return str(obj)
+        if isinstance(obj, (tuple, list, frozenset)):
+            return [plain(v) for v in (sorted(obj) if isinstance(obj, frozenset) else obj)]
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
+        return obj
+
+    server = replace(config.server, admin_token=REDACTED if config.server.admin_token else None)
+    channels = []
+    for c in config.channels:
+        forward = c.forward
+        if forward is not None and forward.sign_secret:
+            forward = replace(forward, sign_secret=REDACTED)
+        channels.append(
+            replace(
+                c,
+                token=REDACTED,
+                secrets=tuple(REDACTED for _ in c.secrets),
+                verify_token=REDACTED if c.verify_token else None,
+                forward=forward,
+            )
+        )
+    return {"server": plain(server), "channels": [plain(c) for c in channels]}

@@ -1,0 +1,167 @@
+"""Pull delivery: GET (take and delete), long-poll, lease/ack, list, delete.
+
+A GET claims rows page by page under its own claim id and streams them as a
+JSON array.  Only when the response has been written completely are the
+claimed rows deleted; a client that goes away releases them.  With a lease
+the rows are not deleted but hidden until the lease ends or they are acked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kwp.errors import bad_request
+from kwp.notify import Notifier
+from kwp.storage import StoredWebhook
+
+log = Logger()
+
+PAGE = 200
+MAX_LIMIT = 10000
+MAX_WAIT = 60
+MAX_LEASE = 3600
+
+
+def int_arg(args: dict[str, str], name: str, low: int, high: int) -> int | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"'{name}' must be a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise bad_request(f"'{name}' must be from {low} to {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class PullQuery:
+    limit: int | None = None
+    wait: int = 0
+    lease: int | None = None
+
+    @classmethod
+    def parse(cls, args: dict[str, str]) -> "PullQuery":
+        return cls(
+            limit=int_arg(args, "limit", 1, MAX_LIMIT),
+            wait=int_arg(args, "wait", 0, MAX_WAIT) or 0,
+            lease=int_arg(args, "lease", 1, MAX_LEASE),
+        )
+
+
+def encode(item: StoredWebhook, with_deliveries: bool) -> bytes:
+    """One item of the pull array; the stored body is valid JSON, spliced as is."""
+    deliveries = b',"deliveries":%d' % item.deliveries if with_deliveries else b""
+    return b'{"id":%d,"headers":%s,"payload":%s,"received_at":%d%s}' % (
+        item.id,
+        item.headers_json.encode(),
+        item.body,
+        int(item.received_at),
+        deliveries,
+    )
+
+
+@implementer(IPushProducer)
+class _Throttle:
+    """Lets the writer wait while the transport's buffer is full."""
+
+    def __init__(self):
+        self._paused: Deferred | None = None
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+    def writable(self) -> Deferred | None:
+        return self._paused
+
+
+class Puller:
+    def __init__(self, storage, notifier: Notifier, clock):
+        self._storage = storage
+        self._notifier = notifier
+        self._clock = clock
+
+    async def take(self, request, channel: str, query: PullQuery) -> bytes:
+        """Stream the pending webhooks of channel to request; returns the
+        closing bracket for the route to write."""
+        claim_id = uuid.uuid4().hex
+
+        def written(_):
+            if query.lease is None:
+                return self._storage.finish_claim(claim_id)
+
+        def dropped(_):
+            return self._storage.release_claim(claim_id)
+
+        request.notifyFinish().addCallbacks(written, dropped).addErrback(
+            lambda f: log.failure("settling pull {claim} on {channel}", f, claim=claim_id, channel=channel)
+        )
+        request.setHeader(b"content-type", b"application/json")
+        throttle = _Throttle()
+        request.registerProducer(throttle, True)
+        try:
+            await self._stream(request, channel, claim_id, query, throttle)
+        except CancelledError:
+            raise
+        except Exception:
+            # The status line is gone already: cut the response short so the
+            # client cannot take a truncated array for a complete one.
+            if request.startedWriting:
+                request.transport.abortConnection()
+            raise
+        finally:
+            request.unregisterProducer()
+        return b"]"
+
+    async def _stream(self, request, channel, claim_id, query, throttle) -> None:
+        deadline = self._clock.seconds() + query.wait
+        remaining = query.limit if query.limit is not None else float("inf")
+        separator = b"["
+        sent = 0
+        while remaining > 0:
+            asked = int(min(PAGE, remaining))
+            waiter = self._notifier.wait(channel) if sent == 0 else None
+            try:
+                page = await self._storage.claim(channel, claim_id, asked, self._clock.seconds(), query.lease)
+                if not page and waiter is not None and self._clock.seconds() < deadline and not self._notifier.closed:
+                    await self._sleep(waiter, deadline)
+                    continue
+            finally:
+                if waiter is not None and not waiter.called:
+                    waiter.addErrback(lambda f: f.trap(CancelledError))
+                    waiter.cancel()
+            for item in page:
+                request.write(separator + encode(item, query.lease is not None))
+                separator = b","
+            sent += len(page)
+            remaining -= len(page)
+            if len(page) < asked:
+                break
+            paused = throttle.writable()
+            if paused is not None:
+                await paused
+        if sent == 0:
+            request.write(separator)
+
+    async def _sleep(self, waiter: Deferred, deadline: float) -> None:
+        waiter.addTimeout(deadline - self._clock.seconds(), self._clock)
+        try:
+            await waiter
+        except TimeoutError:
+            pass

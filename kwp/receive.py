@@ -1,0 +1,145 @@
+"""The receive pipeline: the ordered checks of CONTRACT §4.1, then storage.
+
+``check_headers`` holds the checks that need no body (steps 1 to 4); the
+Request subclass runs it as soon as the headers are in, before any body byte
+is buffered.  ``Receiver.receive`` runs the rest over the complete body.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from kwp import verify
+from kwp.config import Channel, Config
+from kwp.errors import ApiError
+from kwp.notify import Notifier
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def header_map(raw_headers: Iterable[tuple[bytes, list[bytes]]]) -> dict[str, str]:
+    """Lower-cased names, multi-valued headers joined with ", "."""
+    headers: dict[str, str] = {}
+    for name, values in raw_headers:
+        key = name.decode("latin-1").lower()
+        value = ", ".join(v.decode("latin-1") for v in values)
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def stored_headers(headers: dict[str, str], ignored: frozenset[str]) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in headers.items()
+        if k not in HOP_BY_HOP and k not in ignored and not k.startswith("proxy-")
+    }
+
+
+def check_headers(config: Config, name: str, headers: dict[str, str], peer: str, length: int | None) -> Channel:
+    """Steps 1-4 of §4.1; returns the channel or raises ApiError.
+
+    ``length`` is the declared Content-Length, None when unknown (chunked);
+    a chunked body is then held to the same limit while it arrives."""
+    channel = config.channel(name)
+    if channel is None:
+        raise ApiError(404, "channel_not_found", f"no channel named {name!r}")
+    if channel.allowed_ips:
+        ip = verify.client_ip(peer, headers, config.server.trusted_proxies)
+        if not verify.ip_allowed(ip, channel.allowed_ips):
+            raise ApiError(403, "ip_blocked", "the client address is not allowed on this channel")
+    if not verify.plain_ok(channel, headers):
+        raise ApiError(401, "unauthorized", "missing or invalid secret header")
+    if length is not None and length > config.body_limit(channel):
+        raise too_large(config, channel)
+    return channel
+
+
+def too_large(config: Config, channel: Channel) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body exceeds {config.body_limit(channel)} bytes")
+
+
+def is_json_type(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of body; raises ApiError 422.
+
+    Only UTF-8 text of strict JSON is taken (no NaN or Infinity), so the stored
+    bytes can be spliced unchanged into the JSON that pulls return."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(422, "invalid_json", "the body is not valid UTF-8 JSON") from None
+
+
+@dataclass(frozen=True)
+class Received:
+    status: str
+    id: int | None = None
+
+    def body(self) -> bytes:
+        if self.id is None:
+            return json.dumps({"status": self.status}).encode()
+        return json.dumps({"status": self.status, "id": self.id}).encode()
+
+
+class Receiver:
+    """Steps 5-9 of §4.1 over a complete request."""
+
+    def __init__(self, storage, notifier: Notifier, clock):
+        self._storage = storage
+        self._notifier = notifier
+        self._clock = clock
+
+    async def receive(self, config: Config, channel: Channel, headers: dict[str, str], body: bytes) -> Received:
+        if len(body) > config.body_limit(channel):
+            raise too_large(config, channel)
+        if not is_json_type(headers.get("content-type")):
+            raise ApiError(415, "invalid_content_type", "Content-Type must be application/json")
+        value = parse_json(body)
+        now = self._clock.seconds()
+        if not verify.signature_ok(channel, headers, body, now):
+            raise ApiError(401, "unauthorized", "missing or invalid signature")
+        webhook = NewWebhook(
+            channel=channel.name,
+            headers_json=json.dumps(stored_headers(headers, config.server.ignored_headers), separators=(",", ":")),
+            body=body,
+            received_at=now,
+            delivery_id=verify.delivery_id(channel, headers, value),
+            dedup_window=channel.dedup_window_seconds,
+            max_queue=channel.max_queue,
+        )
+        try:
+            result = await self._storage.insert(webhook)
+        except Exception as e:
+            raise ApiError(500, "internal_error", "the webhook could not be stored") from e
+        if result is DUPLICATE:
+            return Received("duplicate")
+        if result is QUEUE_FULL:
+            raise ApiError(503, "queue_full", "the channel's queue is full", {"Retry-After": "30"})
+        self._notifier.fire(channel.name)
+        return Received("ok", result)

@@ -1,0 +1,278 @@
+"""SQLite storage on adbapi's thread pool, with one connection and group commit.
+
+One connection (``cp_min = cp_max = 1``) makes every transaction serial, so a
+claim can never hand the same row to two readers.  Inserts that arrive while a
+transaction runs wait in a queue and are written together in the next one:
+one commit, one fsync per batch, and each caller's Deferred fires only after
+the commit that holds its row.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kwp.storage import DUPLICATE, QUEUE_FULL, IStorage, NewWebhook, StorageError, StoredWebhook
+
+log = Logger()
+
+
+def sqlite_path(url: str) -> str:
+    if url.startswith("sqlite://"):
+        url = url[len("sqlite://") :]
+        # sqlite:///abs/path keeps its leading slash; sqlite://rel/path does not.
+    return url or ":memory:"
+
+
+def _v1(cursor) -> None:
+    cursor.execute(
+        """CREATE TABLE webhooks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            channel TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            delivery_id TEXT,
+            claim TEXT,
+            lease_until REAL,
+            deliveries INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    cursor.execute("CREATE INDEX webhooks_channel ON webhooks (channel, id)")
+    cursor.execute("CREATE INDEX webhooks_claim ON webhooks (claim) WHERE claim IS NOT NULL")
+    cursor.execute(
+        """CREATE TABLE seen_deliveries (
+            channel TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (channel, delivery_id)
+        )"""
+    )
+
+
+# Migrations, oldest first; PRAGMA user_version counts how many have run.
+MIGRATIONS = [_v1]
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA busy_timeout = 5000")
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() not in ("wal", "memory"):
+        raise StorageError(f"cannot switch the database to WAL mode (got {mode})")
+    connection.execute("PRAGMA synchronous = FULL")
+    _migrate(connection)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StorageError(
+            f"the database has schema version {version}, newer than this kwp knows ({len(MIGRATIONS)})"
+        )
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        with connection:
+            cursor = connection.cursor()
+            migration(cursor)
+            cursor.execute(f"PRAGMA user_version = {number}")
+
+
+def _insert_batch(txn, batch: list[NewWebhook]) -> list:
+    results = []
+    for w in batch:
+        if w.delivery_id is not None:
+            txn.execute(
+                "DELETE FROM seen_deliveries WHERE channel = ? AND delivery_id = ? AND seen_at < ?",
+                (w.channel, w.delivery_id, w.received_at - w.dedup_window),
+            )
+            txn.execute(
+                "INSERT OR IGNORE INTO seen_deliveries (channel, delivery_id, seen_at) VALUES (?, ?, ?)",
+                (w.channel, w.delivery_id, w.received_at),
+            )
+            if txn.rowcount == 0:
+                results.append(DUPLICATE)
+                continue
+        if w.max_queue is not None:
+            txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ?", (w.channel,))
+            if txn.fetchone()[0] >= w.max_queue:
+                if w.delivery_id is not None:
+                    txn.execute(
+                        "DELETE FROM seen_deliveries WHERE channel = ? AND delivery_id = ?",
+                        (w.channel, w.delivery_id),
+                    )
+                results.append(QUEUE_FULL)
+                continue
+        txn.execute(
+            "INSERT INTO webhooks (channel, headers, body, received_at, delivery_id) VALUES (?, ?, ?, ?, ?)",
+            (w.channel, w.headers_json, w.body, w.received_at, w.delivery_id),
+        )
+        results.append(txn.lastrowid)
+    return results
+
+
+_VISIBLE = "channel = ? AND (claim IS NULL OR (lease_until IS NOT NULL AND lease_until <= ?))"
+_COLUMNS = "id, headers, body, received_at, deliveries"
+
+
+def _rows(txn) -> list[StoredWebhook]:
+    return [StoredWebhook(i, h, bytes(b), r, d) for i, h, b, r, d in txn.fetchall()]
+
+
+def _claim(txn, channel, claim_id, limit, now, lease_seconds) -> list[StoredWebhook]:
+    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE {_VISIBLE} ORDER BY id LIMIT ?", (channel, now, limit))
+    rows = _rows(txn)
+    if rows:
+        lease_until = None if lease_seconds is None else now + lease_seconds
+        txn.executemany(
+            "UPDATE webhooks SET claim = ?, lease_until = ?, deliveries = deliveries + 1 WHERE id = ?",
+            [(claim_id, lease_until, row.id) for row in rows],
+        )
+    return [StoredWebhook(r.id, r.headers_json, r.body, r.received_at, r.deliveries + 1) for r in rows]
+
+
+def _finish_claim(txn, claim_id) -> None:
+    txn.execute("DELETE FROM webhooks WHERE claim = ?", (claim_id,))
+
+
+def _release_claim(txn, claim_id) -> None:
+    txn.execute(
+        "UPDATE webhooks SET claim = NULL, lease_until = NULL, deliveries = deliveries - 1 WHERE claim = ?",
+        (claim_id,),
+    )
+
+
+def _release_orphans(txn) -> None:
+    """Unleased claims belong to pulls that a stopped process never finished."""
+    txn.execute(
+        "UPDATE webhooks SET claim = NULL, deliveries = deliveries - 1 WHERE claim IS NOT NULL AND lease_until IS NULL"
+    )
+
+
+def _ack(txn, channel, ids) -> int:
+    txn.executemany(
+        "DELETE FROM webhooks WHERE channel = ? AND id = ? AND deliveries > 0", [(channel, i) for i in ids]
+    )
+    return txn.rowcount
+
+
+def _list(txn, channel, limit, after) -> list[StoredWebhook]:
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?",
+        (channel, after, limit),
+    )
+    return _rows(txn)
+
+
+def _delete(txn, channel, webhook_id) -> bool:
+    txn.execute("DELETE FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
+    return txn.rowcount > 0
+
+
+def _ping(txn) -> None:
+    txn.execute("SELECT 1")
+
+
+@implementer(IStorage)
+class SQLiteStorage(Service):
+    name = "storage"
+
+    def __init__(self, path: str, reactor):
+        self.path = path
+        self._reactor = reactor
+        self._pool: adbapi.ConnectionPool | None = None
+        self._queue: list[tuple[NewWebhook, Deferred]] = []
+        self._writing = False
+
+    def prepare(self) -> None:
+        """Open the file once, synchronously, before the reactor runs: create
+        parents, set up WAL and migrate.  Raises StorageError."""
+        if self.path == ":memory:":
+            return
+        try:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+            connection = sqlite3.connect(self.path)
+            try:
+                _configure(connection)
+            finally:
+                connection.close()
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open database {self.path}: {e}") from None
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_configure,
+            cp_reactor=self._reactor,
+        )
+        self._pool.start()
+        self._run(_release_orphans).addErrback(lambda f: log.failure("releasing unfinished pulls", f))
+
+    def stopService(self):
+        super().stopService()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _run(self, txn_function, *args) -> Deferred:
+        if self._pool is None:
+            return fail(StorageError("the storage service is not running"))
+        return self._pool.runInteraction(txn_function, *args)
+
+    def insert(self, webhook: NewWebhook) -> Deferred:
+        d = Deferred()
+        self._queue.append((webhook, d))
+        if not self._writing:
+            self._write_next()
+        return d
+
+    def _write_next(self) -> None:
+        batch, self._queue = self._queue, []
+        self._writing = True
+        done = self._run(_insert_batch, [w for w, _ in batch])
+
+        def committed(results):
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure):
+            for _, d in batch:
+                d.errback(failure)
+
+        def next_batch(_):
+            self._writing = False
+            if self._queue:
+                self._write_next()
+
+        done.addCallbacks(committed, failed).addBoth(next_batch)
+
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None) -> Deferred:
+        return self._run(_claim, channel, claim_id, limit, now, lease_seconds)
+
+    def finish_claim(self, claim_id) -> Deferred:
+        return self._run(_finish_claim, claim_id)
+
+    def release_claim(self, claim_id) -> Deferred:
+        return self._run(_release_claim, claim_id)
+
+    def ack(self, channel, ids) -> Deferred:
+        return self._run(_ack, channel, ids)
+
+    def list(self, channel, limit, after=0) -> Deferred:
+        return self._run(_list, channel, limit, after)
+
+    def delete(self, channel, webhook_id) -> Deferred:
+        return self._run(_delete, channel, webhook_id)
+
+    def ping(self) -> Deferred:
+        return self._run(_ping)

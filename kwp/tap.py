@@ -1,0 +1,172 @@
+"""``twistd kwp``: command-line options and the wiring of the services."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+from kwp.config import ConfigError, load_config
+from kwp.notify import Notifier
+from kwp.storage import StorageError, open_storage
+from kwp.web import KwpApp, KwpSite
+
+log = Logger()
+
+LOG_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+}
+# How long a stop waits for requests in flight before closing the database.
+STOP_GRACE = 10
+
+# option: (environment variables, first wins; default)
+DEFAULTS = {
+    "config": (("KWP_CONFIG", "CONFIG_FILE"), "config.yml"),
+    "database": (("KWP_DATABASE", "DATABASE_URL"), "data/kwp.db"),
+    "log-format": (("KWP_LOG_FORMAT",), "text"),
+    "log-level": (("KWP_LOG_LEVEL", "LOG_LEVEL"), "info"),
+}
+
+
+def bind_address_endpoint(value: str) -> str:
+    """BIND_ADDRESS as host:port (the Rust project's form) as an endpoint string."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise usage.UsageError(f"BIND_ADDRESS must be host:port, got {value!r}")
+    host = host.strip("[]")
+    if not host:
+        return f"tcp:{port}"
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "kwp: a webhooks proxy. Options win over KWP_* environment variables."
+    optParameters = [
+        ["config", "c", None, "YAML file with channels and server settings [env KWP_CONFIG; config.yml]"],
+        ["database", "d", None, "SQLite file path, sqlite:///path or :memory: [env KWP_DATABASE; data/kwp.db]"],
+        ["log-format", None, None, "text or json [env KWP_LOG_FORMAT; text]"],
+        ["log-level", None, None, "debug, info, warn or error [env KWP_LOG_LEVEL; info]"],
+    ]
+
+    def __init__(self, environ=None):
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Twisted server endpoint string, repeatable [env KWP_LISTEN; tcp:8080]"""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self):
+        for key, (names, default) in DEFAULTS.items():
+            if self[key] is None:
+                self[key] = next((self.environ[n] for n in names if self.environ.get(n)), default)
+        if not self["listen"]:
+            if self.environ.get("KWP_LISTEN"):
+                self["listen"] = [self.environ["KWP_LISTEN"]]
+            elif self.environ.get("BIND_ADDRESS"):
+                self["listen"] = [bind_address_endpoint(self.environ["BIND_ADDRESS"])]
+            else:
+                self["listen"] = ["tcp:8080"]
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
+        self["log-level"] = self["log-level"].lower()
+        if self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(f"--log-level must be debug, info, warn or error, got {self['log-level']!r}")
+
+
+def make_log_observer(log_format: str, level: str, stream=None):
+    stream = stream or sys.stdout
+    if log_format == "json":
+        observer = jsonFileLogObserver(stream, recordSeparator="")
+    else:
+        observer = textFileLogObserver(stream)
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LOG_LEVELS[level])])
+
+
+class KwpService(MultiService):
+    """The storage, the listeners, and a stop in a fixed order: stop listening,
+    let requests in flight finish (bounded), then close the database."""
+
+    def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock):
+        super().__init__()
+        self.app = app
+        self.site = site
+        self.log_observer = log_observer
+        self._clock = clock
+        app.storage.setServiceParent(self)
+        self.listeners = []
+        for endpoint in listeners:
+            listener = StreamServerEndpointService(endpoint, site)
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def setServiceParent(self, parent):
+        # twistd builds the application after makeService and starts logging
+        # from its ILogObserver component: this is where --log-format lands.
+        super().setServiceParent(parent)
+        if hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.running = 0
+        yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
+        log.info("stopped listening; finishing requests in flight")
+        self.app.notifier.close()
+        idle = self.site.idle()
+        idle.addTimeout(STOP_GRACE, self._clock)
+        try:
+            yield idle
+        except defer.TimeoutError:
+            log.warn("requests still in flight after {grace}s; stopping anyway", grace=STOP_GRACE)
+        yield defer.maybeDeferred(self.app.storage.stopService)
+        log.info("kwp stopped")
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        config = load_config(options["config"])
+    except ConfigError as e:
+        raise SystemExit("kwp: invalid configuration:\n" + "\n".join(f"  {line}" for line in e.errors))
+    try:
+        storage = open_storage(options["database"], reactor)
+    except StorageError as e:
+        raise SystemExit(f"kwp: {e}")
+    try:
+        listeners = [endpoints.serverFromString(reactor, desc) for desc in options["listen"]]
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
+    app = KwpApp(config, storage, Notifier(), reactor)
+    site = KwpSite(app, reactor)
+    observer = make_log_observer(options["log-format"], options["log-level"])
+    log.info(
+        "kwp: {channels} channels from {path}, database {database}",
+        channels=len(config.channels),
+        path=config.path,
+        database=options["database"],
+    )
+    return KwpService(app, site, listeners, observer, reactor)

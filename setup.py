@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="kwp",
+    version="0.1.0",
+    description="A webhooks proxy on Twisted: receive, verify, store durably, deliver by pull or push",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kwp", "kwp.*"]) + ["twisted.plugins"],
+    include_package_data=False,
+    install_requires=[
+        "twisted>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.90",
+            "pytest-timeout>=2.2",
+        ],
+    },
+    entry_points={"console_scripts": ["kwp = kwp.cli:main"]},
+)
