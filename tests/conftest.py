@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.support import Daemon, LocalKwp, write_config
+
+BASIC_CONFIG = {
+    "server": {"admin-token": "admin-secret-token"},
+    "channels": [
+        {
+            "name": "github",
+            "api-read-token": "github-token",
+            "webhook-secret": "gh-secret",
+            "secret-header": "X-Hub-Signature-256",
+        },
+        {"name": "open", "token": "open-token"},
+        {"name": "small", "token": "small-token", "max-body-size": 1000},
+    ],
+}
+
+
+@pytest.fixture
+def local_kwp(tmp_path):
+    """Start kwp's Site in this process: local_kwp(config_dict=BASIC_CONFIG)."""
+    started = []
+
+    def start(config_data=BASIC_CONFIG):
+        kwp = LocalKwp(config_data, tmp_path / f"kwp{len(started)}.db")
+        kwp.start()
+        started.append(kwp)
+        return kwp
+
+    yield start
+    for kwp in started:
+        pytest_twisted.blockon(defer.ensureDeferred(kwp.stop()))
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """Start the real `twistd -n kwp`: daemon(config_dict, extra_args=...)."""
+    started = []
+
+    def start(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name="kwp.db"):
+        config_path = write_config(tmp_path / "config.yml", config_data)
+        d = Daemon(tmp_path, config_path, tmp_path / db_name, extra_args, env).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()

@@ -1,0 +1,141 @@
+"""Test helpers: an in-process kwp on 127.0.0.1, and the real twistd daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import treq
+import yaml
+from twisted.internet import reactor
+
+from kwp.config import parse_config
+from kwp.notify import Notifier
+from kwp.storage.sqlite import SQLiteStorage
+from kwp.web import KwpApp, KwpSite
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class LocalKwp:
+    """kwp's Site on a real 127.0.0.1 port in this process (real reactor,
+    temp-file database), for tests of the HTTP layer including KwpRequest."""
+
+    def __init__(self, config_data: dict, db_path: Path):
+        self.config = parse_config(config_data)
+        self.storage = SQLiteStorage(str(db_path), reactor)
+        self.storage.prepare()
+        self.app = KwpApp(self.config, self.storage, Notifier(), reactor)
+        self.site = KwpSite(self.app, reactor)
+        self.port = None
+
+    def start(self) -> None:
+        self.storage.startService()
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        self.storage.stopService()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}{path}"
+
+    async def post(self, channel: str, body, headers=None, **kwargs):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json"}
+        all_headers.update(headers or {})
+        return await treq.post(self.url(f"/api/webhook/{channel}"), data=data, headers=all_headers, **kwargs)
+
+    async def get(self, path: str, token: str | None = None, **kwargs):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await treq.get(self.url(path), headers=headers, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """``twistd -n kwp`` as a user starts it, in its own working directory."""
+
+    def __init__(self, workdir: Path, config_path: Path, db_path: Path, extra_args=(), env=None):
+        self.workdir = workdir
+        self.config_path = config_path
+        self.db_path = db_path
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "kwp.log"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        return [
+            TWISTD,
+            "--pidfile=",
+            "-n",
+            "kwp",
+            "--config",
+            str(self.config_path),
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--database",
+            str(self.db_path),
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 15) -> "Daemon":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args(), cwd=self.workdir, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kwp exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"kwp did not listen within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if getattr(self, "log_file", None):
+            self.log_file.close()

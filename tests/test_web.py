@@ -1,0 +1,318 @@
+"""The HTTP layer on a real 127.0.0.1 listener: receive checks, pull, auth."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor, task
+from twisted.internet.defer import ensureDeferred, gatherResults
+
+pytestmark = pytest.mark.usefixtures("local_kwp")
+
+GH = {"X-Hub-Signature-256": "gh-secret"}
+
+
+async def body_json(response):
+    return json.loads(await response.content())
+
+
+async def assert_error(response, status, code):
+    assert response.code == status
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    body = await body_json(response)
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_receive_then_pull_returns_and_deletes(local_kwp):
+    kwp = local_kwp()
+    response = await kwp.post("github", {"action": "opened"}, GH)
+    assert response.code == 200
+    assert (await body_json(response))["status"] == "ok"
+
+    items = await body_json(await kwp.get("/api/webhook/github", "github-token"))
+    assert len(items) == 1
+    item = items[0]
+    assert item["payload"] == {"action": "opened"}
+    assert item["headers"]["x-hub-signature-256"] == "gh-secret"
+    assert item["headers"]["content-type"] == "application/json"
+    assert "host" not in item["headers"] and "content-length" not in item["headers"]
+    assert isinstance(item["received_at"], int) and isinstance(item["id"], int)
+
+    assert await body_json(await kwp.get("/api/webhook/github", "github-token")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_json_value_is_accepted_and_returned_exactly(local_kwp):
+    kwp = local_kwp()
+    values = [{"a": [1, 2.5, None]}, [1, "x"], "text", 42, None, {"u": "é\u2603"}]
+    for value in values:
+        assert (await kwp.post("open", value)).code == 200
+    items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
+    assert [i["payload"] for i in items] == values
+    assert [i["id"] for i in items] == sorted(i["id"] for i in items)
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_body_is_kept_byte_for_byte(local_kwp):
+    kwp = local_kwp()
+    raw = b'{ "b" : 1,\n  "a" : [ 1.50, 2e3 ] }'
+    await kwp.post("open", raw)
+    rows = await kwp.storage.list("open", 10, 0)
+    assert rows[0].body == raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_receive_checks_in_contract_order(local_kwp):
+    kwp = local_kwp()
+    await assert_error(await kwp.post("nope", {}), 404, "channel_not_found")
+    await assert_error(await kwp.post("github", {}), 401, "unauthorized")
+    await assert_error(await kwp.post("github", {}, {"X-Hub-Signature-256": "wrong"}), 401, "unauthorized")
+    # An unauthenticated oversized body is 401, not 413.
+    await assert_error(await kwp.post("github", b"x" * 300_000), 401, "unauthorized")
+    await assert_error(await kwp.post("github", b"x" * 300_000, GH), 413, "payload_too_large")
+    await assert_error(await kwp.post("small", b"[" + b"1," * 600 + b"1]"), 413, "payload_too_large")
+    await assert_error(await kwp.post("open", {}, {"Content-Type": "text/plain"}), 415, "invalid_content_type")
+    await assert_error(await kwp.post("open", b"{not json"), 422, "invalid_json")
+    await assert_error(await kwp.post("open", b"NaN"), 422, "invalid_json")
+    await assert_error(await kwp.post("open", b"\xff\xfe{}"), 422, "invalid_json")
+    await assert_error(await kwp.post("open", b""), 422, "invalid_json")
+    assert await kwp.storage.list("open", 10, 0) == []
+    assert await kwp.storage.list("github", 10, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_content_types(local_kwp):
+    kwp = local_kwp()
+    for content_type in ("application/json", "application/json; charset=utf-8", "Application/JSON",
+                         "application/vnd.github+json"):
+        response = await kwp.post("open", {}, {"Content-Type": content_type})
+        assert response.code == 200, content_type
+    for content_type in ("text/json", "application/jsonx", "application/x-www-form-urlencoded"):
+        await assert_error(await kwp.post("open", {}, {"Content-Type": content_type}), 415, "invalid_content_type")
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks) and b"}" in data:
+                break
+        return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_over_the_limit_is_refused(local_kwp):
+    kwp = local_kwp()
+    port = kwp.port.getHost().port
+    chunk = b"x" * 500
+    request = (
+        b"POST /api/webhook/small HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 3
+        + b"0\r\n\r\n"
+    )
+    answer = await _in_thread(_raw_exchange, port, request)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"payload_too_large"' in answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_declared_length_over_the_limit_is_refused_before_the_body(local_kwp):
+    kwp = local_kwp()
+    port = kwp.port.getHost().port
+    # Expect: 100-continue and no body at all: the answer comes from the headers.
+    request = (
+        b"POST /api/webhook/small HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    )
+
+    def exchange():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(request)
+            s.settimeout(1)
+            try:
+                return s.recv(65536)
+            except TimeoutError:
+                return b""
+
+    answer = await _in_thread(exchange)
+    assert b"100 Continue" not in answer
+
+
+async def _in_thread(f, *args):
+    from twisted.internet.threads import deferToThread
+
+    return await deferToThread(f, *args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_auth_rules(local_kwp):
+    kwp = local_kwp()
+    await assert_error(await kwp.get("/api/webhook/github"), 401, "unauthorized")
+    await assert_error(await kwp.get("/api/webhook/github", "wrong"), 401, "unauthorized")
+    response = await treq.get(kwp.url("/api/webhook/github"), headers={"Authorization": "Basic abc"})
+    await assert_error(response, 401, "unauthorized")
+    await assert_error(await kwp.get("/api/webhook/github", "open-token"), 403, "forbidden")
+    await assert_error(await kwp.get("/api/webhook/nope", "admin-secret-token"), 404, "channel_not_found")
+    assert (await kwp.get("/api/webhook/github", "admin-secret-token")).code == 200
+    response = await treq.get(kwp.url("/api/webhook/github"), headers={"Authorization": "bearer github-token"})
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_limit_and_bad_parameters(local_kwp):
+    kwp = local_kwp()
+    for i in range(5):
+        await kwp.post("open", {"n": i})
+    first = await body_json(await kwp.get("/api/webhook/open?limit=2", "open-token"))
+    assert [i["payload"]["n"] for i in first] == [0, 1]
+    rest = await body_json(await kwp.get("/api/webhook/open", "open-token"))
+    assert [i["payload"]["n"] for i in rest] == [2, 3, 4]
+    for query in ("limit=0", "limit=10001", "limit=x", "wait=61", "wait=-1", "lease=0", "lease=3601", "lease=1.5"):
+        await assert_error(await kwp.get(f"/api/webhook/open?{query}", "open-token"), 400, "bad_request")
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_pulls_never_share_a_webhook(local_kwp):
+    kwp = local_kwp()
+    await _post_many(kwp, "open", 300)
+    results = await _gather([kwp.get("/api/webhook/open?limit=40", "open-token") for _ in range(10)])
+    ids = []
+    for response in results:
+        ids += [i["id"] for i in await body_json(response)]
+    assert len(ids) == len(set(ids)) == 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_webhooks_arriving_during_pulls_are_not_lost(local_kwp):
+    kwp = local_kwp()
+    seen = []
+    posts = [kwp.post("open", {"n": i}) for i in range(200)]
+    pulls = [kwp.get("/api/webhook/open?limit=15", "open-token") for _ in range(10)]
+    for response in await _gather(posts):
+        assert response.code == 200
+    for response in await _gather(pulls):
+        seen += [i["payload"]["n"] for i in await body_json(response)]
+    seen += [i["payload"]["n"] for i in await body_json(await kwp.get("/api/webhook/open", "open-token"))]
+    assert sorted(seen) == list(range(200))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pull_whose_client_goes_away_deletes_nothing(local_kwp):
+    kwp = local_kwp()
+    await kwp.post("open", {"n": 1})
+    port = kwp.port.getHost().port
+
+    def hang_up():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /api/webhook/open?wait=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer open-token\r\n\r\n")
+
+    # The long-poll finds the webhook at once, but the client is gone before
+    # the response is written: the webhook must stay.
+    await _in_thread(hang_up)
+    await task.deferLater(reactor, 0.3, lambda: None)
+    items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
+    assert [i["payload"] for i in items] == [{"n": 1}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_wakes_on_insert(local_kwp):
+    kwp = local_kwp()
+    started = reactor.seconds()
+    pending = kwp.get("/api/webhook/open?wait=10", "open-token")
+    await task.deferLater(reactor, 0.2, lambda: None)
+    await kwp.post("open", {"late": True})
+    items = await body_json(await pending)
+    assert [i["payload"] for i in items] == [{"late": True}]
+    assert reactor.seconds() - started < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_times_out_with_an_empty_array(local_kwp):
+    kwp = local_kwp()
+    assert await body_json(await kwp.get("/api/webhook/open?wait=1", "open-token")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_ack_and_redelivery(local_kwp):
+    kwp = local_kwp()
+    await _post_many(kwp, "open", 3)
+    leased = await body_json(await kwp.get("/api/webhook/open?lease=1", "open-token"))
+    assert [i["deliveries"] for i in leased] == [1, 1, 1]
+    assert await body_json(await kwp.get("/api/webhook/open?lease=1", "open-token")) == []
+    ack = await treq.post(kwp.url("/api/webhook/open/ack"), json={"ids": [leased[0]["id"], 999999]},
+                          headers={"Authorization": "Bearer open-token"})
+    assert await body_json(ack) == {"acked": 1}
+    await task.deferLater(reactor, 1.1, lambda: None)
+    again = await body_json(await kwp.get("/api/webhook/open?lease=30", "open-token"))
+    assert [i["id"] for i in again] == [leased[1]["id"], leased[2]["id"]]
+    assert [i["deliveries"] for i in again] == [2, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_of_another_channels_ids_changes_nothing(local_kwp):
+    kwp = local_kwp()
+    await kwp.post("open", {"n": 1})
+    leased = await body_json(await kwp.get("/api/webhook/open?lease=60", "open-token"))
+    ack = await treq.post(kwp.url("/api/webhook/github/ack"), json={"ids": [leased[0]["id"]]},
+                          headers={"Authorization": "Bearer github-token"})
+    assert await body_json(ack) == {"acked": 0}
+    for body in (b"[]", b'{"ids": "1"}', b'{"ids": [true]}', b"nope"):
+        response = await treq.post(kwp.url("/api/webhook/open/ack"), data=body,
+                                   headers={"Authorization": "Bearer open-token"})
+        await assert_error(response, 400, "bad_request")
+    assert len(await kwp.storage.list("open", 10, 0)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_and_delete(local_kwp):
+    kwp = local_kwp()
+    await _post_many(kwp, "open", 3)
+    listed = await body_json(await kwp.get("/api/webhook/open/list", "open-token"))
+    assert len(listed) == 3
+    after = await body_json(await kwp.get(f"/api/webhook/open/list?after={listed[0]['id']}&limit=1", "open-token"))
+    assert [i["id"] for i in after] == [listed[1]["id"]]
+    auth = {"Authorization": "Bearer open-token"}
+    assert (await treq.delete(kwp.url(f"/api/webhook/open/{listed[0]['id']}"), headers=auth)).code == 204
+    await assert_error(await treq.delete(kwp.url(f"/api/webhook/open/{listed[0]['id']}"), headers=auth),
+                       404, "not_found")
+    assert len(await body_json(await kwp.get("/api/webhook/open/list", "open-token"))) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_and_methods_get_json_errors(local_kwp):
+    kwp = local_kwp()
+    await assert_error(await treq.get(kwp.url("/nope")), 404, "not_found")
+    await assert_error(await treq.put(kwp.url("/api/webhook/open"), data=b"{}"), 405, "bad_request")
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_version(local_kwp):
+    kwp = local_kwp()
+    assert await body_json(await treq.get(kwp.url("/api/health"))) == {"status": "ok"}
+    assert "version" in await body_json(await treq.get(kwp.url("/api/version")))
+    kwp.storage.stopService()
+    response = await treq.get(kwp.url("/api/health"))
+    assert response.code == 503
+    kwp.storage.startService()
+
+
+async def _gather(deferreds):
+    return await gatherResults([ensureDeferred(d) for d in deferreds])
+
+
+async def _post_many(kwp, channel, n):
+    for response in await _gather([kwp.post(channel, {"n": i}) for i in range(n)]):
+        assert response.code == 200
