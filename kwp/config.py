@@ -26,17 +26,9 @@ CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # than accepted and ignored: an ignored allowed-ips would be a silent hole.
 NOT_SUPPORTED_YET = frozenset(
     {
-        "server.trusted-proxies",
         "server.metrics",
-        "channel.secret-extract-template",
-        "channel.secret-sign-template",
-        "channel.provider",
-        "channel.verify-token",
-        "channel.dedup-window-seconds",
         "channel.max-queue",
-        "channel.allowed-ips",
         "channel.forward",
-        "secret-type.hmac-sha256",
     }
 )
 
@@ -114,13 +106,9 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {c.name: c for c in self.channels})
-        object.__setattr__(self, "_by_token", {c.token: c for c in self.channels})
 
     def channel(self, name: str) -> Channel | None:
         return self._by_name.get(name)
-
-    def channel_for_token(self, token: str) -> Channel | None:
-        return self._by_token.get(token)
 
     def body_limit(self, channel: Channel) -> int:
         return channel.max_body_size or self.server.default_body_limit
@@ -360,8 +348,6 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
         r.error("name", f"{name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
     token = r.get("api-read-token", _string, required=True)
     secret_type = r.get("secret-type", _one_of(SECRET_TYPES), "plain")
-    if f"secret-type.{secret_type}" in NOT_SUPPORTED_YET:
-        r.error("secret-type", f"{secret_type!r} is not supported yet by this version of kwp")
     channel = Channel(
         name=name or "",
         token=token or "",
@@ -382,12 +368,34 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
         if r.has("forward") and f"channel.forward" not in NOT_SUPPORTED_YET
         else None,
     )
-    if channel.provider is None:
-        if channel.secrets and not channel.secret_header:
-            r.error("secret-header", "is required when webhook-secret is set (otherwise nothing is verified)")
-        if channel.secret_header and not channel.secrets:
-            r.error("webhook-secret", "is required when secret-header is set")
+    _check_verification(r, channel)
     return channel if name and token else None
+
+
+def _check_verification(r: _Reader, channel: Channel) -> None:
+    """Refuse combinations that would verify less than they seem to."""
+    if channel.provider is not None:
+        if not channel.secrets:
+            r.error("webhook-secret", f"is required with provider {channel.provider!r}")
+        for key in ("secret-type", "secret-extract-template", "secret-sign-template"):
+            if r.has(key):
+                r.error(key, f"is decided by provider {channel.provider!r}; remove it")
+        if channel.provider == "meta" and not channel.verify_token:
+            r.error("verify-token", "is required with provider 'meta' (the subscription handshake)")
+    if channel.verify_token and channel.provider != "meta":
+        r.error("verify-token", "is only used with provider 'meta'")
+    if channel.provider is not None:
+        return
+    if channel.secrets and not channel.secret_header:
+        r.error("secret-header", "is required when webhook-secret is set (otherwise nothing is verified)")
+    if channel.secret_header and not channel.secrets:
+        r.error("webhook-secret", "is required when secret-header is set")
+    if channel.secret_type != "hmac-sha256":
+        for key in ("secret-extract-template", "secret-sign-template"):
+            if r.has(key):
+                r.error(key, "is only used with secret-type 'hmac-sha256'")
+    elif not channel.secret_header and not channel.secrets:
+        r.error("secret-type", "'hmac-sha256' needs secret-header and webhook-secret")
 
 
 def parse_config(data: Any, path: str = "config.yml") -> Config:

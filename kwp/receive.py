@@ -52,15 +52,19 @@ def stored_headers(headers: dict[str, str], ignored: frozenset[str]) -> dict[str
     }
 
 
-def check_headers(config: Config, name: str, headers: dict[str, str], peer: str, length: int | None) -> Channel:
+def check_headers(
+    config: Config, name: str, headers: dict[str, str], peer: str | None, length: int | None
+) -> Channel:
     """Steps 1-4 of §4.1; returns the channel or raises ApiError.
 
-    ``length`` is the declared Content-Length, None when unknown (chunked);
-    a chunked body is then held to the same limit while it arrives."""
+    ``peer`` None skips the address check (a test-send comes from the token
+    holder, not from the sender).  ``length`` is the declared Content-Length,
+    None when unknown (chunked); a chunked body is then held to the same limit
+    while it arrives."""
     channel = config.channel(name)
     if channel is None:
         raise ApiError(404, "channel_not_found", f"no channel named {name!r}")
-    if channel.allowed_ips:
+    if channel.allowed_ips and peer is not None:
         ip = verify.client_ip(peer, headers, config.server.trusted_proxies)
         if not verify.ip_allowed(ip, channel.allowed_ips):
             raise ApiError(403, "ip_blocked", "the client address is not allowed on this channel")
@@ -98,10 +102,15 @@ def parse_json(body: bytes) -> Any:
 
 @dataclass(frozen=True)
 class Received:
+    """A 200 answer: stored (with its id), a duplicate, or a handshake."""
+
     status: str
     id: int | None = None
+    challenge: str | None = None
 
     def body(self) -> bytes:
+        if self.challenge is not None:
+            return json.dumps({"challenge": self.challenge}).encode()
         if self.id is None:
             return json.dumps({"status": self.status}).encode()
         return json.dumps({"status": self.status, "id": self.id}).encode()
@@ -124,6 +133,9 @@ class Receiver:
         now = self._clock.seconds()
         if not verify.signature_ok(channel, headers, body, now):
             raise ApiError(401, "unauthorized", "missing or invalid signature")
+        challenge = verify.slack_url_verification(channel, value)
+        if challenge is not None:
+            return Received("challenge", challenge=challenge)
         webhook = NewWebhook(
             channel=channel.name,
             headers_json=json.dumps(stored_headers(headers, config.server.ignored_headers), separators=(",", ":")),

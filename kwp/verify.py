@@ -42,6 +42,7 @@ __all__ = [
     "plain_ok",
     "scheme_for",
     "sign",
+    "sender_headers",
     "sign_forward",
     "signature_ok",
     "slack_url_verification",
@@ -475,6 +476,20 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
         value = f"v1,{signature}"
         extra.update({"webhook-id": msg_id, "webhook-timestamp": timestamp})
     return Signed(signature, scheme.header, value, {scheme.header: value, **extra})
+
+
+def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None = None) -> dict[str, str]:
+    """The headers a legitimate sender of ``body`` would add (lower-cased):
+    the plain token or the signature, made with ``secret`` when given, else
+    with the channel's first secret.  Empty for a channel that checks nothing."""
+    if secret is not None:
+        channel = replace(channel, secrets=(secret,))
+    scheme = scheme_for(channel)
+    if not channel.secrets or not scheme.header:
+        return {}
+    if scheme.plain:
+        return {scheme.header.lower(): channel.secrets[0]}
+    return {name.lower(): value for name, value in sign(channel, body, now).headers.items()}
 
 
 def sign_forward(sign_template: Template | None, secret: str, body: bytes) -> str:

@@ -14,7 +14,7 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from kwp import __version__
+from kwp import __version__, verify
 from kwp.auth import authorize
 from kwp.config import Config
 from kwp.errors import ApiError, bad_request, not_found
@@ -256,17 +256,61 @@ class KwpApp:
         if request.kwp_config is None:
             # Not through KwpRequest (tests on an in-memory Site): decide now.
             check_headers(config, name, headers, _peer_host(request.transport), None)
-        channel = config.channel(name)
-        body = request.content.read()
-        received = await self.receiver.receive(config, channel, headers, body)
+        received = await self.receiver.receive(config, config.channel(name), headers, request.content.read())
         request.setHeader(b"content-type", b"application/json")
         return received.body()
 
     @app.route("/api/webhook/<string:name>", methods=["GET"])
     async def pull(self, request, name):
+        args = _args(request)
+        channel = self._config(request).channel(name)
+        challenge = channel and verify.meta_handshake(channel, args)
+        if challenge is verify.REFUSED:
+            raise ApiError(403, "forbidden", "the subscription handshake does not match verify-token")
+        if challenge is not None:
+            request.kwp_channel = name
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return challenge.encode()
         channel = self._authorize(request, name)
-        query = PullQuery.parse(_args(request))
-        return await self.puller.take(request, channel.name, query)
+        return await self.puller.take(request, channel.name, PullQuery.parse(args))
+
+    @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
+    def sign(self, request, name):
+        channel = self._authorize(request, name)
+        try:
+            signed = verify.sign(channel, request.content.read(), self.clock.seconds())
+        except ValueError as e:
+            raise bad_request(str(e)) from None
+        return _json(
+            request,
+            {
+                "signature": signed.signature,
+                "header_name": signed.header_name,
+                "header_value": signed.header_value,
+                "headers": signed.headers,
+            },
+        )
+
+    @app.route("/api/webhook/<string:name>/test-send", methods=["POST"])
+    async def test_send(self, request, name):
+        """Run a payload through the channel's own receive path, signed or
+        carrying the secret as its sender would, and answer what it answered."""
+        channel = self._authorize(request, name)
+        config = self._config(request)
+        try:
+            spec = json.loads(request.content.read())
+            payload = spec["payload"]
+            secret = spec.get("secret")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise bad_request('the body must be {"payload": ..., "secret": optional}') from None
+        if secret is not None and not isinstance(secret, str):
+            raise bad_request('"secret" must be a string')
+        body = json.dumps(payload).encode()
+        headers = {"content-type": "application/json", "user-agent": f"kwp-test-send/{__version__}"}
+        headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        check_headers(config, name, headers, None, len(body))
+        received = await self.receiver.receive(config, channel, headers, body)
+        return _json(request, json.loads(received.body()))
 
     @app.route("/api/webhook/<string:name>/ack", methods=["POST"])
     async def ack(self, request, name):
