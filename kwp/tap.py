@@ -135,12 +135,11 @@ class KwpService(MultiService):
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
         log.info("stopped listening; finishing requests in flight")
         self.app.notifier.close()
-        idle = self.site.idle()
-        idle.addTimeout(STOP_GRACE, self._clock)
-        try:
-            yield idle
-        except defer.TimeoutError:
-            log.warn("requests still in flight after {grace}s; stopping anyway", grace=STOP_GRACE)
+        for step, what in ((self.site.idle, "requests in flight"), (self.site.close_connections, "connections")):
+            try:
+                yield step().addTimeout(STOP_GRACE, self._clock)
+            except defer.TimeoutError:
+                log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
 

@@ -150,16 +150,34 @@ class KwpRequest(Request):
         super().connectionLost(reason)
 
 
+class KwpChannel(http.HTTPChannel):
+    """An HTTP/1.1 connection that its Site knows about, so a stop can close
+    every connection after its last response was flushed."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.site.connections.add(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.site.connections.discard(self)
+        if not self.site.connections:
+            self.site.fire_closed()
+
+
 class KwpSite(Site):
     """The Site of kwp: its Request class, time-outs, and one log line per
     request with no query string, header or body in it."""
 
     def __init__(self, app: "KwpApp", reactor):
         super().__init__(app.resource(), requestFactory=KwpRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.protocol = KwpChannel
         self.app = app
         self.noisy = False
+        self.connections: set[KwpChannel] = set()
         self._in_flight = 0
         self._idle: list[Deferred] = []
+        self._closed: list[Deferred] = []
 
     def track(self, finished: Deferred) -> None:
         """Count a request in flight until finished fires."""
@@ -168,11 +186,17 @@ class KwpSite(Site):
         def done(_):
             self._in_flight -= 1
             if not self._in_flight:
-                waiters, self._idle = self._idle, []
-                for d in waiters:
-                    d.callback(None)
+                # One turn later, so that what the request's own notifyFinish
+                # callbacks start (settling a pull) is under way first.
+                self.reactor.callLater(0, self._fire_idle)
 
         finished.addBoth(done)
+
+    def _fire_idle(self) -> None:
+        if not self._in_flight:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
 
     def idle(self) -> Deferred:
         """Fires when no request is in flight."""
@@ -181,6 +205,21 @@ class KwpSite(Site):
         d = Deferred()
         self._idle.append(d)
         return d
+
+    def close_connections(self) -> Deferred:
+        """Close every connection once what was written to it is flushed."""
+        if not self.connections:
+            return succeed(None)
+        d = Deferred()
+        self._closed.append(d)
+        for channel in list(self.connections):
+            channel.loseConnection()
+        return d
+
+    def fire_closed(self) -> None:
+        waiters, self._closed = self._closed, []
+        for d in waiters:
+            d.callback(None)
 
     @property
     def config(self) -> Config:

@@ -14,7 +14,7 @@ import sqlite3
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -187,6 +187,7 @@ class SQLiteStorage(Service):
         self._pool: adbapi.ConnectionPool | None = None
         self._queue: list[tuple[NewWebhook, Deferred]] = []
         self._writing = False
+        self._pending: set[Deferred] = set()
 
     def prepare(self) -> None:
         """Open the file once, synchronously, before the reactor runs: create
@@ -218,16 +219,28 @@ class SQLiteStorage(Service):
         self._pool.start()
         self._run(_release_orphans).addErrback(lambda f: log.failure("releasing unfinished pulls", f))
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
+        """Close the pool once the transactions already asked for are done."""
         super().stopService()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+
+        def close(_):
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+
+        return DeferredList(list(self._pending)).addCallback(close)
 
     def _run(self, txn_function, *args) -> Deferred:
-        if self._pool is None:
+        if self._pool is None or not self.running:
             return fail(StorageError("the storage service is not running"))
-        return self._pool.runInteraction(txn_function, *args)
+        d = self._pool.runInteraction(txn_function, *args)
+        self._pending.add(d)
+
+        def settled(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(settled)
 
     def insert(self, webhook: NewWebhook) -> Deferred:
         d = Deferred()

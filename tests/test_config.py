@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from kwp.config import DEFAULT_BODY_LIMIT, ConfigError, load_config, parse_config, redacted
+
+
+def errors_of(data) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "c.yml")
+    return info.value.errors
+
+
+def channel(**keys):
+    return {"name": "ch", "api-read-token": "tok", **keys}
+
+
+def test_minimal_channel_defaults():
+    config = parse_config({"channels": [channel()]})
+    ch = config.channel("ch")
+    assert ch.token == "tok" and ch.secrets == () and ch.secret_type == "plain"
+    assert config.body_limit(ch) == DEFAULT_BODY_LIMIT
+    assert config.server.admin_token is None and config.server.metrics is False
+    assert config.channel("other") is None
+
+
+def test_rust_project_channel_loads_unchanged(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text(
+        """
+channels:
+  - name: github
+    token: ghi789
+    webhook-secret: mysecret
+    secret-header: X-Hub-Signature-256
+    max-body-size: 524288
+    note: "GitHub"
+  - name: telegram
+    api-read-token: abc
+    webhook-secret: tg
+    secret-header: X-Telegram-Bot-Api-Secret-Token
+    secret-type: plain
+    monitoring-metrics: false
+  - name: signed
+    api-read-token: def
+    webhook-secret: s
+    secret-header: X-Hub-Signature-256
+    secret-type: hmac-sha256
+    secret-extract-template: '{{ raw | replace(from="sha256=", to="") }}'
+    secret-sign-template: "sha256={{ signature }}"
+"""
+    )
+    config = load_config(str(path))
+    gh = config.channel("github")
+    assert (gh.token, gh.secrets, gh.secret_header, gh.max_body_size, gh.note) == (
+        "ghi789", ("mysecret",), "X-Hub-Signature-256", 524288, "GitHub")
+    assert config.channel("telegram").monitoring_metrics is False
+    signed = config.channel("signed")
+    assert signed.extract_template.render(raw="sha256=ab") == "ab"
+    assert signed.sign_template.render(signature="ff") == "sha256=ff"
+
+
+def test_secret_list_and_networks():
+    config = parse_config(
+        {
+            "server": {"trusted-proxies": ["127.0.0.1", "10.0.0.0/8"], "ignored-headers": ["X-Trace"]},
+            "channels": [channel(**{"webhook-secret": ["a", "b"], "secret-header": "X-S",
+                                    "allowed-ips": ["192.0.2.0/24", "2001:db8::1"]})],
+        }
+    )
+    assert config.channel("ch").secrets == ("a", "b")
+    assert ipaddress.ip_address("192.0.2.9") in config.channel("ch").allowed_ips[0]
+    assert config.server.ignored_headers == {"x-trace"}
+
+
+def test_unknown_keys_suggest_the_closest():
+    errors = errors_of({"servr": {}, "channels": [channel(**{"webhook-secrt": "x"})]})
+    assert "c.yml: key 'servr': unknown key (did you mean 'server'?)" in errors
+    assert any("channels[0] (ch): key 'webhook-secrt'" in e and "did you mean 'webhook-secret'" in e
+               for e in errors)
+
+
+def test_every_error_is_reported_with_its_place():
+    errors = errors_of(
+        {
+            "server": {"default-body-limit": 0, "admin-token": "tok"},
+            "channels": [
+                {"name": "bad/name", "api-read-token": "x"},
+                {"api-read-token": "y"},
+                channel(**{"max-body-size": 200 * 1024 * 1024}),
+                channel(**{"allowed-ips": ["300.1.1.1/8"]}),
+                channel(name="c2", **{"secret-type": "md5"}),
+            ],
+        }
+    )
+    text = "\n".join(errors)
+    assert "server: key 'default-body-limit': must be between 1 and 104857600, got 0" in text
+    assert "channels[0] (bad/name): key 'name'" in text
+    assert "channels[1]: key 'name': is required" in text
+    assert "key 'max-body-size'" in text
+    assert "'300.1.1.1/8' is not an IP address or CIDR range" in text
+    assert "key 'secret-type': must be one of plain, hmac-sha256" in text
+    assert "duplicate channel name" in text
+    assert "the same token is used by channel 'ch'" in text
+    assert "the same token is used as server.admin-token" in text
+
+
+def test_verification_settings_that_would_check_less_than_they_seem():
+    assert any("'secret-header'" in e for e in errors_of({"channels": [channel(**{"webhook-secret": "s"})]}))
+    assert any("'webhook-secret'" in e for e in errors_of({"channels": [channel(**{"secret-header": "X"})]}))
+    assert any("is required with provider 'stripe'" in e
+               for e in errors_of({"channels": [channel(provider="stripe")]}))
+    assert any("'verify-token'" in e
+               for e in errors_of({"channels": [channel(provider="meta", **{"webhook-secret": "s"})]}))
+    assert any("decided by provider" in e for e in errors_of(
+        {"channels": [channel(provider="github", **{"webhook-secret": "s", "secret-type": "hmac-sha256"})]}))
+    assert any("only used with secret-type 'hmac-sha256'" in e for e in errors_of(
+        {"channels": [channel(**{"webhook-secret": "s", "secret-header": "X",
+                                 "secret-extract-template": "{{ raw }}"})]}))
+
+
+def test_bad_templates_are_config_errors():
+    base = {"webhook-secret": "s", "secret-header": "X", "secret-type": "hmac-sha256"}
+    errors = errors_of({"channels": [channel(**base, **{"secret-extract-template": "{{ raw | explode }}"})]})
+    assert any("invalid template" in e for e in errors)
+    errors = errors_of({"channels": [channel(**base, **{"secret-sign-template": "{{ raw }}"})]})
+    assert any("unknown variable 'raw'" in e for e in errors)
+
+
+def test_not_yet_supported_keys_are_refused_not_ignored():
+    errors = errors_of({"channels": [channel(forward={"url": "http://127.0.0.1:1/x"})]})
+    assert any("key 'forward': is not supported yet" in e for e in errors)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(str(tmp_path / "missing.yml"))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("channels: [\n  - name: x\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d+"):
+        load_config(str(bad))
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(str(empty))
+
+
+def test_redaction_hides_every_secret():
+    config = parse_config(
+        {
+            "server": {"admin-token": "ADMIN"},
+            "channels": [
+                channel(**{"api-read-token": "RT1", "webhook-secret": ["S1", "S2"], "secret-header": "X-S"}),
+                {"name": "m", "token": "T2", "provider": "meta", "webhook-secret": "S3", "verify-token": "V"},
+            ],
+        }
+    )
+    text = repr(redacted(config))
+    for secret in ("ADMIN", "RT1", "S1", "S2", "T2", "S3", "'V'"):
+        assert secret not in text
+    assert redacted(config)["channels"][0]["secret-header"] == "X-S"

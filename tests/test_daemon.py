@@ -1,0 +1,174 @@
+"""End to end: the real `twistd -n kwp`, started and spoken to as a user does."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from twisted.python import usage
+
+from kwp.tap import Options, bind_address_endpoint
+from tests.conftest import BASIC_CONFIG
+from tests.support import ROOT, TWISTD, Daemon, free_port, write_config
+
+# Stock twistd ends by re-raising the signal it stopped on.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def post(d, channel, payload, headers=None):
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    return http("POST", f"{d.base}/api/webhook/{channel}", json.dumps(payload).encode(), all_headers)
+
+
+def pull(d, channel, token, query=""):
+    status, body = http("GET", f"{d.base}/api/webhook/{channel}{query}", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_receive_pull_and_restart_keeps_what_was_stored(daemon):
+    d = daemon()
+    for n in range(3):
+        status, body = post(d, "github", {"n": n}, {"X-Hub-Signature-256": "gh-secret"})
+        assert status == 200, body
+    status, body = post(d, "github", {"n": 9}, {"X-Hub-Signature-256": "nope"})
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
+    assert [i["payload"] for i in pull(d, "github", "github-token", "?limit=1")] == [{"n": 0}]
+
+    assert d.stop() in CLEAN_EXIT
+    d.start()
+    items = pull(d, "github", "admin-secret-token")
+    assert [i["payload"] for i in items] == [{"n": 1}, {"n": 2}]
+    assert items[0]["headers"]["x-hub-signature-256"] == "gh-secret"
+    assert pull(d, "github", "github-token") == []
+
+
+def test_sigterm_lets_a_held_long_poll_finish_and_exits_zero(daemon):
+    d = daemon()
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(b"GET /api/webhook/open?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer open-token\r\n\r\n")
+        time.sleep(0.3)
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        answer = s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert d.proc.wait(15) in CLEAN_EXIT
+        assert time.monotonic() - started < 10
+    assert "kwp stopped" in d.log()
+
+
+def test_bad_config_stops_startup_with_a_clear_line_before_binding(tmp_path):
+    config = write_config(tmp_path / "bad.yml", {"channels": [{"name": "x", "api-read-tokn": "t"}]})
+    port = free_port()
+    result = subprocess.run(
+        [TWISTD, "--pidfile=", "-n", "kwp", "-c", str(config), "-l", f"tcp:{port}:interface=127.0.0.1",
+         "-d", str(tmp_path / "k.db")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=Daemon(tmp_path, config, tmp_path).env,
+    )
+    assert result.returncode != 0
+    assert "channels[0] (x): key 'api-read-tokn': unknown key (did you mean 'api-read-token'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "k.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-d", "{tmp}/file/sub/kwp.db"], "cannot open database"),
+        (["-l", "nonsense:1"], "invalid --listen endpoint"),
+        (["--log-format", "xml"], "--log-format must be text or json"),
+        (["-c", "{tmp}/missing.yml"], "cannot read the file"),
+    ],
+)
+def test_startup_failures_exit_non_zero(tmp_path, args, message):
+    (tmp_path / "file").write_text("")
+    config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
+    base = ["-c", str(config), "-d", str(tmp_path / "ok.db"), "-l", f"tcp:{free_port()}:interface=127.0.0.1"]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = subprocess.run(
+        [TWISTD, "--pidfile=", "-n", "kwp", *base, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=Daemon(tmp_path, config, tmp_path).env,
+    )
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_json_logs_one_line_per_request_without_secrets(daemon):
+    d = daemon(extra_args=["--log-format", "json", "--log-level", "info"])
+    post(d, "github", {"private": "payload-text"}, {"X-Hub-Signature-256": "gh-secret"})
+    pull(d, "github", "github-token")
+    http("GET", f"{d.base}/api/webhook/github?token=query-secret", headers={"Authorization": "Bearer wrong-token"})
+    d.stop()
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    requests = [r for r in records if r.get("log_namespace") == "kwp.web" and "status" in r]
+    assert [(r["method"], r["status"], r["channel"]) for r in requests] == [
+        ("POST", 200, "github"), ("GET", 200, "github"), ("GET", 401, "github")]
+    assert all("duration_ms" in r for r in requests)
+    text = d.log()
+    for secret in ("gh-secret", "github-token", "payload-text", "query-secret", "wrong-token"):
+        assert secret not in text
+
+
+def test_environment_configures_the_tac_file(tmp_path):
+    config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
+    port = free_port()
+    env = dict(
+        Daemon(tmp_path, config, tmp_path).env,
+        KWP_CONFIG=str(config),
+        BIND_ADDRESS=f"127.0.0.1:{port}",
+        DATABASE_URL=f"sqlite:///{tmp_path}/tac.db",
+    )
+    proc = subprocess.Popen([TWISTD, "--pidfile=", "-ny", str(ROOT / "kwp.tac")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                status, body = http("GET", f"http://127.0.0.1:{port}/api/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert (tmp_path / "tac.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) in CLEAN_EXIT
+
+
+def test_options_precedence():
+    env = {"KWP_CONFIG": "env.yml", "CONFIG_FILE": "legacy.yml", "DATABASE_URL": "db.sqlite",
+           "KWP_LOG_LEVEL": "WARN", "BIND_ADDRESS": "0.0.0.0:9000"}
+    options = Options(environ=env)
+    options.parseOptions(["--database", "cli.db"])
+    assert options["config"] == "env.yml"
+    assert options["database"] == "cli.db"
+    assert options["log-level"] == "warn"
+    assert options["log-format"] == "text"
+    assert options["listen"] == ["tcp:9000:interface=0.0.0.0"]
+
+    options = Options(environ={"KWP_LISTEN": "tcp:1", "BIND_ADDRESS": "x:2"})
+    options.parseOptions(["-l", "tcp:7:interface=127.0.0.1", "-l", "unix:/tmp/k.sock"])
+    assert options["listen"] == ["tcp:7:interface=127.0.0.1", "unix:/tmp/k.sock"]
+    assert options["config"] == "config.yml" and options["database"] == "data/kwp.db"
+
+    with pytest.raises(usage.UsageError):
+        Options(environ={}).parseOptions(["--log-level", "loud"])
+    assert bind_address_endpoint("[::1]:8080") == "tcp:8080:interface=\\:\\:1"
+    with pytest.raises(usage.UsageError):
+        bind_address_endpoint("8080")

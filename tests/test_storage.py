@@ -1,0 +1,155 @@
+"""The SQLite storage service on a temp file, with the real reactor's threads."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageError, open_storage
+from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = SQLiteStorage(str(tmp_path / "kwp.db"), reactor)
+    s.prepare()
+    s.startService()
+    yield s
+    s.stopService()
+
+
+def hook(n=0, channel="a", **kwargs):
+    return NewWebhook(channel, '{"x":"1"}', b'{"n":%d}' % n, 1000.0 + n, **kwargs)
+
+
+def test_database_urls():
+    assert sqlite_path("sqlite:///var/lib/kwp.db") == "/var/lib/kwp.db"
+    assert sqlite_path("sqlite://rel/kwp.db") == "rel/kwp.db"
+    assert sqlite_path("data/kwp.db") == "data/kwp.db"
+    assert sqlite_path(":memory:") == ":memory:"
+
+
+def test_prepare_creates_parents_sets_wal_and_migrates(tmp_path):
+    path = tmp_path / "deep" / "er" / "kwp.db"
+    SQLiteStorage(str(path), reactor).prepare()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    SQLiteStorage(str(path), reactor).prepare()
+
+
+def test_unopenable_and_newer_databases_are_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="cannot open database"):
+        open_storage(str(tmp_path / "file" / "kwp.db"), reactor)
+    newer = tmp_path / "newer.db"
+    sqlite3.connect(newer).execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StorageError, match="newer than this kwp knows"):
+        open_storage(str(newer), reactor)
+    with pytest.raises(StorageError, match="not supported yet"):
+        open_storage("postgresql://user:pw@host/db", reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_inserts_commit_in_batches(storage):
+    transactions = []
+    run = storage._run
+
+    def counting(f, *args):
+        transactions.append(f.__name__)
+        return run(f, *args)
+
+    storage._run = counting
+    ids = await gatherResults([storage.insert(hook(i)) for i in range(50)])
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    # The first insert starts a transaction; the 49 queued behind it share one.
+    assert transactions.count("_insert_batch") == 2
+    rows = await storage.list("a", 100, 0)
+    assert [r.body for r in rows] == [b'{"n":%d}' % i for i in range(50)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_are_exclusive_and_settle(storage):
+    for i in range(5):
+        await storage.insert(hook(i))
+    first = await storage.claim("a", "c1", 3, 2000.0, None)
+    second = await storage.claim("a", "c2", 10, 2000.0, None)
+    assert [r.id for r in first] == [1, 2, 3] and [r.id for r in second] == [4, 5]
+    await storage.release_claim("c1")
+    await storage.finish_claim("c2")
+    assert [r.id for r in await storage.list("a", 10, 0)] == [1, 2, 3]
+    assert [r.deliveries for r in await storage.claim("a", "c3", 10, 2000.0, None)] == [1, 1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_leases_expire_and_ack_deletes(storage):
+    for i in range(2):
+        await storage.insert(hook(i))
+    leased = await storage.claim("a", "c1", 10, 2000.0, 30)
+    assert await storage.claim("a", "c2", 10, 2029.0, 30) == []
+    again = await storage.claim("a", "c2", 10, 2030.0, 30)
+    assert [r.deliveries for r in again] == [2, 2]
+    assert await storage.ack("b", [r.id for r in leased]) == 0
+    assert await storage.ack("a", [leased[0].id, 999]) == 1
+    assert await storage.ack("a", [leased[0].id]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_unfinished_pulls_are_released_on_restart(tmp_path):
+    path = str(tmp_path / "kwp.db")
+    s = SQLiteStorage(path, reactor)
+    s.prepare()
+    s.startService()
+    await s.insert(hook(1))
+    await s.insert(hook(2))
+    await s.claim("a", "gone", 1, 2000.0, None)
+    await s.claim("a", "leased", 1, 2000.0, 60)
+    s.stopService()
+    s = SQLiteStorage(path, reactor)
+    s.startService()
+    try:
+        assert [r.id for r in await s.claim("a", "new", 10, 2000.0, None)] == [1]
+    finally:
+        s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dedup_window_and_queue_limit(storage):
+    first = await storage.insert(hook(1, delivery_id="d1", dedup_window=60))
+    assert isinstance(first, int)
+    assert await storage.insert(hook(2, delivery_id="d1", dedup_window=60)) is DUPLICATE
+    await storage.delete("a", first)
+    assert await storage.insert(hook(3, delivery_id="d1", dedup_window=60)) is DUPLICATE
+    assert isinstance(await storage.insert(hook(70, delivery_id="d1", dedup_window=60)), int)
+    assert isinstance(await storage.insert(hook(80, channel="b", delivery_id="d1", dedup_window=60)), int)
+
+    oldest = await storage.insert(hook(1, channel="q", max_queue=2))
+    assert isinstance(await storage.insert(hook(2, channel="q", max_queue=2)), int)
+    assert await storage.insert(hook(3, channel="q", max_queue=2, delivery_id="dq")) is QUEUE_FULL
+    # A refused webhook's delivery id is not remembered: its retry can get in.
+    await storage.delete("q", oldest)
+    assert isinstance(await storage.insert(hook(4, channel="q", max_queue=2, delivery_id="dq")), int)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_runs(storage):
+    bad = NewWebhook("a", "{}", None, 1.0)  # NOT NULL body: the batch fails
+    results = await gatherResults(
+        [storage.insert(hook(1)).addErrback(lambda f: "failed"), storage.insert(bad).addErrback(lambda f: "failed")]
+    )
+    assert results[1] == "failed"
+    assert isinstance(await storage.insert(hook(2)), int)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_storage_fails_instead_of_hanging(storage):
+    storage.stopService()
+    with pytest.raises(StorageError):
+        await storage.insert(hook(1))
+    with pytest.raises(StorageError):
+        await storage.ping()
+    storage.startService()
