@@ -28,7 +28,6 @@ NOT_SUPPORTED_YET = frozenset(
     {
         "server.metrics",
         "channel.max-queue",
-        "channel.forward",
     }
 )
 
@@ -365,10 +364,13 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
         note=r.get("note", lambda v: str(v)),
         monitoring_metrics=r.get("monitoring-metrics", _boolean, True),
         forward=_parse_forward(errors, f"{where}: forward", data["forward"])
-        if r.has("forward") and f"channel.forward" not in NOT_SUPPORTED_YET
+        if r.has("forward")
         else None,
     )
     _check_verification(r, channel)
+    forward = channel.forward
+    if forward is not None and forward.sign_header and not (forward.sign_secret or channel.secrets):
+        r.error("forward", "sign-header needs sign-secret or the channel's webhook-secret")
     return channel if name and token else None
 
 

@@ -20,6 +20,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from kwp.config import ConfigError, load_config
+from kwp.forward import Forwarders, http_client
 from kwp.notify import Notifier
 from kwp.storage import StorageError, open_storage
 from kwp.web import KwpApp, KwpSite
@@ -105,8 +106,9 @@ def make_log_observer(log_format: str, level: str, stream=None):
 
 
 class KwpService(MultiService):
-    """The storage, the listeners, and a stop in a fixed order: stop listening,
-    let requests in flight finish (bounded), then close the database."""
+    """The storage, the forwarders, the listeners, and a stop in a fixed
+    order: stop listening, let requests in flight finish (bounded), let
+    forward attempts in flight finish (bounded), then close the database."""
 
     def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock):
         super().__init__()
@@ -115,6 +117,7 @@ class KwpService(MultiService):
         self.log_observer = log_observer
         self._clock = clock
         app.storage.setServiceParent(self)
+        app.forwarders.setServiceParent(self)
         self.listeners = []
         for endpoint in listeners:
             listener = StreamServerEndpointService(endpoint, site)
@@ -140,8 +143,14 @@ class KwpService(MultiService):
                 yield step().addTimeout(STOP_GRACE, self._clock)
             except defer.TimeoutError:
                 log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
+        yield defer.maybeDeferred(self.app.forwarders.stopService)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
+
+    def reload(self, config) -> defer.Deferred:
+        """Serve a new, already validated config."""
+        self.app.config = config
+        return defer.ensureDeferred(self.app.forwarders.update(config))
 
 
 def makeService(options, reactor=None):
@@ -159,7 +168,10 @@ def makeService(options, reactor=None):
         listeners = [endpoints.serverFromString(reactor, desc) for desc in options["listen"]]
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
-    app = KwpApp(config, storage, Notifier(), reactor)
+    notifier = Notifier()
+    client, pool = http_client(reactor)
+    forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
+    app = KwpApp(config, storage, notifier, reactor, forwarders)
     site = KwpSite(app, reactor)
     observer = make_log_observer(options["log-format"], options["log-level"])
     log.info(

@@ -242,11 +242,12 @@ class KwpSite(Site):
 class KwpApp:
     app = Klein()
 
-    def __init__(self, config: Config, storage, notifier, clock):
+    def __init__(self, config: Config, storage, notifier, clock, forwarders=None):
         self.config = config
         self.storage = storage
         self.notifier = notifier
         self.clock = clock
+        self.forwarders = forwarders
         self.receiver = Receiver(storage, notifier, clock)
         self.puller = Puller(storage, notifier, clock)
 
@@ -261,6 +262,12 @@ class KwpApp:
         request.kwp_channel = name
         authorization = request.getHeader(b"authorization")
         return authorize(self._config(request), name, authorization and authorization.decode("latin-1"))
+
+    def _authorize_forward(self, request, name: str):
+        channel = self._authorize(request, name)
+        if channel.forward is None or self.forwarders is None:
+            raise bad_request(f"channel {name!r} has no forward block; its queue is read with GET /api/webhook/{name}")
+        return channel
 
     @app.handle_errors(ApiError)
     def _api_error(self, request, failure):
@@ -311,6 +318,8 @@ class KwpApp:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return challenge.encode()
         channel = self._authorize(request, name)
+        if channel.forward is not None:
+            raise bad_request(f"channel {name!r} delivers by push; see GET /api/webhook/{name}/queue")
         return await self.puller.take(request, channel.name, PullQuery.parse(args))
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
@@ -380,6 +389,41 @@ class KwpApp:
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         request.setResponseCode(http.NO_CONTENT)
         return b""
+
+    @app.route("/api/webhook/<string:name>/queue", methods=["GET"])
+    async def queue(self, request, name):
+        channel = self._authorize_forward(request, name)
+        args = _args(request)
+        limit = int_arg(args, "limit", 1, MAX_LIMIT) or 100
+        after = int_arg(args, "after", 0, 2**63 - 1) or 0
+        body = await self.forwarders.queue(channel.name, limit, after)
+        request.setHeader(b"content-type", b"application/json")
+        return body
+
+    @app.route("/api/webhook/<string:name>/queue/<any(pause, resume):action>", methods=["POST"])
+    async def pause(self, request, name, action):
+        channel = self._authorize_forward(request, name)
+        await self.forwarders.set_paused(channel.name, action == "pause")
+        request.setResponseCode(http.NO_CONTENT)
+        return b""
+
+    @app.route("/api/webhook/<string:name>/queue/clear", methods=["POST"])
+    async def clear(self, request, name):
+        channel = self._authorize_forward(request, name)
+        await self.forwarders.clear(channel.name)
+        request.setResponseCode(http.NO_CONTENT)
+        return b""
+
+    @app.route("/api/webhook/<string:name>/queue/retry/<int:webhook_id>", methods=["POST"])
+    async def retry(self, request, name, webhook_id):
+        channel = self._authorize_forward(request, name)
+        try:
+            result = await self.forwarders.retry(channel.name, webhook_id)
+        except LookupError:
+            raise ApiError(503, "internal_error", "the channel's forwarder is restarting; try again", {"Retry-After": "1"}) from None
+        if result is None:
+            raise not_found(f"no webhook {webhook_id} on channel {name!r}")
+        return _json(request, result.as_json())
 
     @app.route("/api/health", methods=["GET"])
     async def health(self, request):

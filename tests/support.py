@@ -16,6 +16,7 @@ import yaml
 from twisted.internet import reactor
 
 from kwp.config import parse_config
+from kwp.forward import Forwarders, http_client
 from kwp.notify import Notifier
 from kwp.storage.sqlite import SQLiteStorage
 from kwp.web import KwpApp, KwpSite
@@ -37,16 +38,21 @@ class LocalKwp:
         self.config = parse_config(config_data)
         self.storage = SQLiteStorage(str(db_path), reactor)
         self.storage.prepare()
-        self.app = KwpApp(self.config, self.storage, Notifier(), reactor)
+        notifier = Notifier()
+        client, pool = http_client(reactor)
+        self.forwarders = Forwarders(self.config, self.storage, notifier, reactor, client, pool=pool)
+        self.app = KwpApp(self.config, self.storage, notifier, reactor, self.forwarders)
         self.site = KwpSite(self.app, reactor)
         self.port = None
 
     def start(self) -> None:
         self.storage.startService()
+        self.forwarders.startService()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
 
     async def stop(self) -> None:
         await self.port.stopListening()
+        await self.forwarders.stopService()
         self.storage.stopService()
 
     def url(self, path: str) -> str:

@@ -50,6 +50,33 @@ class StoredWebhook:
     deliveries: int = 0
 
 
+@dataclass(frozen=True)
+class ForwardItem:
+    """A webhook as the forwarder and the queue API see it."""
+
+    id: int
+    headers_json: str
+    body: bytes
+    received_at: float
+    forward_attempts: int = 0
+    last_attempt_at: float | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+    state: str = "pending"
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    paused: bool = False
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error_message: str | None = None
+
+
+PENDING = "pending"
+DEAD = "dead"
+
+
 class IStorage(Interface):
     def insert(webhook: NewWebhook):
         """Deferred firing with the new id, DUPLICATE or QUEUE_FULL, only
@@ -74,6 +101,31 @@ class IStorage(Interface):
 
     def delete(channel: str, webhook_id: int):
         """Deferred bool: whether the webhook existed and was deleted."""
+
+    def forward_window(channel: str, limit: int, now: float):
+        """Deferred list of ForwardItem: the first ``limit`` pending webhooks
+        of channel in receive order, leaving out those a pull lease holds."""
+
+    def forward_get(channel: str, webhook_id: int):
+        """Deferred ForwardItem of channel (pending or dead), or None."""
+
+    def forward_succeeded(channel: str, webhook_id: int, now: float):
+        """Deferred: delete the delivered webhook, note the success."""
+
+    def forward_failed(channel: str, webhook_id: int, now: float, error: str, next_attempt_at, state: str):
+        """Deferred: count a failed attempt on the webhook, note the error."""
+
+    def channel_state(channel: str):
+        """Deferred ChannelState (defaults for a channel never seen)."""
+
+    def set_paused(channel: str, paused: bool):
+        """Deferred: store whether the channel's forwarding is paused."""
+
+    def queue(channel: str, limit: int, after: int):
+        """Deferred (ChannelState, size, list of ForwardItem with id > after)."""
+
+    def clear(channel: str):
+        """Deferred number of webhooks of channel deleted."""
 
     def ping():
         """Deferred that fires when the database answers."""

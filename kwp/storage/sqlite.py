@@ -18,7 +18,17 @@ from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kwp.storage import DUPLICATE, QUEUE_FULL, IStorage, NewWebhook, StorageError, StoredWebhook
+from kwp.storage import (
+    DUPLICATE,
+    PENDING,
+    QUEUE_FULL,
+    ChannelState,
+    ForwardItem,
+    IStorage,
+    NewWebhook,
+    StorageError,
+    StoredWebhook,
+)
 
 log = Logger()
 
@@ -56,8 +66,31 @@ def _v1(cursor) -> None:
     )
 
 
+def _v2(cursor) -> None:
+    """Push delivery: the state of each webhook's attempts, and per channel
+    the pause switch and the last outcomes."""
+    for column in (
+        "forward_attempts INTEGER NOT NULL DEFAULT 0",
+        "last_attempt_at REAL",
+        "last_error TEXT",
+        "next_attempt_at REAL",
+        "state TEXT NOT NULL DEFAULT 'pending'",
+    ):
+        cursor.execute(f"ALTER TABLE webhooks ADD COLUMN {column}")
+    cursor.execute("CREATE INDEX webhooks_forward ON webhooks (channel, state, id)")
+    cursor.execute(
+        """CREATE TABLE channel_state (
+            channel TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0,
+            last_success_at REAL,
+            last_error_at REAL,
+            last_error_message TEXT
+        )"""
+    )
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -173,6 +206,84 @@ def _delete(txn, channel, webhook_id) -> bool:
     return txn.rowcount > 0
 
 
+_FORWARD_COLUMNS = (
+    "id, headers, body, received_at, forward_attempts, last_attempt_at, last_error, next_attempt_at, state"
+)
+
+
+def _forward_rows(txn) -> list[ForwardItem]:
+    return [ForwardItem(i, h, bytes(b), *rest) for i, h, b, *rest in txn.fetchall()]
+
+
+def _forward_window(txn, channel, limit, now) -> list[ForwardItem]:
+    txn.execute(
+        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE {_VISIBLE} AND state = ? ORDER BY id LIMIT ?",
+        (channel, now, PENDING, limit),
+    )
+    return _forward_rows(txn)
+
+
+def _forward_get(txn, channel, webhook_id) -> ForwardItem | None:
+    txn.execute(f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
+    rows = _forward_rows(txn)
+    return rows[0] if rows else None
+
+
+def _note(txn, channel, **values) -> None:
+    names = ", ".join(values)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in values)
+    txn.execute(
+        f"INSERT INTO channel_state (channel, {names}) VALUES (?{', ?' * len(values)}) "
+        f"ON CONFLICT (channel) DO UPDATE SET {updates}",
+        (channel, *values.values()),
+    )
+
+
+def _forward_succeeded(txn, channel, webhook_id, now) -> None:
+    txn.execute("DELETE FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
+    _note(txn, channel, last_success_at=now)
+
+
+def _forward_failed(txn, channel, webhook_id, now, error, next_attempt_at, state) -> None:
+    txn.execute(
+        """UPDATE webhooks SET forward_attempts = forward_attempts + 1, last_attempt_at = ?,
+           last_error = ?, next_attempt_at = ?, state = ? WHERE channel = ? AND id = ?""",
+        (now, error, next_attempt_at, state, channel, webhook_id),
+    )
+    _note(txn, channel, last_error_at=now, last_error_message=error)
+
+
+def _channel_state(txn, channel) -> ChannelState:
+    txn.execute(
+        "SELECT paused, last_success_at, last_error_at, last_error_message FROM channel_state WHERE channel = ?",
+        (channel,),
+    )
+    row = txn.fetchone()
+    if row is None:
+        return ChannelState()
+    return ChannelState(bool(row[0]), *row[1:])
+
+
+def _set_paused(txn, channel, paused) -> None:
+    _note(txn, channel, paused=int(paused))
+
+
+def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardItem]]:
+    state = _channel_state(txn, channel)
+    txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ?", (channel,))
+    size = txn.fetchone()[0]
+    txn.execute(
+        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?",
+        (channel, after, limit),
+    )
+    return state, size, _forward_rows(txn)
+
+
+def _clear(txn, channel) -> int:
+    txn.execute("DELETE FROM webhooks WHERE channel = ?", (channel,))
+    return txn.rowcount
+
+
 def _ping(txn) -> None:
     txn.execute("SELECT 1")
 
@@ -286,6 +397,30 @@ class SQLiteStorage(Service):
 
     def delete(self, channel, webhook_id) -> Deferred:
         return self._run(_delete, channel, webhook_id)
+
+    def forward_window(self, channel, limit, now) -> Deferred:
+        return self._run(_forward_window, channel, limit, now)
+
+    def forward_get(self, channel, webhook_id) -> Deferred:
+        return self._run(_forward_get, channel, webhook_id)
+
+    def forward_succeeded(self, channel, webhook_id, now) -> Deferred:
+        return self._run(_forward_succeeded, channel, webhook_id, now)
+
+    def forward_failed(self, channel, webhook_id, now, error, next_attempt_at, state) -> Deferred:
+        return self._run(_forward_failed, channel, webhook_id, now, error, next_attempt_at, state)
+
+    def channel_state(self, channel) -> Deferred:
+        return self._run(_channel_state, channel)
+
+    def set_paused(self, channel, paused) -> Deferred:
+        return self._run(_set_paused, channel, paused)
+
+    def queue(self, channel, limit, after=0) -> Deferred:
+        return self._run(_queue, channel, limit, after)
+
+    def clear(self, channel) -> Deferred:
+        return self._run(_clear, channel)
 
     def ping(self) -> Deferred:
         return self._run(_ping)

@@ -1,0 +1,568 @@
+"""Push delivery (CONTRACT §5.2): one ``Forwarder`` service per channel with
+``forward``, children of ``Forwarders``.
+
+A forwarder works on a window of its channel's first ``concurrency`` pending
+webhooks, in receive order, and has each of them in flight at most once; with
+``concurrency: 1`` that is strict order.  It sleeps until the notifier says a
+webhook arrived, the earliest retry time comes, an attempt ends or the queue
+API pokes it: nothing is polled.  The outcome of an attempt is written to the
+webhook's row before the forwarder looks at the window again, so attempts,
+last error, next attempt time and the dead state survive a restart, like the
+pause switch in ``channel_state``.  A webhook is deleted only once delivered.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+from dataclasses import dataclass, replace
+from datetime import timezone
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Callable
+
+from treq.client import HTTPClient
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, ensureDeferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+
+from kwp import verify
+from kwp.config import Channel, Config
+from kwp.receive import stored_headers
+from kwp.storage import DEAD, PENDING, ChannelState, ForwardItem
+
+log = Logger()
+
+# Bytes of a target's response body kept (for the error message and the retry
+# API); the rest is not read, the connection is dropped instead.
+MAX_BODY_KEPT = 64 * 1024
+MAX_ERROR_LENGTH = 1024
+# Each retry delay is the doubled schedule plus up to this share at random.
+JITTER = 0.25
+# A Retry-After further away than this is read as this.
+MAX_RETRY_AFTER = 86400
+# After a storage failure, before the forwarder looks at the queue again.
+ERROR_PAUSE = 1.0
+# How long a stop waits for attempts in flight before cancelling them.
+STOP_GRACE = 10
+# A retry time this close counts as due (float rounding of timer deadlines).
+EPSILON = 0.001
+
+# Outcomes as reported to ``report(channel, outcome)`` (the metrics' statuses).
+OK = "ok"
+NETWORK_ERROR = "network_error"
+UNEXPECTED_STATUS = "unexpected_status"
+INTERNAL_ERROR = "internal_error"
+
+OWN_HEADERS = frozenset({"x-kwp-delivery-id", "x-kwp-attempt"})
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    success: bool
+    outcome: str
+    status_code: int | None = None
+    body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    def as_json(self) -> dict:
+        return {"success": self.success, "status_code": self.status_code, "body": self.body, "error": self.error}
+
+
+def backoff(interval: float, max_delay: float, failures: int, randomness: float) -> float:
+    """The wait after the ``failures``-th failed attempt: ``interval`` doubled
+    each time, plus up to JITTER of it (``randomness`` in [0, 1)), at most
+    ``max_delay``."""
+    base = interval * 2 ** min(failures - 1, 64)
+    return min(max_delay, base * (1 + JITTER * randomness))
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), MAX_RETRY_AFTER))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
+
+def delivery_id(channel: str, webhook_id: int) -> str:
+    return f"{channel}-{webhook_id}"
+
+
+def outgoing_headers(channel: Channel, ignored: frozenset[str], item: ForwardItem, attempt: int) -> Headers:
+    """The stored headers minus hop-by-hop and ignored ones, re-signed when
+    the channel says so, plus the delivery id and the attempt number."""
+    forward = channel.forward
+    drop = set(OWN_HEADERS)
+    if forward.sign_header:
+        drop.add(forward.sign_header.lower())
+    headers = Headers()
+    for name, value in stored_headers(json.loads(item.headers_json), ignored).items():
+        if name not in drop:
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    if forward.sign_header:
+        secret = forward.sign_secret or channel.secrets[0]
+        signature = verify.sign_forward(forward.sign_template, secret, item.body)
+        headers.addRawHeader(forward.sign_header.encode("latin-1"), signature.encode("latin-1"))
+    headers.addRawHeader(b"X-Kwp-Delivery-Id", delivery_id(channel.name, item.id).encode())
+    headers.addRawHeader(b"X-Kwp-Attempt", str(attempt).encode())
+    return headers
+
+
+def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """treq over a persistent connection pool; no redirects followed and no
+    cookies kept (a target's Set-Cookie must not leak into later requests)."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
+
+
+class _CappedBody(Protocol):
+    """Keeps the first ``limit`` bytes of a response body and then hangs up,
+    so a huge or endless body costs neither memory nor time."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.done = Deferred(lambda _: self._hang_up())
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        room = self._limit - self._size
+        if room > 0:
+            self._parts.append(data[:room])
+            self._size += min(room, len(data))
+        if len(data) > room:
+            self._hang_up()
+
+    def connectionLost(self, reason) -> None:
+        # The status line decides the outcome; a body cut short (by the
+        # target or by the cap) is kept as far as it came.
+        if not self.done.called:
+            self.done.callback(b"".join(self._parts))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ResponseFailed) and error.reasons:
+        error = error.reasons[0].value
+    detail = str(error)
+    name = type(error).__name__
+    return (f"{name}: {detail}" if detail else name)[:MAX_ERROR_LENGTH]
+
+
+def _observe(d: Deferred) -> Deferred:
+    """A new Deferred with d's result, leaving d's own chain as it was."""
+    observer = Deferred()
+
+    def pass_on(result):
+        observer.callback(result)
+        return result
+
+    d.addBoth(pass_on)
+    return observer
+
+
+class Forwarder(Service):
+    """Delivers one channel's webhooks to its ``forward.url``."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        ignored_headers: frozenset[str],
+        storage,
+        notifier,
+        clock,
+        client,
+        report: Callable[[str, str], None] | None = None,
+        randomness: Callable[[], float] = random.random,
+        grace: float = STOP_GRACE,
+    ):
+        self.name = channel.name
+        self.channel = channel
+        self.forward = channel.forward
+        self._ignored = ignored_headers
+        self._storage = storage
+        self._notifier = notifier
+        self._clock = clock
+        self._client = client
+        self._report = report or (lambda channel, outcome: None)
+        self._random = randomness
+        self._grace = grace
+        self._in_flight: dict[int, Deferred] = {}
+        self._paused: bool | None = None
+        self._kicked = False
+        self._sleeper: Deferred | None = None
+        self._waiter: Deferred | None = None
+        self._loop: Deferred | None = None
+
+    # --- the service -------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = ensureDeferred(self._run())
+        self._loop.addErrback(lambda f: log.failure("forwarder {channel} stopped", f, channel=self.name))
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.cancel()
+        self._kick()
+        return ensureDeferred(self._stopped())
+
+    async def _stopped(self) -> None:
+        if self._loop is not None:
+            await self._loop
+        if not self._in_flight:
+            return
+        pending = DeferredList([_observe(d) for d in self._in_flight.values()], consumeErrors=True)
+        pending.addTimeout(self._grace, self._clock)
+        try:
+            await pending
+        except TimeoutError:
+            log.warn(
+                "forwarder {channel}: {n} attempts still in flight after {grace}s; cancelled, to be sent again",
+                channel=self.name,
+                n=len(self._in_flight),
+                grace=self._grace,
+            )
+            for d in list(self._in_flight.values()):
+                d.cancel()
+
+    # --- the loop ----------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._kicked = True
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            sleeper.callback(None)
+
+    def _listen(self) -> None:
+        if self._waiter is not None:
+            return
+        waiter = self._waiter = self._notifier.wait(self.name)
+
+        def arrived(_):
+            self._waiter = None
+            self._kick()
+
+        waiter.addCallbacks(arrived, lambda f: f.trap(CancelledError))
+
+    async def _sleep(self, delay: float | None) -> None:
+        if self._kicked:
+            return
+        self._sleeper = Deferred()
+        call = self._clock.callLater(delay, self._kick) if delay is not None else None
+        try:
+            await self._sleeper
+        finally:
+            if call is not None and call.active():
+                call.cancel()
+
+    async def _run(self) -> None:
+        while self.running:
+            try:
+                delay = await self._step()
+            except Exception:
+                log.failure("forwarder {channel}: cannot read the queue", channel=self.name)
+                delay = ERROR_PAUSE
+            if self.running:
+                await self._sleep(delay)
+
+    async def _step(self) -> float | None:
+        """Start every attempt that is due; return how long to sleep at most
+        (None: until something happens)."""
+        self._kicked = False
+        # Listen before reading, so an insert during the read is not missed.
+        self._listen()
+        if self._paused is None:
+            self._paused = (await self._storage.channel_state(self.name)).paused
+        limit = self.forward.concurrency
+        if self._paused or len(self._in_flight) >= limit:
+            return None
+        now = self._clock.seconds()
+        window = await self._storage.forward_window(self.name, limit, now)
+        wake_at = None
+        for item in window:
+            if not self.running or self._paused or len(self._in_flight) >= limit:
+                break
+            if item.id in self._in_flight:
+                continue
+            if item.next_attempt_at is None or item.next_attempt_at <= now + EPSILON:
+                self._start(item)
+            elif wake_at is None or item.next_attempt_at < wake_at:
+                wake_at = item.next_attempt_at
+        return None if wake_at is None else wake_at - now
+
+    def _start(self, item: ForwardItem) -> Deferred:
+        d = ensureDeferred(self._deliver(item))
+        self._in_flight[item.id] = d
+
+        def finished(result):
+            self._in_flight.pop(item.id, None)
+            self._kick()
+            return result
+
+        d.addBoth(finished)
+        d.addErrback(lambda f: f.trap(CancelledError))
+        return d
+
+    # --- one attempt -------------------------------------------------------
+
+    async def _deliver(self, item: ForwardItem) -> AttemptResult:
+        attempt = item.forward_attempts + 1
+        result = await self._attempt(item, attempt)
+        now = self._clock.seconds()
+        try:
+            if result.success:
+                await self._storage.forward_succeeded(self.name, item.id, now)
+            else:
+                max_attempts = self.forward.max_attempts
+                dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)
+                next_at = None if dead else now + self._delay(attempt, result.retry_after)
+                await self._storage.forward_failed(
+                    self.name, item.id, now, result.error, next_at, DEAD if dead else PENDING
+                )
+                if dead and item.state != DEAD:
+                    log.warn(
+                        "forwarder {channel}: webhook {id} is dead after {n} attempts: {error}",
+                        channel=self.name,
+                        id=item.id,
+                        n=attempt,
+                        error=result.error,
+                    )
+        except Exception:
+            log.failure("forwarder {channel}: cannot record the outcome for webhook {id}", channel=self.name, id=item.id)
+            self._report(self.name, INTERNAL_ERROR)
+            # Held back a moment, so a broken database does not turn into a
+            # stream of deliveries of the same webhook.
+            await _pause(self._clock, ERROR_PAUSE)
+            return replace(result, success=False, outcome=INTERNAL_ERROR, error="internal error: storage failed")
+        self._report(self.name, result.outcome)
+        return result
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = backoff(self.forward.interval_seconds, self.forward.max_delay_seconds, attempt, self._random())
+        return max(delay, retry_after) if retry_after is not None else delay
+
+    async def _attempt(self, item: ForwardItem, attempt: int) -> AttemptResult:
+        try:
+            headers = outgoing_headers(self.channel, self._ignored, item, attempt)
+        except Exception:
+            log.failure("forwarder {channel}: cannot build the request for webhook {id}", channel=self.name, id=item.id)
+            return AttemptResult(False, INTERNAL_ERROR, error="internal error: cannot build the request")
+        exchange = ensureDeferred(self._post(item.body, headers))
+        exchange.addTimeout(self.forward.timeout_seconds, self._clock)
+        try:
+            status, body, retry_after = await exchange
+        except TimeoutError:
+            return AttemptResult(
+                False, NETWORK_ERROR, error=f"no complete answer within {self.forward.timeout_seconds:g}s"
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            return AttemptResult(False, NETWORK_ERROR, error=_describe(e))
+        text = body.decode("utf-8", "replace")
+        expected = self.forward.expected_status
+        if status == expected or (expected is None and 200 <= status < 300):
+            return AttemptResult(True, OK, status, text)
+        error = f"unexpected status {status}" + (f": {text[:200]}" if text else "")
+        wait = retry_after_seconds(retry_after, self._clock.seconds()) if status in (429, 503) else None
+        return AttemptResult(False, UNEXPECTED_STATUS, status, text, error, wait)
+
+    async def _post(self, body: bytes, headers: Headers) -> tuple[int, bytes, str | None]:
+        response = await self._client.request(
+            "POST", self.forward.url, data=body, headers=headers, allow_redirects=False, unbuffered=True
+        )
+        reader = _CappedBody(MAX_BODY_KEPT)
+        response.deliverBody(reader)
+        content = await reader.done
+        retry_after = response.headers.getRawHeaders(b"retry-after")
+        return response.code, content, retry_after[0].decode("latin-1") if retry_after else None
+
+    # --- the queue API -----------------------------------------------------
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._kick()
+
+    def poke(self) -> None:
+        self._kick()
+
+    async def retry(self, webhook_id: int) -> AttemptResult | None:
+        """One attempt now (or the one in flight); None when there is no
+        such webhook."""
+        running = self._in_flight.get(webhook_id)
+        if running is None:
+            item = await self._storage.forward_get(self.name, webhook_id)
+            if item is None:
+                return None
+            running = self._in_flight.get(webhook_id) or self._start(item)
+        return await _observe(running)
+
+
+async def _pause(clock, seconds: float) -> None:
+    d = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    await d
+
+
+def _timestamp(value: float | None):
+    return None if value is None else round(value, 3)
+
+
+def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> bytes:
+    """The body of GET .../queue; stored payloads are valid JSON, spliced as is."""
+    status = json.dumps(
+        {
+            "paused": state.paused,
+            "queue_size": size,
+            "last_success_at": _timestamp(state.last_success_at),
+            "last_error_at": _timestamp(state.last_error_at),
+            "last_error_message": state.last_error_message,
+        }
+    ).encode()
+    encoded = []
+    for item in items:
+        forward = json.dumps(
+            {
+                "forward_attempts": item.forward_attempts,
+                "last_attempt_at": _timestamp(item.last_attempt_at),
+                "last_attempt_error": item.last_error,
+                "next_attempt_at": _timestamp(item.next_attempt_at),
+                "state": item.state,
+            }
+        ).encode()
+        encoded.append(
+            b'{"id":%d,"headers":%s,"payload":%s,"received_at":%d,%s'
+            % (item.id, item.headers_json.encode(), item.body, int(item.received_at), forward[1:])
+        )
+    return b'{"status":%s,"items":[%s]}' % (status, b",".join(encoded))
+
+
+def _identity(channel: Channel, ignored: frozenset[str]):
+    """What a forwarder is built from; a reload that changes it replaces it."""
+    forward = channel.forward
+    template = forward.sign_template.source if forward.sign_template else None
+    return replace(forward, sign_template=None), template, channel.secrets, ignored
+
+
+class Forwarders(MultiService):
+    """The forwarders of every channel with ``forward``, and the queue API.
+
+    ``report(channel, outcome)`` is called after every attempt with one of
+    OK, NETWORK_ERROR, UNEXPECTED_STATUS, INTERNAL_ERROR."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage,
+        notifier,
+        clock,
+        client,
+        pool: HTTPConnectionPool | None = None,
+        report: Callable[[str, str], None] | None = None,
+        grace: float = STOP_GRACE,
+        randomness: Callable[[], float] = random.random,
+    ):
+        super().__init__()
+        self._storage = storage
+        self._notifier = notifier
+        self._clock = clock
+        self._client = client
+        self._pool = pool
+        self.report = report
+        self._grace = grace
+        self._random = randomness
+        self._identities: dict[str, tuple] = {}
+        for channel in config.channels:
+            if channel.forward is not None:
+                self._add(channel, config.server.ignored_headers)
+
+    def _add(self, channel: Channel, ignored: frozenset[str]) -> None:
+        forwarder = Forwarder(
+            channel,
+            ignored,
+            self._storage,
+            self._notifier,
+            self._clock,
+            self._client,
+            report=lambda name, outcome: self.report and self.report(name, outcome),
+            randomness=self._random,
+            grace=self._grace,
+        )
+        self._identities[channel.name] = _identity(channel, ignored)
+        forwarder.setServiceParent(self)
+
+    def get(self, name: str) -> Forwarder | None:
+        return self.namedServices.get(name)
+
+    async def update(self, config: Config) -> None:
+        """Add, replace and remove forwarders for a new config.  A replaced
+        forwarder finishes its attempts in flight before the new one starts,
+        so no webhook is sent by both."""
+        ignored = config.server.ignored_headers
+        wanted = {c.name: c for c in config.channels if c.forward is not None}
+        for name in list(self._identities):
+            channel = wanted.get(name)
+            if channel is None or _identity(channel, ignored) != self._identities[name]:
+                del self._identities[name]
+                stopped = self.removeService(self.get(name))
+                if stopped is not None:
+                    await stopped
+        for name, channel in wanted.items():
+            if name not in self._identities:
+                self._add(channel, ignored)
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    def stopService(self) -> Deferred:
+        return ensureDeferred(self._stop())
+
+    # --- the queue API, also while a reload swaps the channel's forwarder ---
+
+    async def queue(self, name: str, limit: int, after: int) -> bytes:
+        state, size, items = await self._storage.queue(name, limit, after)
+        return encode_queue(state, size, items)
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        await self._storage.set_paused(name, paused)
+        forwarder = self.get(name)
+        if forwarder is not None:
+            forwarder.set_paused(paused)
+
+    async def clear(self, name: str) -> int:
+        cleared = await self._storage.clear(name)
+        forwarder = self.get(name)
+        if forwarder is not None:
+            forwarder.poke()
+        return cleared
+
+    async def retry(self, name: str, webhook_id: int) -> AttemptResult | None:
+        """None when there is no such webhook; LookupError while the
+        channel's forwarder is being replaced."""
+        forwarder = self.get(name)
+        if forwarder is None:
+            raise LookupError(name)
+        return await forwarder.retry(webhook_id)
