@@ -232,11 +232,8 @@ class Forwarder(Service):
             await self._loop
         if not self._in_flight:
             return
-        pending = DeferredList([_observe(d) for d in self._in_flight.values()], consumeErrors=True)
-        pending.addTimeout(self._grace, self._clock)
-        try:
-            await pending
-        except TimeoutError:
+
+        def cancel_late() -> None:
             log.warn(
                 "forwarder {channel}: {n} attempts still in flight after {grace}s; cancelled, to be sent again",
                 channel=self.name,
@@ -245,6 +242,11 @@ class Forwarder(Service):
             )
             for d in list(self._in_flight.values()):
                 d.cancel()
+
+        deadline = self._clock.callLater(self._grace, cancel_late)
+        await DeferredList([_observe(d) for d in self._in_flight.values()], consumeErrors=True)
+        if deadline.active():
+            deadline.cancel()
 
     # --- the loop ----------------------------------------------------------
 

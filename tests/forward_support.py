@@ -1,0 +1,170 @@
+"""Fakes for deterministic forwarder tests: an in-memory storage with the
+forward part of IStorage, and an HTTP client whose answers the test gives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from kwp.storage import PENDING, ChannelState, ForwardItem
+
+
+class MemoryStorage:
+    """The forward part of IStorage over a dict, answering synchronously."""
+
+    def __init__(self):
+        self.rows: dict[int, tuple[str, ForwardItem]] = {}
+        self.states: dict[str, ChannelState] = {}
+        self._next_id = 1
+
+    def add(self, channel: str, body: bytes = b'{"n": 1}', headers: dict | None = None, at: float = 0.0) -> int:
+        webhook_id = self._next_id
+        self._next_id += 1
+        headers_json = json.dumps(headers if headers is not None else {"content-type": "application/json"})
+        self.rows[webhook_id] = (channel, ForwardItem(webhook_id, headers_json, body, at))
+        return webhook_id
+
+    def item(self, webhook_id: int) -> ForwardItem | None:
+        row = self.rows.get(webhook_id)
+        return row[1] if row else None
+
+    def _items(self, channel: str) -> list[ForwardItem]:
+        return [item for c, item in sorted(self.rows.values(), key=lambda r: r[1].id) if c == channel]
+
+    def _note(self, channel: str, **values) -> None:
+        self.states[channel] = replace(self.states.get(channel, ChannelState()), **values)
+
+    def forward_window(self, channel, limit, now):
+        return succeed([i for i in self._items(channel) if i.state == PENDING][:limit])
+
+    def forward_get(self, channel, webhook_id):
+        row = self.rows.get(webhook_id)
+        return succeed(row[1] if row and row[0] == channel else None)
+
+    def forward_succeeded(self, channel, webhook_id, now):
+        self.rows.pop(webhook_id, None)
+        self._note(channel, last_success_at=now)
+        return succeed(None)
+
+    def forward_failed(self, channel, webhook_id, now, error, next_attempt_at, state):
+        if webhook_id in self.rows:
+            item = self.rows[webhook_id][1]
+            self.rows[webhook_id] = (
+                channel,
+                replace(
+                    item,
+                    forward_attempts=item.forward_attempts + 1,
+                    last_attempt_at=now,
+                    last_error=error,
+                    next_attempt_at=next_attempt_at,
+                    state=state,
+                ),
+            )
+        self._note(channel, last_error_at=now, last_error_message=error)
+        return succeed(None)
+
+    def channel_state(self, channel):
+        return succeed(self.states.get(channel, ChannelState()))
+
+    def set_paused(self, channel, paused):
+        self._note(channel, paused=paused)
+        return succeed(None)
+
+    def queue(self, channel, limit, after):
+        items = self._items(channel)
+        state = self.states.get(channel, ChannelState())
+        return succeed((state, len(items), [i for i in items if i.id > after][:limit]))
+
+    def clear(self, channel):
+        doomed = [i.id for i in self._items(channel)]
+        for webhook_id in doomed:
+            del self.rows[webhook_id]
+        return succeed(len(doomed))
+
+
+class FakeResponse:
+    def __init__(self, code: int, body: bytes = b"", headers: dict | None = None, chunks: int = 1):
+        self.code = code
+        self.headers = Headers({k: [v] for k, v in (headers or {}).items()})
+        self._body = body
+        self._chunks = chunks
+        self.transport = StringTransport()
+
+    def deliverBody(self, protocol) -> None:
+        protocol.makeConnection(self.transport)
+        for _ in range(self._chunks):
+            if self.transport.producerState == "stopped":
+                break
+            protocol.dataReceived(self._body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+@dataclass
+class Sent:
+    url: str
+    body: bytes
+    headers: Headers
+    kwargs: dict
+    at: float = 0.0
+    answer: Deferred = field(default_factory=Deferred)
+    cancelled: bool = False
+    response: FakeResponse | None = None
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name.encode())
+        return values[0].decode("latin-1") if values else None
+
+    @property
+    def attempt(self) -> int:
+        return int(self.header("x-kwp-attempt"))
+
+    @property
+    def delivery_id(self) -> str:
+        return self.header("x-kwp-delivery-id")
+
+    def respond(self, code: int, body: bytes = b"", headers: dict | None = None, chunks: int = 1) -> None:
+        self.response = FakeResponse(code, body, headers, chunks)
+        self.answer.callback(self.response)
+
+    def fail(self, error: Exception) -> None:
+        self.answer.errback(Failure(error))
+
+
+class FakeClient:
+    """``request`` records what was sent and answers with ``script`` (a list
+    of status codes or exceptions, used in order) or, when it is empty,
+    leaves the answer to the test through ``sent[i].respond``."""
+
+    def __init__(self, clock=None, script=()):
+        self.clock = clock
+        self.sent: list[Sent] = []
+        self.script = list(script)
+
+    def request(self, method, url, data=None, headers=None, **kwargs):
+        assert method == "POST"
+        sent = Sent(url, data, headers, kwargs, self.clock.seconds() if self.clock else 0.0)
+
+        def cancel(_):
+            sent.cancelled = True
+
+        sent.answer = Deferred(cancel)
+        self.sent.append(sent)
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                sent.fail(step)
+            elif isinstance(step, tuple):
+                sent.respond(*step)
+            else:
+                sent.respond(step)
+        return sent.answer
+
+    def waiting(self) -> list[Sent]:
+        return [s for s in self.sent if not s.answer.called]
+

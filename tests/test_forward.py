@@ -1,0 +1,426 @@
+"""The forwarder on a task.Clock with a fake HTTP client and an in-memory
+storage: schedule, Retry-After, dead letters, pause, order, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+
+from kwp.config import ConfigError, parse_config
+from kwp.forward import (
+    MAX_BODY_KEPT,
+    MAX_RETRY_AFTER,
+    Forwarder,
+    Forwarders,
+    backoff,
+    retry_after_seconds,
+)
+from kwp.notify import Notifier
+from kwp.storage import DEAD, PENDING
+from tests.forward_support import FakeClient, MemoryStorage
+
+URL = "http://target.invalid/hook"
+
+
+def config(forward=None, **channel):
+    data = {
+        "channels": [
+            {"name": "ch", "token": "t", **channel, "forward": {"url": URL, "interval-seconds": 1, **(forward or {})}}
+        ]
+    }
+    return parse_config(data)
+
+
+def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channel):
+    clock = Clock()
+    kit = SimpleNamespace(
+        clock=clock,
+        storage=storage or MemoryStorage(),
+        notifier=Notifier(),
+        client=FakeClient(clock, script),
+        outcomes=[],
+    )
+    kit.config = config(forward, **channel)
+    kit.forwarder = Forwarder(
+        kit.config.channel("ch"),
+        frozenset({"x-ignored"}),
+        kit.storage,
+        kit.notifier,
+        clock,
+        kit.client,
+        report=lambda name, outcome: kit.outcomes.append((name, outcome)),
+        randomness=randomness,
+        grace=5,
+    )
+    kit.forwarder.startService()
+
+    def post(body=b'{"n": 1}', headers=None):
+        webhook_id = kit.storage.add("ch", body, headers)
+        kit.notifier.fire("ch")
+        return webhook_id
+
+    kit.post = post
+    return kit
+
+
+def test_backoff_doubles_from_interval_with_jitter_and_cap():
+    assert [backoff(2, 60, n, 0.0) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+    assert backoff(2, 60, 1, 0.999) == pytest.approx(2 * 1.24975)
+    assert backoff(2, 60, 5, 0.999) == pytest.approx(32 * 1.24975)
+    assert backoff(2, 60, 6, 0.0) == 60
+    assert backoff(1, 3600, 10_000, 0.5) == 3600
+
+
+def test_retry_after_seconds_and_http_date():
+    now = 1_700_000_000.0
+    assert retry_after_seconds("120", now) == 120
+    date = format_datetime(datetime.fromtimestamp(now + 90, timezone.utc), usegmt=True)
+    assert retry_after_seconds(date, now) == pytest.approx(90)
+    past = format_datetime(datetime.fromtimestamp(now - 90, timezone.utc), usegmt=True)
+    assert retry_after_seconds(past, now) == 0
+    assert retry_after_seconds("99999999", now) == MAX_RETRY_AFTER
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None
+
+
+def test_delivers_at_once_on_insert_with_stored_headers_and_own_headers():
+    kit = make()
+    headers = {
+        "content-type": "application/json",
+        "x-github-event": "push",
+        "x-ignored": "dropped",
+        "connection": "keep-alive",
+        "x-kwp-attempt": "99",
+    }
+    raw = b'{ "b" : 1,\n "a" : [1.50] }'
+    webhook_id = kit.post(raw, headers)
+    [sent] = kit.client.sent
+    assert sent.at == 0 and sent.url == URL and sent.body == raw
+    assert sent.header("x-github-event") == "push" and sent.header("content-type") == "application/json"
+    assert sent.header("x-ignored") is None and sent.header("connection") is None
+    assert sent.delivery_id == f"ch-{webhook_id}" and sent.attempt == 1
+    assert sent.kwargs["allow_redirects"] is False
+    sent.respond(200)
+    assert kit.storage.item(webhook_id) is None
+    assert kit.storage.states["ch"].last_success_at == 0
+    assert kit.outcomes == [("ch", "ok")]
+
+
+def test_backoff_schedule_on_the_clock():
+    # With zero jitter: retries 1, 2, 4, then 5 (the cap) seconds after each failure.
+    kit = make({"max-delay-seconds": 5})
+    webhook_id = kit.post()
+    failed_at = []
+    for _ in range(6):
+        [sent] = kit.client.waiting()
+        failed_at.append(kit.clock.seconds())
+        sent.respond(503, b"busy")
+        while not kit.client.waiting():
+            kit.clock.advance(0.25)
+    gaps = [b.at - a for a, b in zip(failed_at, kit.client.sent[1:])]
+    assert gaps == [1, 2, 4, 5, 5, 5]
+    assert [s.attempt for s in kit.client.sent] == [1, 2, 3, 4, 5, 6, 7]
+    assert len({s.delivery_id for s in kit.client.sent}) == 1
+    item = kit.storage.item(webhook_id)
+    assert item.forward_attempts == 6 and item.state == PENDING
+    assert item.last_error == "unexpected status 503: busy"
+    assert kit.outcomes[-1] == ("ch", "unexpected_status")
+
+
+def test_jitter_stays_between_schedule_and_a_quarter_more():
+    kit = make({"interval-seconds": 8}, randomness=lambda: 0.5)
+    webhook_id = kit.post()
+    kit.client.sent[0].respond(500)
+    assert kit.storage.item(webhook_id).next_attempt_at == 9
+    kit.clock.advance(8.99)
+    assert len(kit.client.sent) == 1
+    kit.clock.advance(0.01)
+    assert len(kit.client.sent) == 2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_waits_at_least_that_long(status):
+    kit = make({"interval-seconds": 1})
+    kit.post()
+    kit.client.sent[0].respond(status, headers={"Retry-After": "120"})
+    kit.clock.advance(119.9)
+    assert len(kit.client.sent) == 1
+    kit.clock.advance(0.1)
+    assert len(kit.client.sent) == 2
+
+
+def test_retry_after_is_ignored_on_other_statuses_and_never_shortens_backoff():
+    kit = make({"interval-seconds": 10})
+    kit.post()
+    kit.client.sent[0].respond(500, headers={"Retry-After": "120"})
+    kit.clock.advance(10)
+    assert len(kit.client.sent) == 2
+    kit.client.sent[1].respond(429, headers={"Retry-After": "1"})
+    kit.clock.advance(19.9)
+    assert len(kit.client.sent) == 2
+    kit.clock.advance(0.1)
+    assert len(kit.client.sent) == 3
+
+
+def test_max_attempts_parks_the_webhook_dead_and_the_next_one_goes_on():
+    kit = make({"max-attempts": 3})
+    first = kit.post(b'{"n": 1}')
+    second = kit.post(b'{"n": 2}')
+    for attempt in range(3):
+        kit.clock.advance(10 if attempt else 0)
+        [sent] = kit.client.waiting()
+        assert sent.body == b'{"n": 1}'
+        sent.fail(ConnectionRefusedError("nobody home"))
+    item = kit.storage.item(first)
+    assert item.state == DEAD and item.forward_attempts == 3 and item.next_attempt_at is None
+    assert "ConnectionRefusedError" in item.last_error
+    [sent] = kit.client.waiting()
+    assert sent.body == b'{"n": 2}'
+    sent.respond(204)
+    kit.clock.advance(10_000)
+    assert kit.client.waiting() == [] and len(kit.client.sent) == 4
+    assert kit.storage.item(first).state == DEAD
+    assert kit.outcomes.count(("ch", "network_error")) == 3
+
+
+def test_retry_of_a_dead_webhook_is_one_attempt_and_deletes_on_success():
+    kit = make({"max-attempts": 1})
+    webhook_id = kit.post()
+    kit.client.sent[0].respond(500, b"no")
+    assert kit.storage.item(webhook_id).state == DEAD
+
+    failed = ensureDeferred(kit.forwarder.retry(webhook_id))
+    kit.client.sent[1].respond(502, b"still no")
+    result = failed.result
+    assert result.as_json() == {
+        "success": False,
+        "status_code": 502,
+        "body": "still no",
+        "error": "unexpected status 502: still no",
+    }
+    item = kit.storage.item(webhook_id)
+    assert item.state == DEAD and item.forward_attempts == 2
+    kit.clock.advance(10_000)
+    assert len(kit.client.sent) == 2
+
+    done = ensureDeferred(kit.forwarder.retry(webhook_id))
+    assert kit.client.sent[2].attempt == 3
+    kit.client.sent[2].respond(200, b"thanks")
+    assert done.result.as_json() == {"success": True, "status_code": 200, "body": "thanks", "error": None}
+    assert kit.storage.item(webhook_id) is None
+    assert ensureDeferred(kit.forwarder.retry(webhook_id)).result is None
+
+
+def test_retry_of_a_webhook_in_flight_answers_with_that_attempt():
+    kit = make()
+    webhook_id = kit.post()
+    result = ensureDeferred(kit.forwarder.retry(webhook_id))
+    assert len(kit.client.sent) == 1 and not result.called
+    kit.client.sent[0].respond(200)
+    assert result.result.success and len(kit.client.sent) == 1
+
+
+def test_pause_holds_deliveries_and_resume_sends_them_in_order():
+    kit = make()
+    kit.storage.set_paused("ch", True)
+    kit.forwarder.set_paused(True)
+    kit.post(b"[1]")
+    kit.post(b"[2]")
+    kit.clock.advance(3600)
+    assert kit.client.sent == []
+    assert kit.storage.states["ch"].paused is True
+    kit.storage.set_paused("ch", False)
+    kit.forwarder.set_paused(False)
+    assert [s.body for s in kit.client.sent] == [b"[1]"]
+    kit.client.sent[0].respond(200)
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]"]
+
+
+def test_pause_survives_a_new_forwarder():
+    storage = MemoryStorage()
+    storage.add("ch")
+    storage.set_paused("ch", True)
+    kit = make(storage=storage)
+    kit.clock.advance(100)
+    assert kit.client.sent == []
+    kit.forwarder.set_paused(False)
+    assert len(kit.client.sent) == 1
+
+
+def test_strict_receive_order_with_concurrency_one():
+    kit = make()
+    for n in range(1, 4):
+        kit.post(b"[%d]" % n)
+    kit.client.waiting()[0].respond(500)
+    kit.clock.advance(1)
+    kit.client.waiting()[0].fail(ConnectionRefusedError())
+    kit.clock.advance(2)
+    for _ in range(3):
+        [sent] = kit.client.waiting()
+        sent.respond(200)
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[1]", b"[1]", b"[2]", b"[3]"]
+    assert kit.storage.rows == {}
+
+
+def test_concurrency_keeps_n_in_flight():
+    kit = make({"concurrency": 3})
+    for n in range(1, 6):
+        kit.post(b"[%d]" % n)
+    assert [s.body for s in kit.client.waiting()] == [b"[1]", b"[2]", b"[3]"]
+    kit.client.sent[1].respond(200)
+    assert [s.body for s in kit.client.waiting()] == [b"[1]", b"[3]", b"[4]"]
+    # A webhook waiting for its retry keeps its place in the window.
+    kit.client.sent[0].respond(500)
+    assert [s.body for s in kit.client.waiting()] == [b"[3]", b"[4]"]
+    for sent in kit.client.waiting():
+        sent.respond(200)
+    assert [s.body for s in kit.client.waiting()] == [b"[5]"]
+    kit.clock.advance(1)
+    assert [(s.body, s.attempt) for s in kit.client.waiting()] == [(b"[5]", 1), (b"[1]", 2)]
+
+
+def test_a_target_that_never_answers_times_out():
+    kit = make({"timeout-seconds": 2, "interval-seconds": 5})
+    webhook_id = kit.post()
+    kit.clock.advance(1.9)
+    assert kit.storage.item(webhook_id).forward_attempts == 0
+    kit.clock.advance(0.1)
+    assert kit.client.sent[0].cancelled
+    item = kit.storage.item(webhook_id)
+    assert item.forward_attempts == 1 and item.last_error == "no complete answer within 2s"
+    assert item.next_attempt_at == 7
+    assert kit.outcomes == [("ch", "network_error")]
+
+
+def test_a_huge_body_is_cut_at_the_cap():
+    kit = make()
+    kit.post()
+    kit.client.sent[0].respond(500, b"x" * 1024 * 1024, chunks=1000)
+    assert kit.client.sent[0].response.transport.producerState == "stopped"
+    item = kit.storage.item(1)
+    assert item.forward_attempts == 1 and len(item.last_error) < 300
+    done = ensureDeferred(kit.forwarder.retry(1))
+    kit.client.sent[1].respond(500, b"y" * 1024 * 1024, chunks=1000)
+    assert len(done.result.body) == MAX_BODY_KEPT
+
+
+def test_expected_status_is_the_only_success():
+    kit = make({"expected-status": 202})
+    webhook_id = kit.post()
+    kit.client.sent[0].respond(200)
+    assert kit.storage.item(webhook_id).last_error == "unexpected status 200"
+    kit.clock.advance(1)
+    kit.client.sent[1].respond(202)
+    assert kit.storage.item(webhook_id) is None
+
+
+def test_re_signs_with_sign_header_and_first_webhook_secret():
+    kit = make(
+        {"sign-header": "X-Hub-Signature-256", "sign-template": "sha256={{ signature }}"},
+        **{"webhook-secret": ["new-secret", "old-secret"], "secret-header": "X-Hub-Signature-256"},
+    )
+    body = b'{"action": "opened"}'
+    kit.post(body, {"content-type": "application/json", "x-hub-signature-256": "new-secret"})
+    expected = "sha256=" + hmac.new(b"new-secret", body, hashlib.sha256).hexdigest()
+    sent = kit.client.sent[0]
+    assert sent.headers.getRawHeaders(b"x-hub-signature-256") == [expected.encode()]
+
+
+def test_sign_secret_wins_over_webhook_secret():
+    kit = make({"sign-header": "X-Sig", "sign-secret": "forward-key"}, **{"webhook-secret": "in", "secret-header": "X-In"})
+    kit.post(b"{}")
+    assert kit.client.sent[0].header("x-sig") == hmac.new(b"forward-key", b"{}", hashlib.sha256).hexdigest()
+
+
+def test_sign_header_without_any_secret_is_a_config_error():
+    with pytest.raises(ConfigError, match="sign-header needs sign-secret"):
+        config({"sign-header": "X-Sig"})
+    with pytest.raises(ConfigError, match="forward: key 'url'"):
+        config({"url": "ftp://nope"})
+
+
+def test_stop_waits_for_attempts_in_flight_then_cancels_them():
+    kit = make()
+    webhook_id = kit.post()
+    stopped = kit.forwarder.stopService()
+    kit.post()
+    assert len(kit.client.sent) == 1 and not stopped.called
+    kit.clock.advance(4.9)
+    assert not stopped.called
+    kit.clock.advance(0.1)
+    assert stopped.called and kit.client.sent[0].cancelled
+    assert kit.storage.item(webhook_id).forward_attempts == 0
+
+
+def test_stop_returns_once_the_attempt_in_flight_ends():
+    kit = make()
+    kit.post()
+    stopped = kit.forwarder.stopService()
+    kit.client.sent[0].respond(200)
+    assert stopped.called and kit.storage.rows == {}
+
+
+def test_forwarders_update_adds_replaces_and_removes():
+    clock = Clock()
+    storage = MemoryStorage()
+    client = FakeClient(clock)
+    first = config()
+    forwarders = Forwarders(first, storage, Notifier(), clock, client)
+    forwarders.startService()
+    original = forwarders.get("ch")
+    assert original.running
+
+    ensureDeferred(forwarders.update(first))
+    assert forwarders.get("ch") is original
+
+    changed = config({"interval-seconds": 7})
+    ensureDeferred(forwarders.update(changed))
+    replacement = forwarders.get("ch")
+    assert replacement is not original and not original.running and replacement.running
+    assert replacement.forward.interval_seconds == 7
+
+    ensureDeferred(forwarders.update(parse_config({"channels": [{"name": "ch", "token": "t"}]})))
+    assert forwarders.get("ch") is None and not replacement.running
+    ensureDeferred(forwarders.stopService())
+
+
+def test_queue_encodes_status_and_items():
+    clock = Clock()
+    storage = MemoryStorage()
+    forwarders = Forwarders(config({"max-attempts": 1}), storage, Notifier(), clock, FakeClient(clock, [500]))
+    storage.add("ch", b'{"a": [1.50]}', {"x-a": "1"}, at=12.7)
+    forwarders.startService()
+    body = json.loads(ensureDeferred(forwarders.queue("ch", 100, 0)).result)
+    assert body == {
+        "status": {
+            "paused": False,
+            "queue_size": 1,
+            "last_success_at": None,
+            "last_error_at": 0,
+            "last_error_message": "unexpected status 500",
+        },
+        "items": [
+            {
+                "id": 1,
+                "headers": {"x-a": "1"},
+                "payload": {"a": [1.5]},
+                "received_at": 12,
+                "forward_attempts": 1,
+                "last_attempt_at": 0,
+                "last_attempt_error": "unexpected status 500",
+                "next_attempt_at": None,
+                "state": "dead",
+            }
+        ],
+    }
+    assert ensureDeferred(forwarders.clear("ch")).result == 1
+    ensureDeferred(forwarders.stopService())
