@@ -23,7 +23,7 @@ from typing import Callable
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
@@ -165,6 +165,13 @@ def _describe(error: BaseException) -> str:
     detail = str(error)
     name = type(error).__name__
     return (f"{name}: {detail}" if detail else name)[:MAX_ERROR_LENGTH]
+
+
+def _cancelled(error: BaseException) -> bool:
+    """Whether error is a cancellation (the Agent wraps it in ResponseFailed)."""
+    if isinstance(error, ResponseFailed):
+        return any(reason.check(CancelledError) for reason in error.reasons)
+    return isinstance(error, CancelledError)
 
 
 def _observe(d: Deferred) -> Deferred:
@@ -371,17 +378,26 @@ class Forwarder(Service):
             log.failure("forwarder {channel}: cannot build the request for webhook {id}", channel=self.name, id=item.id)
             return AttemptResult(False, INTERNAL_ERROR, error="internal error: cannot build the request")
         exchange = ensureDeferred(self._post(item.body, headers))
-        exchange.addTimeout(self.forward.timeout_seconds, self._clock)
+        timed_out = []
+
+        def too_slow() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        deadline = self._clock.callLater(self.forward.timeout_seconds, too_slow)
         try:
             status, body, retry_after = await exchange
-        except TimeoutError:
-            return AttemptResult(
-                False, NETWORK_ERROR, error=f"no complete answer within {self.forward.timeout_seconds:g}s"
-            )
-        except CancelledError:
-            raise
         except Exception as e:
+            if timed_out:
+                return AttemptResult(
+                    False, NETWORK_ERROR, error=f"no complete answer within {self.forward.timeout_seconds:g}s"
+                )
+            if _cancelled(e):
+                raise CancelledError() from e
             return AttemptResult(False, NETWORK_ERROR, error=_describe(e))
+        finally:
+            if deadline.active():
+                deadline.cancel()
         text = body.decode("utf-8", "replace")
         expected = self.forward.expected_status
         if status == expected or (expected is None and 200 <= status < 300):

@@ -4,6 +4,7 @@ forward part of IStorage, and an HTTP client whose answers the test gives."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, succeed
@@ -11,6 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from kwp.storage import PENDING, ChannelState, ForwardItem
 
@@ -168,3 +171,79 @@ class FakeClient:
     def waiting(self) -> list[Sent]:
         return [s for s in self.sent if not s.answer.called]
 
+
+
+class Target(Resource):
+    """A webhook receiver on 127.0.0.1 in this process.  ``status`` is what it
+    answers (``None``: never answers); every request is kept in ``received``."""
+
+    isLeaf = True
+
+    def __init__(self, clock=None):
+        super().__init__()
+        from twisted.internet import reactor
+
+        self.clock = clock or reactor
+        self.status = 200
+        self.body = b"ok"
+        self.delay = 0.0
+        self.received: list[dict] = []
+        self._waiters: list[tuple[int, Deferred]] = []
+        self.port = None
+
+    def listen(self, port: int = 0) -> "Target":
+        from twisted.internet import reactor
+
+        self.port = reactor.listenTCP(port, Site(self), interface="127.0.0.1")
+        return self
+
+    async def stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/hook"
+
+    def render_POST(self, request):
+        self.received.append(
+            {
+                "body": request.content.read(),
+                "headers": {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
+                "at": time.monotonic(),
+                "status": self.status,
+            }
+        )
+        for waiter in [w for w in self._waiters if len(self.received) >= w[0]]:
+            self._waiters.remove(waiter)
+            waiter[1].callback(None)
+        if self.status is None:
+            return NOT_DONE_YET
+
+        def answer():
+            if not request._disconnected:
+                request.setResponseCode(self.status)
+                request.write(self.body)
+                request.finish()
+
+        if self.delay:
+            self.clock.callLater(self.delay, answer)
+        else:
+            answer()
+        return NOT_DONE_YET
+
+    def wait_for(self, count: int, timeout: float = 10) -> Deferred:
+        """Fires once ``count`` requests have arrived; fails after ``timeout``."""
+        from twisted.internet import reactor
+
+        d = Deferred()
+        if len(self.received) >= count:
+            d.callback(None)
+        else:
+            self._waiters.append((count, d))
+        return d.addTimeout(timeout, reactor)
+
+    def delivered(self) -> list[bytes]:
+        """Bodies of the requests answered with a 2xx."""
+        return [r["body"] for r in self.received if r["status"] is not None and 200 <= r["status"] < 300]
