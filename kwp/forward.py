@@ -349,7 +349,16 @@ class Forwarder(Service):
                 await self._storage.forward_failed(
                     self.name, item.id, now, result.error, next_at, DEAD if dead else PENDING
                 )
-                if dead and item.state != DEAD:
+                if not dead:
+                    log.info(
+                        "forwarder {channel}: webhook {id} attempt {n} failed ({error}); next in {delay:.1f}s",
+                        channel=self.name,
+                        id=item.id,
+                        n=attempt,
+                        error=result.error,
+                        delay=next_at - now,
+                    )
+                elif item.state != DEAD:
                     log.warn(
                         "forwarder {channel}: webhook {id} is dead after {n} attempts: {error}",
                         channel=self.name,
@@ -358,7 +367,9 @@ class Forwarder(Service):
                         error=result.error,
                     )
         except Exception:
-            log.failure("forwarder {channel}: cannot record the outcome for webhook {id}", channel=self.name, id=item.id)
+            log.failure(
+                "forwarder {channel}: cannot record the outcome for webhook {id}", channel=self.name, id=item.id
+            )
             self._report(self.name, INTERNAL_ERROR)
             # Held back a moment, so a broken database does not turn into a
             # stream of deliveries of the same webhook.

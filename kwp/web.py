@@ -420,7 +420,8 @@ class KwpApp:
         try:
             result = await self.forwarders.retry(channel.name, webhook_id)
         except LookupError:
-            raise ApiError(503, "internal_error", "the channel's forwarder is restarting; try again", {"Retry-After": "1"}) from None
+            restarting = "the channel's forwarder is restarting; try again"
+            raise ApiError(503, "internal_error", restarting, {"Retry-After": "1"}) from None
         if result is None:
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         return _json(request, result.as_json())

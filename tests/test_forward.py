@@ -186,6 +186,7 @@ def test_max_attempts_parks_the_webhook_dead_and_the_next_one_goes_on():
     [sent] = kit.client.waiting()
     assert sent.body == b'{"n": 2}'
     sent.respond(204)
+    assert kit.storage.item(second) is None
     kit.clock.advance(10_000)
     assert kit.client.waiting() == [] and len(kit.client.sent) == 4
     assert kit.storage.item(first).state == DEAD
@@ -336,7 +337,9 @@ def test_re_signs_with_sign_header_and_first_webhook_secret():
 
 
 def test_sign_secret_wins_over_webhook_secret():
-    kit = make({"sign-header": "X-Sig", "sign-secret": "forward-key"}, **{"webhook-secret": "in", "secret-header": "X-In"})
+    kit = make(
+        {"sign-header": "X-Sig", "sign-secret": "forward-key"}, **{"webhook-secret": "in", "secret-header": "X-In"}
+    )
     kit.post(b"{}")
     assert kit.client.sent[0].header("x-sig") == hmac.new(b"forward-key", b"{}", hashlib.sha256).hexdigest()
 
