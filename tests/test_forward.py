@@ -427,3 +427,26 @@ def test_queue_encodes_status_and_items():
     }
     assert ensureDeferred(forwarders.clear("ch")).result == 1
     ensureDeferred(forwarders.stopService())
+
+
+def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
+    from kwp.tap import makeService
+    from tests.support import write_config
+
+    path = write_config(tmp_path / "config.yml", {"channels": [{"name": "ch", "token": "t", "forward": {"url": URL}}]})
+    options = {
+        "config": str(path),
+        "database": str(tmp_path / "kwp.db"),
+        "listen": ["tcp:0:interface=127.0.0.1"],
+        "log-format": "text",
+        "log-level": "info",
+    }
+    service = makeService(options, reactor=Clock())
+    forwarders = service.app.forwarders
+    children = list(service)
+    assert children.index(service.app.storage) < children.index(forwarders) < children.index(service.listeners[0])
+    assert forwarders.get("ch").forward.url == URL
+
+    ensureDeferred(service.reload(config({"url": "http://elsewhere.invalid/"})))
+    assert service.app.config.channel("ch").forward.url == "http://elsewhere.invalid/"
+    assert forwarders.get("ch").forward.url == "http://elsewhere.invalid/"
