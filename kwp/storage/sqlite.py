@@ -56,8 +56,18 @@ def _v1(cursor) -> None:
     )
 
 
+def _v2_pull(cursor) -> None:
+    """Claims read only rows nobody holds, and return expired leases first:
+    both through partial indexes, so rows held by a long drain or by leases
+    cost nothing to skip."""
+    cursor.execute("CREATE INDEX webhooks_unclaimed ON webhooks (channel, id) WHERE claim IS NULL")
+    cursor.execute(
+        "CREATE INDEX webhooks_leased ON webhooks (channel, lease_until) WHERE lease_until IS NOT NULL"
+    )
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2_pull]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -115,7 +125,6 @@ def _insert_batch(txn, batch: list[NewWebhook]) -> list:
     return results
 
 
-_VISIBLE = "channel = ? AND (claim IS NULL OR (lease_until IS NOT NULL AND lease_until <= ?))"
 _COLUMNS = "id, headers, body, received_at, deliveries"
 
 
@@ -124,7 +133,12 @@ def _rows(txn) -> list[StoredWebhook]:
 
 
 def _claim(txn, channel, claim_id, limit, now, lease_seconds) -> list[StoredWebhook]:
-    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE {_VISIBLE} ORDER BY id LIMIT ?", (channel, now, limit))
+    txn.execute(
+        "UPDATE webhooks SET claim = NULL, lease_until = NULL"
+        " WHERE channel = ? AND lease_until IS NOT NULL AND lease_until <= ?",
+        (channel, now),
+    )
+    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE channel = ? AND claim IS NULL ORDER BY id LIMIT ?", (channel, limit))
     rows = _rows(txn)
     if rows:
         lease_until = None if lease_seconds is None else now + lease_seconds
