@@ -61,12 +61,21 @@ def _add_relay(commands) -> None:
 def relay(args) -> None:
     """Run the relay until SIGINT or SIGTERM; exits the process."""
     from twisted.internet import task
-    from twisted.logger import globalLogBeginner
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     from kwp.relay import RelaySettings, run_relay
-    from kwp.tap import make_log_observer
 
-    globalLogBeginner.beginLoggingTo([make_log_observer("text", args.log_level)], redirectStandardIO=False)
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(args.log_level))
+    # "Starting factory ..." for every new connection says nothing useful.
+    levels.setLogLevelForNamespace("twisted.web.client._HTTP11ClientFactory", LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [levels])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     settings = RelaySettings(
         source=args.source,
         token=args.token,

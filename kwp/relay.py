@@ -195,6 +195,9 @@ class Relay:
         except (CancelledError, RelayError):
             raise
         except Exception as e:
+            if self._stopping:
+                # treq reports a cancelled request as a failed one.
+                raise CancelledError() from e
             log.warn("proxy {method} {path} failed: {failure}", method=method, path=urlsplit(url).path, failure=e)
             return None
         self._proxy_backoff.reset()
