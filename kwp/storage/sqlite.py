@@ -57,9 +57,9 @@ def _v1(cursor) -> None:
 
 
 def _v2_pull(cursor) -> None:
-    """Claims read only rows nobody holds, and return expired leases first:
-    both through partial indexes, so rows held by a long drain or by leases
-    cost nothing to skip."""
+    """A claim first gives expired leases back, then reads only rows nobody
+    holds: both through partial indexes, so the rows a long drain or a lease
+    holds cost nothing to skip."""
     cursor.execute("CREATE INDEX webhooks_unclaimed ON webhooks (channel, id) WHERE claim IS NULL")
     cursor.execute(
         "CREATE INDEX webhooks_leased ON webhooks (channel, lease_until) WHERE lease_until IS NOT NULL"
