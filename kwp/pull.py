@@ -8,6 +8,8 @@ the rows are not deleted but hidden until the lease ends or they are acked.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from dataclasses import dataclass
 
@@ -26,16 +28,17 @@ PAGE = 200
 MAX_LIMIT = 10000
 MAX_WAIT = 60
 MAX_LEASE = 3600
+MAX_ID = 2**63 - 1
 
 
 def int_arg(args: dict[str, str], name: str, low: int, high: int) -> int | None:
     raw = args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"'{name}' must be a whole number from {low} to {high}") from None
+    # int() would also take " 7", "+7", "1_000" and non-ASCII digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise bad_request(f"'{name}' must be a whole number from {low} to {high}")
+    value = int(raw)
     if not low <= value <= high:
         raise bad_request(f"'{name}' must be from {low} to {high}, got {value}")
     return value
@@ -46,6 +49,7 @@ class PullQuery:
     limit: int | None = None
     wait: int = 0
     lease: int | None = None
+    raw: bool = False
 
     @classmethod
     def parse(cls, args: dict[str, str]) -> "PullQuery":
@@ -53,16 +57,36 @@ class PullQuery:
             limit=int_arg(args, "limit", 1, MAX_LIMIT),
             wait=int_arg(args, "wait", 0, MAX_WAIT) or 0,
             lease=int_arg(args, "lease", 1, MAX_LEASE),
+            raw=bool(int_arg(args, "raw", 0, 1)),
         )
 
 
-def encode(item: StoredWebhook, with_deliveries: bool) -> bytes:
-    """One item of the pull array; the stored body is valid JSON, spliced as is."""
+def parse_ids(body: bytes) -> list[int]:
+    """The ids of an ack body {"ids": [...]}; raises ApiError 400."""
+    try:
+        ids = json.loads(body)["ids"]
+    except (ValueError, TypeError, KeyError):
+        raise bad_request('the body must be {"ids": [id, ...]}') from None
+    if not isinstance(ids, list) or not all(type(i) is int and 0 <= i <= MAX_ID for i in ids):
+        raise bad_request('"ids" must be a list of webhook ids')
+    if len(ids) > MAX_LIMIT:
+        raise bad_request(f"at most {MAX_LIMIT} ids per ack")
+    return ids
+
+
+def encode(item: StoredWebhook, with_deliveries: bool, raw: bool = False) -> bytes:
+    """One item of the pull array.  The stored body is valid JSON and is
+    spliced in as is; with raw it goes as base64 in "body" instead, for a
+    consumer that must pass on the exact bytes."""
+    if raw:
+        body = b'"body":"%s"' % base64.b64encode(item.body)
+    else:
+        body = b'"payload":%s' % item.body
     deliveries = b',"deliveries":%d' % item.deliveries if with_deliveries else b""
-    return b'{"id":%d,"headers":%s,"payload":%s,"received_at":%d%s}' % (
+    return b'{"id":%d,"headers":%s,%s,"received_at":%d%s}' % (
         item.id,
         item.headers_json.encode(),
-        item.body,
+        body,
         int(item.received_at),
         deliveries,
     )
@@ -136,7 +160,9 @@ class Puller:
         sent = 0
         while remaining > 0:
             asked = int(min(PAGE, remaining))
-            waiter = self._notifier.wait(channel) if sent == 0 else None
+            # Waiting starts before the claim, so an insert between the claim
+            # and the sleep still wakes it.
+            waiter = self._notifier.wait(channel) if sent == 0 and query.wait else None
             try:
                 page = await self._storage.claim(channel, claim_id, asked, self._clock.seconds(), query.lease)
                 if not page and waiter is not None and self._clock.seconds() < deadline and not self._notifier.closed:
@@ -146,8 +172,8 @@ class Puller:
                 if waiter is not None and not waiter.called:
                     waiter.addErrback(lambda f: f.trap(CancelledError))
                     waiter.cancel()
-            for item in page:
-                request.write(separator + encode(item, query.lease is not None))
+            if page:
+                request.write(separator + b",".join(encode(item, query.lease is not None, query.raw) for item in page))
                 separator = b","
             sent += len(page)
             remaining -= len(page)
@@ -158,6 +184,9 @@ class Puller:
                 await paused
         if sent == 0:
             request.write(separator)
+        elif query.lease is not None:
+            # Wake long-polls when these leases run out.
+            self._clock.callLater(query.lease, self._notifier.fire, channel)
 
     async def _sleep(self, waiter: Deferred, deadline: float) -> None:
         waiter.addTimeout(deadline - self._clock.seconds(), self._clock)

@@ -18,7 +18,7 @@ from kwp import __version__, verify
 from kwp.auth import authorize
 from kwp.config import Config
 from kwp.errors import ApiError, bad_request, not_found
-from kwp.pull import MAX_LIMIT, Puller, PullQuery, encode, int_arg
+from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
 
 log = Logger()
@@ -363,12 +363,7 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/ack", methods=["POST"])
     async def ack(self, request, name):
         channel = self._authorize(request, name)
-        try:
-            ids = json.loads(request.content.read())["ids"]
-        except (ValueError, TypeError, KeyError):
-            raise bad_request('the body must be {"ids": [id, ...]}') from None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise bad_request('"ids" must be a list of whole numbers')
+        ids = parse_ids(request.content.read())
         acked = await self.storage.ack(channel.name, ids)
         return _json(request, {"acked": acked})
 
@@ -377,7 +372,7 @@ class KwpApp:
         channel = self._authorize(request, name)
         args = _args(request)
         limit = int_arg(args, "limit", 1, MAX_LIMIT) or 100
-        after = int_arg(args, "after", 0, 2**63 - 1) or 0
+        after = int_arg(args, "after", 0, MAX_ID) or 0
         items = await self.storage.list(channel.name, limit, after)
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
@@ -385,7 +380,7 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/<int:webhook_id>", methods=["DELETE"])
     async def delete(self, request, name, webhook_id):
         channel = self._authorize(request, name)
-        if not await self.storage.delete(channel.name, webhook_id):
+        if webhook_id > MAX_ID or not await self.storage.delete(channel.name, webhook_id):
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         request.setResponseCode(http.NO_CONTENT)
         return b""

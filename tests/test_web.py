@@ -180,7 +180,9 @@ async def test_pull_limit_and_bad_parameters(local_kwp):
     assert [i["payload"]["n"] for i in first] == [0, 1]
     rest = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"]["n"] for i in rest] == [2, 3, 4]
-    for query in ("limit=0", "limit=10001", "limit=x", "wait=61", "wait=-1", "lease=0", "lease=3601", "lease=1.5"):
+    bad = ("limit=0", "limit=10001", "limit=x", "limit=", "limit=+5", "limit=%205", "limit=1_0", "limit=%D9%A5",
+           "wait=61", "wait=-1", "wait=1e1", "lease=0", "lease=3601", "lease=1.5", "raw=2", "raw=yes")
+    for query in bad:
         await assert_error(await kwp.get(f"/api/webhook/open?{query}", "open-token"), 400, "bad_request")
 
 
@@ -239,6 +241,77 @@ async def test_long_poll_wakes_on_insert(local_kwp):
     assert reactor.seconds() - started < 5
 
 
+async def _until(condition, timeout=5.0):
+    """Poll condition() on the reactor, at most timeout seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition not met in time")
+
+
+def _hold_long_poll(port, channel="open", token="open-token"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"GET /api/webhook/{channel}?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    return s
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_a_long_poll_frees_it_at_once(local_kwp):
+    kwp = local_kwp()
+    s = _hold_long_poll(kwp.port.getHost().port)
+    await _until(lambda: kwp.app.notifier.waiting("open") == 1)
+    s.close()
+    await _until(lambda: kwp.app.notifier.waiting("open") == 0, timeout=1)
+    await kwp.post("open", {"n": 1})
+    items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
+    assert [i["payload"] for i in items] == [{"n": 1}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
+    import os
+    import threading
+
+    kwp = local_kwp()
+    threads = threading.active_count()
+    port = kwp.port.getHost().port
+    sockets = []
+    try:
+        for _ in range(50):
+            sockets += [_hold_long_poll(port) for _ in range(20)]
+            # Let the reactor accept them: the listen backlog is short.
+            await task.deferLater(reactor, 0, lambda: None)
+        await _until(lambda: kwp.app.notifier.waiting("open") == 1000, timeout=20)
+        assert threading.active_count() == threads
+        cpu = sum(os.times()[:2])
+        await task.deferLater(reactor, 1.0, lambda: None)
+        assert sum(os.times()[:2]) - cpu < 0.2
+        # One of them takes it; the others wait again.
+        await kwp.post("open", {"n": 1})
+        await _until(lambda: kwp.app.notifier.waiting("open") == 999)
+        for _ in range(100):
+            if not await kwp.storage.list("open", 1, 0):
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert await kwp.storage.list("open", 1, 0) == []
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_pull_returns_the_stored_bytes(local_kwp):
+    import base64
+
+    kwp = local_kwp()
+    raw = b'{ "b" : 1,\n  "a" : [ 1.50, 2e3 ] }'
+    await kwp.post("open", raw)
+    items = await body_json(await kwp.get("/api/webhook/open?raw=1&lease=60", "open-token"))
+    assert base64.b64decode(items[0]["body"]) == raw and "payload" not in items[0]
+    assert items[0]["deliveries"] == 1
+
+
 @pytest_twisted.ensureDeferred
 async def test_long_poll_times_out_with_an_empty_array(local_kwp):
     kwp = local_kwp()
@@ -269,7 +342,8 @@ async def test_ack_of_another_channels_ids_changes_nothing(local_kwp):
     ack = await treq.post(kwp.url("/api/webhook/github/ack"), json={"ids": [leased[0]["id"]]},
                           headers={"Authorization": "Bearer github-token"})
     assert await body_json(ack) == {"acked": 0}
-    for body in (b"[]", b'{"ids": "1"}', b'{"ids": [true]}', b"nope"):
+    for body in (b"[]", b'{"ids": "1"}', b'{"ids": [true]}', b"nope", b'{"ids": [1.0]}', b'{"ids": [-1]}',
+                 b'{"ids": [9223372036854775808]}', b'{"ids": [%s]}' % b",".join(b"1" for _ in range(10001))):
         response = await treq.post(kwp.url("/api/webhook/open/ack"), data=body,
                                    headers={"Authorization": "Bearer open-token"})
         await assert_error(response, 400, "bad_request")
@@ -288,6 +362,7 @@ async def test_list_and_delete(local_kwp):
     assert (await treq.delete(kwp.url(f"/api/webhook/open/{listed[0]['id']}"), headers=auth)).code == 204
     await assert_error(await treq.delete(kwp.url(f"/api/webhook/open/{listed[0]['id']}"), headers=auth),
                        404, "not_found")
+    await assert_error(await treq.delete(kwp.url(f"/api/webhook/open/{2**64}"), headers=auth), 404, "not_found")
     assert len(await body_json(await kwp.get("/api/webhook/open/list", "open-token"))) == 2
 
 

@@ -89,8 +89,18 @@ def _v2(cursor) -> None:
     )
 
 
+def _v3(cursor) -> None:
+    """A claim first gives expired leases back, then reads only rows nobody
+    holds: both through partial indexes, so the rows a long drain or a lease
+    holds cost nothing to skip."""
+    cursor.execute("CREATE INDEX webhooks_unclaimed ON webhooks (channel, id) WHERE claim IS NULL")
+    cursor.execute(
+        "CREATE INDEX webhooks_leased ON webhooks (channel, lease_until) WHERE lease_until IS NOT NULL"
+    )
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2]
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -148,7 +158,6 @@ def _insert_batch(txn, batch: list[NewWebhook]) -> list:
     return results
 
 
-_VISIBLE = "channel = ? AND (claim IS NULL OR (lease_until IS NOT NULL AND lease_until <= ?))"
 _COLUMNS = "id, headers, body, received_at, deliveries"
 
 
@@ -157,7 +166,12 @@ def _rows(txn) -> list[StoredWebhook]:
 
 
 def _claim(txn, channel, claim_id, limit, now, lease_seconds) -> list[StoredWebhook]:
-    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE {_VISIBLE} ORDER BY id LIMIT ?", (channel, now, limit))
+    txn.execute(
+        "UPDATE webhooks SET claim = NULL, lease_until = NULL"
+        " WHERE channel = ? AND lease_until IS NOT NULL AND lease_until <= ?",
+        (channel, now),
+    )
+    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE channel = ? AND claim IS NULL ORDER BY id LIMIT ?", (channel, limit))
     rows = _rows(txn)
     if rows:
         lease_until = None if lease_seconds is None else now + lease_seconds
@@ -216,8 +230,12 @@ def _forward_rows(txn) -> list[ForwardItem]:
 
 
 def _forward_window(txn, channel, limit, now) -> list[ForwardItem]:
+    # Rows still under a pull's lease (a channel that pulled before it got a
+    # forward block) wait for the lease to end.
     txn.execute(
-        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE {_VISIBLE} AND state = ? ORDER BY id LIMIT ?",
+        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ?"
+        " AND (claim IS NULL OR (lease_until IS NOT NULL AND lease_until <= ?))"
+        " AND state = ? ORDER BY id LIMIT ?",
         (channel, now, PENDING, limit),
     )
     return _forward_rows(txn)

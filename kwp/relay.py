@@ -1,0 +1,299 @@
+"""The relay agent behind ``kwp relay``: pull a channel in lease mode and
+POST each webhook, in order, to a target on the inside network.
+
+Only outbound connections.  A webhook is acked only after the target answered
+2xx, so whatever restarts (the relay, the proxy, the target) an unacked
+webhook comes back when its lease ends: delivery is at least once, and each
+POST carries ``X-Kwp-Delivery-Id`` so the target can drop a repeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from kwp.receive import HOP_BY_HOP
+
+log = Logger()
+
+# How much longer than `wait` a long-poll may take before it counts as lost.
+POLL_SLACK = 30
+
+
+class RelayError(Exception):
+    """A failure that retrying cannot fix (bad token, unknown channel)."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    source: str  # the channel's pull URL: https://proxy/api/webhook/NAME
+    token: str
+    target: str
+    lease: int = 60
+    wait: int = 30
+    batch: int = 10
+    timeout: float = 30
+    min_delay: float = 1
+    max_delay: float = 60
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    headers: dict[str, str]
+    body: bytes
+    deliveries: int
+
+    @classmethod
+    def parse(cls, item: dict) -> "Item":
+        if "body" not in item:
+            raise RelayError("the proxy ignored raw=1 (it is older than this relay); cannot relay byte for byte")
+        return cls(item["id"], item["headers"], base64.b64decode(item["body"]), item.get("deliveries", 1))
+
+
+class Backoff:
+    """Exponential delays from min_delay to max_delay with 'equal jitter':
+    each delay is between half and all of the exponential step."""
+
+    def __init__(self, min_delay: float, max_delay: float, random: Callable[[], float] = random.random):
+        self._min = min_delay
+        self._max = max_delay
+        self._random = random
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        step = min(self._max, self._min * 2 ** (self.failures - 1))
+        return step / 2 + self._random() * step / 2
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _with_path(url: str, suffix: str, query: dict | None = None) -> str:
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/") + suffix
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query or {}), ""))
+
+
+def target_headers(item: Item, attempt: int) -> Headers:
+    headers = Headers()
+    for name, value in item.headers.items():
+        if name not in HOP_BY_HOP and not name.startswith("proxy-"):
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    headers.setRawHeaders(b"x-kwp-delivery-id", [str(item.id).encode()])
+    headers.setRawHeaders(b"x-kwp-attempt", [str(attempt).encode()])
+    return headers
+
+
+class Relay:
+    """``run()`` relays until ``stop()``; ``http`` is a treq HTTPClient (or
+    anything with its ``request`` and responses with ``code``/``content()``)."""
+
+    def __init__(self, settings: RelaySettings, http, clock, random: Callable[[], float] = random.random):
+        self._settings = settings
+        self._http = http
+        self._clock = clock
+        self._proxy_backoff = Backoff(settings.min_delay, settings.max_delay, random)
+        self._target_backoff = Backoff(settings.min_delay, settings.max_delay, random)
+        self._auth = Headers({b"authorization": [f"Bearer {settings.token}".encode("latin-1")]})
+        self._poll_url = _with_path(
+            settings.source, "", {"lease": settings.lease, "wait": settings.wait, "limit": settings.batch, "raw": 1}
+        )
+        self._ack_url = _with_path(settings.source, "/ack")
+        self._list_url = _with_path(settings.source, "/list", {"limit": 1})
+        # Delivered to the target, not yet acked at the proxy.
+        self._unacked: list[int] = []
+        self._order_checked = False
+        self._stopping = False
+        self._interruptible: Deferred | None = None
+        self._done: Deferred | None = None
+        self.delivered = 0
+
+    def stop(self) -> Deferred:
+        """Stop after the POST in flight, if any; fires when the relay has
+        stopped."""
+        self._stopping = True
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+        if self._done is None:
+            return succeed(None)
+        done = Deferred()
+        self._done.addBoth(lambda result: done.callback(None) or result)
+        return done
+
+    def start(self) -> Deferred:
+        """Relay until stop(); fails with RelayError on a refusal."""
+        self._done = ensureDeferred(self._run())
+        return self._done
+
+    async def _run(self) -> None:
+        log.info("relaying {source} to {target}", source=self._settings.source, target=self._settings.target)
+        try:
+            while not self._stopping:
+                await self._flush_acks(retry=True)
+                items = await self._poll()
+                if items and not self._order_checked:
+                    if not await self._order_is_safe(items[0].id):
+                        continue
+                    self._order_checked = True
+                for item in items:
+                    if self._stopping:
+                        break
+                    await self._deliver(item)
+        except CancelledError:
+            if not self._stopping:
+                raise
+        await self._flush_acks(retry=False)
+        log.info("relay stopped after {n} deliveries", n=self.delivered)
+
+    async def _interrupt(self, d: Deferred):
+        """Await d unless stop() comes first (then CancelledError)."""
+        if self._stopping:
+            d.cancel()
+        self._interruptible = d
+        try:
+            return await d
+        finally:
+            self._interruptible = None
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._interrupt(task.deferLater(self._clock, seconds, lambda: None))
+
+    def _call(self, method: str, url: str, headers: Headers, data: bytes | None, timeout: float) -> Deferred:
+        """(status, body) of one request, failing with TimeoutError after timeout."""
+
+        async def call():
+            response = await self._http.request(method, url, headers=headers, data=data)
+            return response.code, await response.content()
+
+        return ensureDeferred(call()).addTimeout(timeout, self._clock)
+
+    async def _proxy(self, method: str, url: str, data: bytes | None = None, timeout=None, interruptible=True):
+        """The JSON answer of the proxy, or None after a failure worth
+        retrying (logged).  Raises RelayError on a refusal."""
+        headers = self._auth.copy()
+        if data is not None:
+            headers.setRawHeaders(b"content-type", [b"application/json"])
+        call = self._call(method, url, headers, data, timeout or self._settings.timeout)
+        try:
+            status, body = await (self._interrupt(call) if interruptible else call)
+            if status in (400, 401, 403, 404):
+                raise RelayError(f"the proxy refused {method} {urlsplit(url).path}: {status} {body[:200]!r}")
+            if not 200 <= status < 300:
+                raise ValueError(f"status {status}")
+            answer = json.loads(body)
+        except (CancelledError, RelayError):
+            raise
+        except Exception as e:
+            if self._stopping:
+                # treq reports a cancelled request as a failed one.
+                raise CancelledError() from e
+            log.warn("proxy {method} {path} failed: {failure}", method=method, path=urlsplit(url).path, failure=e)
+            return None
+        self._proxy_backoff.reset()
+        return answer
+
+    async def _proxy_backoff_sleep(self) -> None:
+        delay = self._proxy_backoff.next()
+        log.info("retrying the proxy in {delay:.1f}s", delay=delay)
+        await self._sleep(delay)
+
+    async def _poll(self) -> list[Item]:
+        answer = await self._proxy("GET", self._poll_url, timeout=self._settings.wait + POLL_SLACK)
+        if answer is None:
+            await self._proxy_backoff_sleep()
+            return []
+        items = [Item.parse(i) for i in answer]
+        if items:
+            log.info("leased {n} webhook(s) {first}..{last}", n=len(items), first=items[0].id, last=items[-1].id)
+        return items
+
+    async def _order_is_safe(self, first: int) -> bool:
+        """After a start, a crashed predecessor may still hold leases on older
+        webhooks; delivering now would overtake them.  Then wait until every
+        lease, ours included, has run out, and poll again."""
+        answer = await self._proxy("GET", self._list_url)
+        if answer is None:
+            await self._proxy_backoff_sleep()
+            return False
+        older = [i["id"] for i in answer if i["id"] < first]
+        if not older:
+            return True
+        log.info(
+            "webhook {older} is leased elsewhere (an earlier relay?); waiting {lease}s for its lease to end",
+            older=older[0],
+            lease=self._settings.lease,
+        )
+        await self._sleep(self._settings.lease + 1)
+        return False
+
+    async def _deliver(self, item: Item) -> None:
+        """POST item until the target answers 2xx, or stop()."""
+        attempt = 0
+        while not self._stopping:
+            attempt += 1
+            headers = target_headers(item, attempt)
+            try:
+                # Not interrupted by stop(): its outcome decides the ack.
+                status, _ = await self._call("POST", self._settings.target, headers, item.body, self._settings.timeout)
+            except Exception as e:
+                failure = f"{type(e).__name__}: {e}"
+            else:
+                if 200 <= status < 300:
+                    log.info("delivered {id} ({status}, attempt {attempt})", id=item.id, status=status, attempt=attempt)
+                    self._target_backoff.reset()
+                    self.delivered += 1
+                    self._unacked.append(item.id)
+                    await self._flush_acks(retry=False)
+                    return
+                failure = f"status {status}"
+            delay = self._target_backoff.next()
+            log.warn(
+                "target refused {id} ({failure}, attempt {attempt}); retrying in {delay:.1f}s",
+                id=item.id,
+                failure=failure,
+                attempt=attempt,
+                delay=delay,
+            )
+            await self._sleep(delay)
+
+    async def _flush_acks(self, retry: bool) -> None:
+        """Ack what was delivered; with retry, until the proxy took it."""
+        while self._unacked:
+            ids = list(self._unacked)
+            answer = await self._proxy("POST", self._ack_url, json.dumps({"ids": ids}).encode(), interruptible=False)
+            if answer is not None:
+                del self._unacked[: len(ids)]
+                log.debug("acked {ids}", ids=ids)
+            elif not retry or self._stopping:
+                return
+            else:
+                await self._proxy_backoff_sleep()
+
+
+async def run_relay(reactor, settings: RelaySettings) -> None:
+    """The relay on the real reactor with a treq client, stopped by the
+    reactor's shutdown (SIGINT, SIGTERM)."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    relay = Relay(settings, HTTPClient(Agent(reactor, pool=pool)), reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", relay.stop)
+    try:
+        await relay.start()
+    except RelayError as e:
+        log.error("{error}; giving up", error=e)
+        raise SystemExit(1)
+    finally:
+        await pool.closeCachedConnections()

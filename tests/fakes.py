@@ -1,0 +1,147 @@
+"""Threadless stand-ins for tests on a task.Clock: an in-memory IStorage with
+the claim/lease/ack semantics of kwp.storage.sqlite, and the part of a
+twisted.web Request that kwp.pull.Puller uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kwp.storage import IStorage, NewWebhook, StoredWebhook
+
+
+@dataclass
+class _Row:
+    channel: str
+    headers_json: str
+    body: bytes
+    received_at: float
+    claim: str | None = None
+    lease_until: float | None = None
+    deliveries: int = 0
+
+    def stored(self, id: int) -> StoredWebhook:
+        return StoredWebhook(id, self.headers_json, self.body, self.received_at, self.deliveries)
+
+
+@implementer(IStorage)
+class MemoryStorage:
+    """Every call answers at once.  No dedup windows and no max-queue."""
+
+    def __init__(self):
+        self.rows: dict[int, _Row] = {}
+        self._next_id = 1
+
+    def insert(self, webhook: NewWebhook):
+        id, self._next_id = self._next_id, self._next_id + 1
+        self.rows[id] = _Row(webhook.channel, webhook.headers_json, webhook.body, webhook.received_at)
+        return succeed(id)
+
+    def _of(self, channel):
+        return sorted((id, row) for id, row in self.rows.items() if row.channel == channel)
+
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None):
+        for _, row in self._of(channel):
+            if row.lease_until is not None and row.lease_until <= now:
+                row.claim = row.lease_until = None
+        taken = [(id, row) for id, row in self._of(channel) if row.claim is None][:limit]
+        for _, row in taken:
+            row.claim = claim_id
+            row.lease_until = None if lease_seconds is None else now + lease_seconds
+            row.deliveries += 1
+        return succeed([row.stored(id) for id, row in taken])
+
+    def finish_claim(self, claim_id):
+        for id in [id for id, row in self.rows.items() if row.claim == claim_id]:
+            del self.rows[id]
+        return succeed(None)
+
+    def release_claim(self, claim_id):
+        for row in self.rows.values():
+            if row.claim == claim_id:
+                row.claim = row.lease_until = None
+                row.deliveries -= 1
+        return succeed(None)
+
+    def ack(self, channel, ids):
+        acked = 0
+        for id in ids:
+            row = self.rows.get(id)
+            if row is not None and row.channel == channel and row.deliveries > 0:
+                del self.rows[id]
+                acked += 1
+        return succeed(acked)
+
+    def list(self, channel, limit, after=0):
+        return succeed([row.stored(id) for id, row in self._of(channel) if id > after][:limit])
+
+    def delete(self, channel, webhook_id):
+        row = self.rows.get(webhook_id)
+        if row is None or row.channel != channel:
+            return succeed(False)
+        del self.rows[webhook_id]
+        return succeed(True)
+
+    def ping(self):
+        return succeed(None)
+
+
+class _Transport:
+    def __init__(self):
+        self.aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class FakeRequest:
+    """Collects what is written.  With pause_after_write the 'transport'
+    pauses its producer after every write, as a full socket buffer would."""
+
+    def __init__(self, pause_after_write: bool = False):
+        self.written: list[bytes] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.transport = _Transport()
+        self.producer = None
+        self.pause_after_write = pause_after_write
+        self._finished: list[Deferred] = []
+
+    @property
+    def startedWriting(self) -> bool:
+        return bool(self.written)
+
+    def setHeader(self, name, value):
+        self.headers[name] = value
+
+    def notifyFinish(self) -> Deferred:
+        d = Deferred()
+        self._finished.append(d)
+        return d
+
+    def registerProducer(self, producer, streaming):
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data: bytes):
+        self.written.append(data)
+        if self.pause_after_write and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def body(self) -> bytes:
+        return b"".join(self.written)
+
+    def finish(self):
+        """The response went out completely."""
+        for d in self._finished:
+            d.callback(None)
+
+    def lose(self):
+        """The client went away first."""
+        for d in self._finished:
+            d.errback(Failure(ConnectionError("gone")))

@@ -1,0 +1,31 @@
+"""A GET without limit over a 100,000-webhook backlog (about 100 MiB) on the
+real daemon: every webhook arrives exactly once and the daemon's memory stays
+flat, even while the client reads nothing at first."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+
+import pytest
+
+from tests.drain import drain, fill, start_daemon
+
+COUNT = 100_000
+
+
+@pytest.mark.timeout(120)
+def test_a_100k_backlog_streams_in_flat_memory(tmp_path):
+    db_path = tmp_path / "kwp.db"
+    fill(db_path, COUNT, payload_size=1000)
+    daemon = start_daemon(tmp_path, db_path)
+    try:
+        result = drain(daemon, stall=2.0, timeout=90)
+        assert result.body_bytes > 100 * 2**20
+        assert sorted(result.ns) == list(range(COUNT))
+        assert result.growth_mib < 60, f"daemon memory grew by {result.growth_mib:.0f} MiB"
+    finally:
+        assert daemon.stop() in (0, -signal.SIGTERM)
+    connection = sqlite3.connect(db_path)
+    assert connection.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 0
+    connection.close()
