@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -27,13 +27,11 @@ CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 NOT_SUPPORTED_YET = frozenset(
     {
         "server.trusted-proxies",
-        "server.metrics",
         "channel.secret-extract-template",
         "channel.secret-sign-template",
         "channel.provider",
         "channel.verify-token",
         "channel.dedup-window-seconds",
-        "channel.max-queue",
         "channel.allowed-ips",
         "channel.forward",
         "secret-type.hmac-sha256",
@@ -441,6 +439,19 @@ def load_config(path: str) -> Config:
 REDACTED = "<redacted>"
 
 
+def _redacted_url(url: str) -> str:
+    """The URL without its user info and with every query value replaced:
+    both are where credentials of a forward target usually sit."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.netloc != netloc:
+        netloc = f"{REDACTED}@{netloc}"
+    query = "&".join(
+        f"{item.partition('=')[0]}={REDACTED}" if item else item for item in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def redacted(config: Config) -> dict:
     """The effective configuration as plain data, every secret and token replaced."""
 
@@ -459,8 +470,12 @@ def redacted(config: Config) -> dict:
     channels = []
     for c in config.channels:
         forward = c.forward
-        if forward is not None and forward.sign_secret:
-            forward = replace(forward, sign_secret=REDACTED)
+        if forward is not None:
+            forward = replace(
+                forward,
+                url=_redacted_url(forward.url),
+                sign_secret=REDACTED if forward.sign_secret else None,
+            )
         channels.append(
             replace(
                 c,

@@ -15,7 +15,7 @@ from kwp import verify
 from kwp.config import Channel, Config
 from kwp.errors import ApiError
 from kwp.notify import Notifier
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageUnavailable
 
 HOP_BY_HOP = frozenset(
     {
@@ -135,6 +135,9 @@ class Receiver:
         )
         try:
             result = await self._storage.insert(webhook)
+        except StorageUnavailable as e:
+            # A full disk passes: 503 tells the sender to retry, as for queue_full.
+            raise ApiError(503, "internal_error", f"the webhook could not be stored now: {e}", {"Retry-After": "60"}) from e
         except Exception as e:
             raise ApiError(500, "internal_error", "the webhook could not be stored") from e
         if result is DUPLICATE:

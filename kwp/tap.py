@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -21,6 +22,7 @@ from twisted.python import usage
 
 from kwp.config import ConfigError, load_config
 from kwp.notify import Notifier
+from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage
 from kwp.web import KwpApp, KwpSite
 
@@ -108,12 +110,16 @@ class KwpService(MultiService):
     """The storage, the listeners, and a stop in a fixed order: stop listening,
     let requests in flight finish (bounded), then close the database."""
 
-    def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock):
+    def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
         self.app = app
         self.site = site
         self.log_observer = log_observer
         self._clock = clock
+        self._reloader = Reloader(load_config, app)
+        # Called with the new Config after each reload (forwarders follow it).
+        self.on_reload = self._reloader.hooks
+        self._previous_sighup = None
         app.storage.setServiceParent(self)
         self.listeners = []
         for endpoint in listeners:
@@ -129,9 +135,24 @@ class KwpService(MultiService):
         if hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self.log_observer)
 
+    def reload(self) -> defer.Deferred:
+        """Load the config file again and apply it whole, or keep the running
+        one when the new file is invalid; fires with whether it was applied."""
+        return self._reloader.reload()
+
+    def _sighup(self, signum, frame):
+        self._clock.callFromThread(self.reload)
+
+    def startService(self):
+        super().startService()
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
     @defer.inlineCallbacks
     def stopService(self):
         self.running = 0
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
         log.info("stopped listening; finishing requests in flight")
         self.app.notifier.close()
@@ -169,4 +190,10 @@ def makeService(options, reactor=None):
         path=config.path,
         database=options["database"],
     )
-    return KwpService(app, site, listeners, observer, reactor)
+    # Absolute: a daemonized twistd changes directory before any reload.
+    path = os.path.abspath(options["config"])
+
+    def reload_config():
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_config, path)
+
+    return KwpService(app, site, listeners, observer, reactor, reload_config)

@@ -16,9 +16,18 @@ from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kwp.storage import DUPLICATE, QUEUE_FULL, IStorage, NewWebhook, StorageError, StoredWebhook
+from kwp.storage import (
+    DUPLICATE,
+    QUEUE_FULL,
+    IStorage,
+    NewWebhook,
+    StorageError,
+    StorageUnavailable,
+    StoredWebhook,
+)
 
 log = Logger()
 
@@ -173,6 +182,34 @@ def _delete(txn, channel, webhook_id) -> bool:
     return txn.rowcount > 0
 
 
+def _queue_stats(txn) -> dict[str, tuple[int, float]]:
+    # Counting walks the (channel, id) index only; ids grow with receive
+    # time, so the oldest row of a channel is the one with its smallest id.
+    txn.execute("SELECT channel, COUNT(*), MIN(id) FROM webhooks GROUP BY channel")
+    counts = {channel: (count, first) for channel, count, first in txn.fetchall()}
+    stats = {}
+    for channel, (count, first) in counts.items():
+        txn.execute("SELECT received_at FROM webhooks WHERE id = ?", (first,))
+        stats[channel] = (count, txn.fetchone()[0])
+    return stats
+
+
+# SQLite result codes that mean "cannot write now" rather than "broken".
+_UNAVAILABLE_CODES = {13: "the disk is full", 8: "the database is read-only"}
+_UNAVAILABLE_MESSAGES = {"database or disk is full": 13, "readonly database": 8}
+
+
+def _unavailable(error: BaseException) -> StorageUnavailable | None:
+    """StorageUnavailable for a full disk or a read-only database, else None."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        code = next((c for text, c in _UNAVAILABLE_MESSAGES.items() if text in str(error)), None)
+    reason = _UNAVAILABLE_CODES.get(code & 0xFF) if code is not None else None
+    return StorageUnavailable(reason) if reason else None
+
+
 def _ping(txn) -> None:
     txn.execute("SELECT 1")
 
@@ -246,6 +283,11 @@ class SQLiteStorage(Service):
                 d.callback(result)
 
         def failed(failure):
+            unavailable = _unavailable(failure.value)
+            if unavailable is not None:
+                log.warn("cannot store webhooks: {reason}", reason=unavailable)
+                unavailable.__cause__ = failure.value
+                failure = Failure(unavailable)
             for _, d in batch:
                 d.errback(failure)
 
@@ -273,6 +315,9 @@ class SQLiteStorage(Service):
 
     def delete(self, channel, webhook_id) -> Deferred:
         return self._run(_delete, channel, webhook_id)
+
+    def queue_stats(self) -> Deferred:
+        return self._run(_queue_stats)
 
     def ping(self) -> Deferred:
         return self._run(_ping)
