@@ -10,9 +10,12 @@ from ipaddress import ip_network
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from kwp import ops
 from kwp.auth import authorize_admin
@@ -181,8 +184,6 @@ class LogCapture:
         self.events.append(event)
 
     def text(self) -> str:
-        from twisted.logger import formatEvent
-
         return "\n".join(formatEvent(e) for e in self.events)
 
 
@@ -440,3 +441,34 @@ async def test_a_read_only_database_refuses_with_503(local_kwp, monkeypatch):
     response = await kwp.post("github", {}, GH)
     assert response.code == 503
     assert "read-only" in (await body_json(response))["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_in_flight_finishes_on_the_config_it_started_with(local_kwp):
+    class Raw(Protocol):
+        def __init__(self):
+            self.received = b""
+            self.done = Deferred()
+
+        def dataReceived(self, data):
+            self.received += data
+
+        def connectionLost(self, reason):
+            self.done.callback(self.received)
+
+    kwp = local_kwp(CONFIG)
+    body = b'{"late": true}'
+    raw = Raw()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", kwp.port.getHost().port), raw)
+    raw.transport.write(
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    await deferLater(reactor, 0.1, lambda: None)
+    data = json.loads(json.dumps(CONFIG))
+    data["channels"] = [c for c in data["channels"] if c["name"] != "open"]
+    kwp.app.config = parse_config(data)
+    raw.transport.write(body)
+    response = await raw.done
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert (await kwp.post("open", {})).code == 404
