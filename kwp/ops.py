@@ -75,7 +75,9 @@ class _Scrape:
                 security.add_metric([channel.name, feature], 1 if on else 0)
         yield security
         yield GaugeMetricFamily(
-            "kwp_database_up", "1 when the queue statistics could be read from the database", value=int(self._stats is not None)
+            "kwp_database_up",
+            "1 when the queue statistics could be read from the database",
+            value=int(self._stats is not None),
         )
         if self._stats is None:
             return

@@ -136,8 +136,11 @@ class Receiver:
         try:
             result = await self._storage.insert(webhook)
         except StorageUnavailable as e:
-            # A full disk passes: 503 tells the sender to retry, as for queue_full.
-            raise ApiError(503, "internal_error", f"the webhook could not be stored now: {e}", {"Retry-After": "60"}) from e
+            # Not the contract's 500: a full disk or a read-only database is a
+            # refusal for now, and 503 with Retry-After makes senders retry
+            # later, as for queue_full (docs/OPERATIONS.md).
+            message = f"the webhook could not be stored now: {e}"
+            raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
         except Exception as e:
             raise ApiError(500, "internal_error", "the webhook could not be stored") from e
         if result is DUPLICATE:

@@ -127,7 +127,9 @@ def test_nginx_site_parses(tmp_path):
     site = site.replace("/etc/letsencrypt/live/hooks.example.com/fullchain.pem", str(cert))
     (tmp_path / "kwp.conf").write_text(site)
     main = tmp_path / "nginx.conf"
-    main.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n include {tmp_path}/kwp.conf;\n}}\n")
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n include {tmp_path}/kwp.conf;\n}}\n"
+    )
     result = subprocess.run([nginx, "-t", "-c", str(main)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
