@@ -144,8 +144,10 @@ class KwpService(MultiService):
         self._clock.callFromThread(self.reload)
 
     def startService(self):
-        super().startService()
+        # Before the listeners start: a SIGHUP sent once the port answers must
+        # find the handler, not the default action (which ends the process).
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        super().startService()
 
     @defer.inlineCallbacks
     def stopService(self):
