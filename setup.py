@@ -12,6 +12,7 @@ setup(
         "klein>=23.5",
         "treq>=23.11",
         "pyyaml>=6.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

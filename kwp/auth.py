@@ -45,3 +45,17 @@ def authorize(config: Config, channel_name: str, authorization: str | None) -> C
     if not is_admin and owner is not channel:
         raise ApiError(403, "forbidden", f"the token does not give access to channel {channel_name!r}")
     return channel
+
+
+def authorize_admin(config: Config, authorization: str | None) -> None:
+    """Raise unless the Authorization header carries the admin token: 401
+    for a missing, malformed or unknown token, 403 for a channel's token."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing or malformed 'Authorization: Bearer' header")
+    admin = config.server.admin_token
+    if admin is not None and _same(token, admin):
+        return
+    if any([_same(token, c.token) for c in config.channels]):
+        raise ApiError(403, "forbidden", "only the admin token gives access to this endpoint")
+    raise ApiError(401, "unauthorized", "unknown token")

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -21,15 +21,6 @@ MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-
-# Keys of the contract that no code implements yet.  They are refused rather
-# than accepted and ignored: an ignored allowed-ips would be a silent hole.
-NOT_SUPPORTED_YET = frozenset(
-    {
-        "server.metrics",
-        "channel.max-queue",
-    }
-)
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 PROVIDERS = (
@@ -297,15 +288,8 @@ FORWARD_KEYS = (
 )
 
 
-def _refuse_unsupported(reader: _Reader, scope: str, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if f"{scope}.{key}" in NOT_SUPPORTED_YET and reader.has(key):
-            reader.error(key, "is not supported yet by this version of kwp")
-
-
 def _parse_server(errors: list[str], where: str, data: Any) -> Server:
     r = _Reader(errors, where, data if data is not None else {}, SERVER_KEYS)
-    _refuse_unsupported(r, "server", SERVER_KEYS)
     return Server(
         default_body_limit=r.get("default-body-limit", _integer(1, MAX_BODY_LIMIT), DEFAULT_BODY_LIMIT),
         trusted_proxies=r.get("trusted-proxies", _networks, ()),
@@ -341,7 +325,6 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
     r = _Reader(errors, where, data, CHANNEL_KEYS, aliases={"token": "api-read-token"})
     if r.has("api-read-token") and "token" in r.data and "api-read-token" in r.data:
         r.error("token", "is an alias of 'api-read-token'; give only one of them")
-    _refuse_unsupported(r, "channel", CHANNEL_KEYS)
     name = r.get("name", _string, required=True)
     if name is not None and not CHANNEL_NAME.match(name):
         r.error("name", f"{name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
@@ -451,6 +434,19 @@ def load_config(path: str) -> Config:
 REDACTED = "<redacted>"
 
 
+def _redacted_url(url: str) -> str:
+    """The URL without its user info and with every query value replaced:
+    both are where credentials of a forward target usually sit."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.netloc != netloc:
+        netloc = f"{REDACTED}@{netloc}"
+    query = "&".join(
+        f"{item.partition('=')[0]}={REDACTED}" if item else item for item in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def redacted(config: Config) -> dict:
     """The effective configuration as plain data, every secret and token replaced."""
 
@@ -469,8 +465,12 @@ def redacted(config: Config) -> dict:
     channels = []
     for c in config.channels:
         forward = c.forward
-        if forward is not None and forward.sign_secret:
-            forward = replace(forward, sign_secret=REDACTED)
+        if forward is not None:
+            forward = replace(
+                forward,
+                url=_redacted_url(forward.url),
+                sign_secret=REDACTED if forward.sign_secret else None,
+            )
         channels.append(
             replace(
                 c,

@@ -15,7 +15,7 @@ from kwp import verify
 from kwp.config import Channel, Config
 from kwp.errors import ApiError
 from kwp.notify import Notifier
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageUnavailable
 
 HOP_BY_HOP = frozenset(
     {
@@ -147,6 +147,12 @@ class Receiver:
         )
         try:
             result = await self._storage.insert(webhook)
+        except StorageUnavailable as e:
+            # Not the contract's 500: a full disk or a read-only database is a
+            # refusal for now, and 503 with Retry-After makes senders retry
+            # later, as for queue_full (docs/OPERATIONS.md).
+            message = f"the webhook could not be stored now: {e}"
+            raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
         except Exception as e:
             raise ApiError(500, "internal_error", "the webhook could not be stored") from e
         if result is DUPLICATE:

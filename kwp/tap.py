@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -22,6 +23,7 @@ from twisted.python import usage
 from kwp.config import ConfigError, load_config
 from kwp.forward import Forwarders, http_client
 from kwp.notify import Notifier
+from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage
 from kwp.web import KwpApp, KwpSite
 
@@ -110,12 +112,17 @@ class KwpService(MultiService):
     order: stop listening, let requests in flight finish (bounded), let
     forward attempts in flight finish (bounded), then close the database."""
 
-    def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock):
+    def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
         self.app = app
         self.site = site
         self.log_observer = log_observer
         self._clock = clock
+        self._reloader = Reloader(load_config, app)
+        # Called with the new Config after each reload (forwarders follow it).
+        self.on_reload = self._reloader.hooks
+        self.on_reload.append(lambda config: defer.ensureDeferred(app.forwarders.update(config)))
+        self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)
         self.listeners = []
@@ -132,9 +139,26 @@ class KwpService(MultiService):
         if hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self.log_observer)
 
+    def reload(self) -> defer.Deferred:
+        """Load the config file again and apply it whole, or keep the running
+        one when the new file is invalid; fires with whether it was applied."""
+        return self._reloader.reload()
+
+    def _sighup(self, signum, frame):
+        self._clock.callFromThread(self.reload)
+
+    def startService(self):
+        # Before the listeners start: a SIGHUP sent once the port answers must
+        # find the handler, not the default action (which ends the process).
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        super().startService()
+
     @defer.inlineCallbacks
     def stopService(self):
         self.running = 0
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
         log.info("stopped listening; finishing requests in flight")
         self.app.notifier.close()
@@ -147,10 +171,6 @@ class KwpService(MultiService):
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
 
-    def reload(self, config) -> defer.Deferred:
-        """Serve a new, already validated config."""
-        self.app.config = config
-        return defer.ensureDeferred(self.app.forwarders.update(config))
 
 
 def makeService(options, reactor=None):
@@ -180,4 +200,10 @@ def makeService(options, reactor=None):
         path=config.path,
         database=options["database"],
     )
-    return KwpService(app, site, listeners, observer, reactor)
+    # Absolute: a daemonized twistd changes directory before any reload.
+    path = os.path.abspath(options["config"])
+
+    def reload_config():
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_config, path)
+
+    return KwpService(app, site, listeners, observer, reactor, reload_config)

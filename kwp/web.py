@@ -4,10 +4,12 @@ anything."""
 
 from __future__ import annotations
 
+import functools
 import json
 from urllib.parse import unquote
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import http
@@ -15,9 +17,10 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
-from kwp.auth import authorize
-from kwp.config import Config
+from kwp.auth import authorize, authorize_admin
+from kwp.config import Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
+from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
 
@@ -239,6 +242,28 @@ class KwpSite(Site):
         )
 
 
+def _counted(route):
+    """Counts every answer of the receive route, refusals included (those
+    decided in KwpRequest.gotLength are raised by the route too)."""
+
+    @functools.wraps(route)
+    async def counted(self, request, name):
+        config = self._config(request)
+        started = getattr(request, "kwp_started", None) or self.clock.seconds()
+        try:
+            result = await route(self, request, name)
+        except CancelledError:
+            raise
+        except Exception as e:
+            status = e.code if isinstance(e, ApiError) else "internal_error"
+            self.metrics.received(config, name, status, self.clock.seconds() - started)
+            raise
+        self.metrics.received(config, name, "ok", self.clock.seconds() - started)
+        return result
+
+    return counted
+
+
 class KwpApp:
     app = Klein()
 
@@ -250,6 +275,7 @@ class KwpApp:
         self.forwarders = forwarders
         self.receiver = Receiver(storage, notifier, clock)
         self.puller = Puller(storage, notifier, clock)
+        self.metrics = Metrics(lambda: self.config, storage, clock)
 
     def resource(self):
         return self.app.resource()
@@ -293,6 +319,7 @@ class KwpApp:
         return _error(request, ApiError(500, "internal_error", "internal error"))
 
     @app.route("/api/webhook/<string:name>", methods=["POST"])
+    @_counted
     async def receive(self, request, name):
         request.kwp_channel = name
         config = self._config(request)
@@ -433,3 +460,18 @@ class KwpApp:
     @app.route("/api/version", methods=["GET"])
     def version(self, request):
         return _json(request, {"version": __version__})
+
+    @app.route("/api/metrics", methods=["GET"])
+    async def metrics_text(self, request):
+        if not self._config(request).server.metrics:
+            raise not_found("metrics are off (server.metrics)")
+        body = await self.metrics.scrape()
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return body
+
+    @app.route("/api/config", methods=["GET"])
+    def effective_config(self, request):
+        config = self._config(request)
+        authorization = request.getHeader(b"authorization")
+        authorize_admin(config, authorization and authorization.decode("latin-1"))
+        return _json(request, redacted(config))

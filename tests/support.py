@@ -53,7 +53,7 @@ class LocalKwp:
     async def stop(self) -> None:
         await self.port.stopListening()
         await self.forwarders.stopService()
-        self.storage.stopService()
+        await self.storage.stopService()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port.getHost().port}{path}"

@@ -129,11 +129,6 @@ def test_bad_templates_are_config_errors():
     assert any("unknown variable 'raw'" in e for e in errors)
 
 
-def test_not_yet_supported_keys_are_refused_not_ignored():
-    errors = errors_of({"channels": [channel(**{"max-queue": 10})]})
-    assert any("key 'max-queue': is not supported yet" in e for e in errors)
-
-
 def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_config(str(tmp_path / "missing.yml"))

@@ -447,6 +447,6 @@ def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
     assert children.index(service.app.storage) < children.index(forwarders) < children.index(service.listeners[0])
     assert forwarders.get("ch").forward.url == URL
 
-    ensureDeferred(service.reload(config({"url": "http://elsewhere.invalid/"})))
-    assert service.app.config.channel("ch").forward.url == "http://elsewhere.invalid/"
+    for hook in service.on_reload:
+        hook(config({"url": "http://elsewhere.invalid/"}))
     assert forwarders.get("ch").forward.url == "http://elsewhere.invalid/"

@@ -16,6 +16,11 @@ class StorageError(Exception):
     """The database cannot be opened or used."""
 
 
+class StorageUnavailable(StorageError):
+    """Nothing can be written now (disk full, read-only database), while what
+    is stored stays intact: a sender should retry later."""
+
+
 class Outcome:
     """Why an insert stored nothing."""
 
@@ -126,6 +131,9 @@ class IStorage(Interface):
 
     def clear(channel: str):
         """Deferred number of webhooks of channel deleted."""
+    def queue_stats():
+        """Deferred dict: channel name -> (number stored, received_at of the
+        oldest), for the channels that have anything stored."""
 
     def ping():
         """Deferred that fires when the database answers."""

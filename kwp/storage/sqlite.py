@@ -16,6 +16,7 @@ from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kwp.storage import (
@@ -27,6 +28,7 @@ from kwp.storage import (
     IStorage,
     NewWebhook,
     StorageError,
+    StorageUnavailable,
     StoredWebhook,
 )
 
@@ -300,6 +302,32 @@ def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardI
 def _clear(txn, channel) -> int:
     txn.execute("DELETE FROM webhooks WHERE channel = ?", (channel,))
     return txn.rowcount
+def _queue_stats(txn) -> dict[str, tuple[int, float]]:
+    # Counting walks the (channel, id) index only; ids grow with receive
+    # time, so the oldest row of a channel is the one with its smallest id.
+    txn.execute("SELECT channel, COUNT(*), MIN(id) FROM webhooks GROUP BY channel")
+    counts = {channel: (count, first) for channel, count, first in txn.fetchall()}
+    stats = {}
+    for channel, (count, first) in counts.items():
+        txn.execute("SELECT received_at FROM webhooks WHERE id = ?", (first,))
+        stats[channel] = (count, txn.fetchone()[0])
+    return stats
+
+
+# SQLite result codes that mean "cannot write now" rather than "broken".
+_UNAVAILABLE_CODES = {13: "the disk is full", 8: "the database is read-only"}
+_UNAVAILABLE_MESSAGES = {"database or disk is full": 13, "readonly database": 8}
+
+
+def _unavailable(error: BaseException) -> StorageUnavailable | None:
+    """StorageUnavailable for a full disk or a read-only database, else None."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        code = next((c for text, c in _UNAVAILABLE_MESSAGES.items() if text in str(error)), None)
+    reason = _UNAVAILABLE_CODES.get(code & 0xFF) if code is not None else None
+    return StorageUnavailable(reason) if reason else None
 
 
 def _ping(txn) -> None:
@@ -351,9 +379,9 @@ class SQLiteStorage(Service):
     def stopService(self) -> Deferred:
         """Close the pool once the transactions already asked for are done."""
         super().stopService()
+        pool, self._pool = self._pool, None
 
         def close(_):
-            pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
 
@@ -388,6 +416,11 @@ class SQLiteStorage(Service):
                 d.callback(result)
 
         def failed(failure):
+            unavailable = _unavailable(failure.value)
+            if unavailable is not None:
+                log.warn("cannot store webhooks: {reason}", reason=unavailable)
+                unavailable.__cause__ = failure.value
+                failure = Failure(unavailable)
             for _, d in batch:
                 d.errback(failure)
 
@@ -439,6 +472,8 @@ class SQLiteStorage(Service):
 
     def clear(self, channel) -> Deferred:
         return self._run(_clear, channel)
+    def queue_stats(self) -> Deferred:
+        return self._run(_queue_stats)
 
     def ping(self) -> Deferred:
         return self._run(_ping)

@@ -1,0 +1,227 @@
+"""Operations from the outside, against the real `twistd -n kwp`: metrics,
+SIGHUP reloads under load, a broken file, check-config, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
+
+from tests.support import write_config
+
+KWP = str(Path(sys.executable).with_name("kwp"))
+
+CONFIG = {
+    "server": {"admin-token": "admin-secret-token", "metrics": True},
+    "channels": [
+        {"name": "github", "token": "github-token", "webhook-secret": "gh-secret", "secret-header": "X-Gh"},
+        {"name": "open", "token": "open-token", "max-queue": 3},
+        {"name": "quiet", "token": "quiet-token", "monitoring-metrics": False},
+    ],
+}
+GH = {"X-Gh": "gh-secret"}
+
+
+async def post(d, channel: str, body: bytes = b"{}", headers=None) -> int:
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    response = await treq.post(f"{d.base}/api/webhook/{channel}", data=body, headers=all_headers)
+    await response.content()
+    return response.code
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for_log(d, text: str, count: int = 1, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if d.log().count(text) >= count:
+            return
+        await sleep(0.05)
+    raise AssertionError(f"{text!r} not logged {count} time(s):\n{d.log()}")
+
+
+def samples_of(text: str) -> dict:
+    result: dict = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_what_was_sent(daemon):
+    d = daemon(CONFIG)
+    sent = {"ok": 7, "unauthorized": 4, "invalid_json": 2}
+    requests = (
+        [post(d, "github", b"{}", GH) for _ in range(sent["ok"])]
+        + [post(d, "github", b"{}") for _ in range(sent["unauthorized"])]
+        + [post(d, "github", b"{nope", GH) for _ in range(sent["invalid_json"])]
+        + [post(d, "open") for _ in range(5)]
+        + [post(d, f"guess-{n}") for n in range(6)]
+        + [post(d, "quiet") for _ in range(2)]
+    )
+    codes = await gatherResults([ensureDeferred(r) for r in requests])
+    assert sorted(codes) == sorted([200] * 7 + [401] * 4 + [422] * 2 + [200] * 3 + [503] * 2 + [404] * 6 + [200] * 2)
+
+    response = await treq.get(f"{d.base}/api/metrics")
+    assert response.code == 200
+    samples = samples_of((await response.content()).decode())
+    received = samples["kwp_webhook_receive_total"]
+    assert received == {
+        (("channel", "github"), ("status", "ok")): 7,
+        (("channel", "github"), ("status", "unauthorized")): 4,
+        (("channel", "github"), ("status", "invalid_json")): 2,
+        (("channel", "open"), ("status", "ok")): 3,
+        (("channel", "open"), ("status", "queue_full")): 2,
+        (("channel", "_unknown"), ("status", "channel_not_found")): 6,
+    }
+    assert samples["kwp_queue_depth"] == {(("channel", "github"),): 7, (("channel", "open"),): 3}
+    assert all(age >= 0 for age in samples["kwp_queue_oldest_age_seconds"].values())
+    assert samples["kwp_channel_security_config"][(("channel", "github"), ("feature", "secret"))] == 1
+    assert "quiet" not in str(samples) and "guess" not in str(samples)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_adds_a_channel_without_a_failed_request(daemon, tmp_path):
+    d = daemon(CONFIG)
+    stop = []
+
+    async def load() -> list[int]:
+        codes = []
+        for _ in range(3000):
+            if stop:
+                break
+            codes.append(await post(d, "github", b'{"load": true}', GH))
+        return codes
+
+    loads = gatherResults([ensureDeferred(load()) for _ in range(4)])
+    await sleep(0.3)
+    assert await post(d, "added") == 404
+    data = json.loads(json.dumps(CONFIG))
+    data["channels"].append({"name": "added", "token": "added-token"})
+    write_config(tmp_path / "config.yml", data)
+    for _ in range(10):
+        d.signal(signal.SIGHUP)
+        await sleep(0.01)
+    added = None
+    for _ in range(200):
+        added = await post(d, "added")
+        if added == 200:
+            break
+        await sleep(0.05)
+    assert added == 200
+    await sleep(0.3)
+    stop.append(True)
+    results = await loads
+    codes = [code for codes in results for code in codes]
+    assert len(codes) > 20
+    assert set(codes) == {200}
+    await wait_for_log(d, "config reloaded")
+    assert "added: added" in d.log()
+    assert 1 <= d.log().count("config reloaded") <= 10
+    assert d.proc.poll() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_file_is_refused_and_the_old_channels_keep_working(daemon, tmp_path):
+    d = daemon(CONFIG)
+    broken = json.loads(json.dumps(CONFIG))
+    broken["channels"].append({"name": "added", "token": "added-token", "max-qeueu": 3})
+    broken["channels"][0]["secret-type"] = "rot13"
+    write_config(tmp_path / "config.yml", broken)
+    d.signal(signal.SIGHUP)
+    await wait_for_log(d, "config reload refused")
+    log = d.log()
+    assert "max-qeueu" in log and "rot13" in log
+    assert await post(d, "github", b"{}", GH) == 200
+    assert await post(d, "added") == 404
+    (tmp_path / "config.yml").write_text("channels: [unclosed\n")
+    d.signal(signal.SIGHUP)
+    await wait_for_log(d, "config reload refused", count=2)
+    assert await post(d, "github", b"{}", GH) == 200
+    assert d.proc.poll() is None
+
+
+def run_kwp(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([KWP, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_reports_every_error(tmp_path):
+    bad = json.loads(json.dumps(CONFIG))
+    bad["server"]["metrix"] = True
+    bad["channels"][0]["secret-type"] = "rot13"
+    bad["channels"][1]["max-queue"] = 0
+    bad["channels"].append({"name": "bad name!", "token": "open-token"})
+    path = write_config(tmp_path / "bad.yml", bad)
+    result = run_kwp("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = result.stderr.strip().splitlines()
+    assert errors[-1] == f"{path}: 5 error(s)"
+    joined = "\n".join(errors)
+    for needle in ["'metrix'", "did you mean 'metrics'", "rot13", "'max-queue'", "bad name!", "same token"]:
+        assert needle in joined
+
+    good = write_config(tmp_path / "good.yml", CONFIG)
+    result = run_kwp("check-config", str(good))
+    assert result.returncode == 0
+    assert result.stdout == f"{good}: OK, 3 channels (0 forwarding)\n"
+
+    missing = run_kwp("check-config", str(tmp_path / "missing.yml"))
+    assert missing.returncode == 1 and "cannot read the file" in missing.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs at tmp_path/disk, unmounted afterwards."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_refuses_with_503_and_loses_nothing(daemon, tiny_disk):
+    d = daemon(CONFIG, db_name="disk/kwp.db")
+    try:
+        body = json.dumps({"pad": "x" * 20_000}).encode()
+        accepted = 0
+        code = None
+        for _ in range(200):
+            code = await post(d, "github", body, GH)
+            if code != 200:
+                break
+            accepted += 1
+        assert code == 503, d.log()
+        assert accepted > 10
+        health = await treq.get(f"{d.base}/api/health")
+        assert health.code == 200
+        assert d.proc.poll() is None
+        assert d.stop() in (0, -signal.SIGTERM)
+    finally:
+        d.kill()
+    stored = sqlite3.connect(tiny_disk / "kwp.db").execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
+    assert stored == accepted
