@@ -20,6 +20,7 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.90",
             "pytest-timeout>=2.2",
+            "supervisor>=4.2",
             "slack_sdk>=3.26",
             "standardwebhooks>=1.0",
             "stripe>=7.0",
