@@ -22,7 +22,7 @@ from twisted.python import usage
 from kwp.config import ConfigError, load_config
 from kwp.notify import Notifier
 from kwp.storage import StorageError, open_storage
-from kwp.web import KwpApp, KwpSite
+from kwp.web import IDLE_TIMEOUT, RECEIVE_TIMEOUT, KwpApp, KwpSite
 
 log = Logger()
 
@@ -56,6 +56,13 @@ def bind_address_endpoint(value: str) -> str:
     return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
 
 
+def positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "kwp: a webhooks proxy. Options win over KWP_* environment variables."
@@ -64,6 +71,8 @@ class Options(usage.Options):
         ["database", "d", None, "SQLite file path, sqlite:///path or :memory: [env KWP_DATABASE; data/kwp.db]"],
         ["log-format", None, None, "text or json [env KWP_LOG_FORMAT; text]"],
         ["log-level", None, None, "debug, info, warn or error [env KWP_LOG_LEVEL; info]"],
+        ["receive-timeout", None, RECEIVE_TIMEOUT, "seconds a request may take to arrive whole", positive_seconds],
+        ["idle-timeout", None, IDLE_TIMEOUT, "seconds an idle connection is kept open", positive_seconds],
     ]
 
     def __init__(self, environ=None):
@@ -160,7 +169,7 @@ def makeService(options, reactor=None):
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
     app = KwpApp(config, storage, Notifier(), reactor)
-    site = KwpSite(app, reactor)
+    site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"])
     observer = make_log_observer(options["log-format"], options["log-level"])
     log.info(
         "kwp: {channels} channels from {path}, database {database}",

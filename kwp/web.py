@@ -24,8 +24,9 @@ from kwp.receive import Receiver, check_headers, header_map, too_large
 log = Logger()
 
 RECEIVE_PREFIX = "/api/webhook/"
-# A request must arrive completely (line, headers, body) within this time;
-# the idle time-out alone lets a client trickle one byte at a time for ever.
+# Defaults of KwpSite: a request must arrive completely (line, headers, body)
+# within RECEIVE_TIMEOUT, because the idle time-out alone lets a client trickle
+# one byte at a time for ever.
 RECEIVE_TIMEOUT = 60
 IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
@@ -91,12 +92,12 @@ class KwpRequest(Request):
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
         self._limit: int | None = None
-        clock = channel.site.reactor
-        self.kwp_started = clock.seconds()
-        self._deadline = clock.callLater(RECEIVE_TIMEOUT, self._too_slow)
+        site = channel.site
+        self.kwp_started = site.reactor.seconds()
+        self._deadline = site.reactor.callLater(site.receive_timeout, self._too_slow)
 
     def _too_slow(self) -> None:
-        log.info("request not received within {timeout}s; disconnecting", timeout=RECEIVE_TIMEOUT)
+        log.info("request not received within {timeout}s; disconnecting", timeout=self.channel.site.receive_timeout)
         self.channel.transport.abortConnection()
 
     def gotLength(self, length):
@@ -169,10 +170,13 @@ class KwpSite(Site):
     """The Site of kwp: its Request class, time-outs, and one log line per
     request with no query string, header or body in it."""
 
-    def __init__(self, app: "KwpApp", reactor):
-        super().__init__(app.resource(), requestFactory=KwpRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+    def __init__(
+        self, app: "KwpApp", reactor, receive_timeout: float = RECEIVE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT
+    ):
+        super().__init__(app.resource(), requestFactory=KwpRequest, timeout=idle_timeout, reactor=reactor)
         self.protocol = KwpChannel
         self.app = app
+        self.receive_timeout = receive_timeout
         self.noisy = False
         self.connections: set[KwpChannel] = set()
         self._in_flight = 0
