@@ -92,13 +92,7 @@ class KwpRequest(Request):
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
         self._limit: int | None = None
-        site = channel.site
-        self.kwp_started = site.reactor.seconds()
-        self._deadline = site.reactor.callLater(site.receive_timeout, self._too_slow)
-
-    def _too_slow(self) -> None:
-        log.info("request not received within {timeout}s; disconnecting", timeout=self.channel.site.receive_timeout)
-        self.channel.transport.abortConnection()
+        self.kwp_started = channel.site.reactor.seconds()
 
     def gotLength(self, length):
         config = self.kwp_config = self.channel.site.config
@@ -140,26 +134,45 @@ class KwpRequest(Request):
             self._refuse(refusal)
 
     def requestReceived(self, command, path, version):
-        if self._deadline.active():
-            self._deadline.cancel()
+        self.channel.request_received()
         self.channel.site.track(self.notifyFinish())
         super().requestReceived(command, path, version)
-
-    def connectionLost(self, reason):
-        if self._deadline.active():
-            self._deadline.cancel()
-        super().connectionLost(reason)
 
 
 class KwpChannel(http.HTTPChannel):
     """An HTTP/1.1 connection that its Site knows about, so a stop can close
-    every connection after its last response was flushed."""
+    every connection after its last response was flushed.
+
+    A request must arrive whole within the site's receive time-out, counted
+    from its first byte: Twisted creates the Request only once the request
+    line is complete, so a deadline kept there would let a client trickle the
+    request line for ever."""
+
+    _deadline = None
 
     def connectionMade(self):
         super().connectionMade()
         self.site.connections.add(self)
 
+    def dataReceived(self, data):
+        if self._deadline is None and data and not self._handlingRequest:
+            self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def request_received(self) -> None:
+        """The request being received is complete: stop its deadline."""
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info("request not received within {timeout}s; disconnecting", timeout=self.site.receive_timeout)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
+        self.request_received()
         super().connectionLost(reason)
         self.site.connections.discard(self)
         if not self.site.connections:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 import pytest_twisted
@@ -316,3 +317,44 @@ async def _gather(deferreds):
 async def _post_many(kwp, channel, n):
     for response in await _gather([kwp.post(channel, {"n": i}) for i in range(n)]):
         assert response.code == 200
+
+
+def _trickle(port: int, data: bytes, interval: float, give_up: float) -> float | None:
+    """Send data one byte per interval; the seconds until the server closed
+    the connection, or None when it was still open after give_up seconds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        started = time.monotonic()
+        for byte in data:
+            if time.monotonic() - started > give_up:
+                return None
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return time.monotonic() - started
+            s.settimeout(interval)
+            try:
+                if s.recv(65536) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                pass
+            except OSError:
+                return time.monotonic() - started
+        return None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Still in the request line, which Twisted buffers before any Request exists.
+        b"GET /api/webhook/open?" + b"x" * 200,
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 200,
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"z" * 100,
+    ],
+    ids=["request-line", "headers", "body"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_trickling_in_is_cut_off_at_the_receive_timeout(local_kwp, data):
+    kwp = local_kwp(receive_timeout=1.5, idle_timeout=1)
+    # A byte every 0.3 s keeps the idle time-out from ever firing.
+    closed_after = await _in_thread(_trickle, kwp.port.getHost().port, data, 0.3, 20)
+    assert closed_after is not None and closed_after < 10
