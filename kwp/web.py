@@ -178,6 +178,17 @@ class KwpChannel(http.HTTPChannel):
         if not self.site.connections:
             self.site.fire_closed()
 
+    def _respondToBadRequestAndDisconnect(self):
+        # Twisted answers a request it cannot parse (request line, header
+        # syntax, header count or size, framing) with a bare 400; the
+        # contract wants every error as JSON.
+        body = ApiError(400, "bad_request", "malformed HTTP request").body()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
+
 
 class KwpSite(Site):
     """The Site of kwp: its Request class, time-outs, and one log line per

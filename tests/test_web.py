@@ -358,3 +358,27 @@ async def test_a_request_trickling_in_is_cut_off_at_the_receive_timeout(local_kw
     # A byte every 0.3 s keeps the idle time-out from ever firing.
     closed_after = await _in_thread(_trickle, kwp.port.getHost().port, data, 0.3, 20)
     assert closed_after is not None and closed_after < 10
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"NOT A REQUEST LINE\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(600)) + b"\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 9000 + b"\r\nX-Big2: " + b"b" * 9000
+        + b"\r\n\r\n",
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+    ],
+    ids=["request-line", "header-line", "header-count", "header-size", "two-lengths", "transfer-encoding"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_twisted_cannot_parse_gets_a_json_400(local_kwp, request_bytes):
+    kwp = local_kwp()
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == "bad_request"
+    assert (await treq.get(kwp.url("/api/health"))).code == 200
