@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request, Site
@@ -133,6 +134,15 @@ class KwpRequest(Request):
                 refusal = too_large(config, config.channel(self.kwp_channel))
             self._refuse(refusal)
 
+    def close_when_written(self) -> Deferred:
+        """Close the connection after this response; the Deferred fires with
+        True when all of the response reached the kernel before it closed,
+        False when the connection was lost first.  Call before the first
+        write."""
+        self.setHeader(b"connection", b"close")
+        self.channel.persistent = False
+        return self.channel.closed()
+
     def requestReceived(self, command, path, version):
         self.channel.request_received()
         self.channel.site.track(self.notifyFinish())
@@ -152,7 +162,17 @@ class KwpChannel(http.HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
+        self._closed: list[Deferred] = []
         self.site.connections.add(self)
+
+    def closed(self) -> Deferred:
+        """Fires when the connection is gone: True when it was closed from
+        this side after its write buffer was flushed, False when it was lost
+        or aborted.  Reading stops once a close is asked for, so a client's
+        end of stream cannot pass for a flushed close."""
+        d = Deferred()
+        self._closed.append(d)
+        return d
 
     def dataReceived(self, data):
         if self._deadline is None and data and not self._handlingRequest:
@@ -174,6 +194,10 @@ class KwpChannel(http.HTTPChannel):
     def connectionLost(self, reason):
         self.request_received()
         super().connectionLost(reason)
+        flushed = reason.check(ConnectionDone) is not None and self.transport.disconnecting
+        waiters, self._closed = self._closed, []
+        for d in waiters:
+            d.callback(flushed)
         self.site.connections.discard(self)
         if not self.site.connections:
             self.site.fire_closed()

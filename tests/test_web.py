@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 
 import pytest
@@ -11,6 +12,8 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 from twisted.internet.defer import ensureDeferred, gatherResults
+
+from kwp.storage import NewWebhook
 
 pytestmark = pytest.mark.usefixtures("local_kwp")
 
@@ -382,3 +385,29 @@ async def test_a_request_twisted_cannot_parse_gets_a_json_400(local_kwp, request
     assert b"\r\ncontent-type: application/json" in head.lower()
     assert json.loads(body)["error"] == "bad_request"
     assert (await treq.get(kwp.url("/api/health"))).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pull_cut_off_while_its_last_page_is_still_buffered_deletes_nothing(local_kwp):
+    kwp = local_kwp()
+    # One page, several MB: written to the transport at once, far more than
+    # the client reads before it goes away.
+    filler = "x" * 30_000
+    for n in range(150):
+        await kwp.storage.insert(NewWebhook("open", "{}", json.dumps({"n": n, "f": filler}).encode(), 1.0))
+    port = kwp.port.getHost().port
+
+    def read_a_little_and_hang_up():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /api/webhook/open HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer open-token\r\n\r\n")
+            first = s.recv(2048)
+            time.sleep(0.5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return first
+
+    assert (await _in_thread(read_a_little_and_hang_up)).startswith(b"HTTP/1.1 200 ")
+    await task.deferLater(reactor, 1, lambda: None)
+    assert len(await kwp.storage.list("open", 1000, 0)) == 150
