@@ -425,7 +425,8 @@ class KwpApp:
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
 
-    @app.route("/api/webhook/<string:name>/<int:webhook_id>", methods=["DELETE"])
+    # SQLite integers end at 2**63 - 1; a larger id names no webhook.
+    @app.route("/api/webhook/<string:name>/<int(max=9223372036854775807):webhook_id>", methods=["DELETE"])
     async def delete(self, request, name, webhook_id):
         channel = self._authorize(request, name)
         if not await self.storage.delete(channel.name, webhook_id):

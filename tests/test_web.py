@@ -411,3 +411,12 @@ async def test_a_pull_cut_off_while_its_last_page_is_still_buffered_deletes_noth
     assert (await _in_thread(read_a_little_and_hang_up)).startswith(b"HTTP/1.1 200 ")
     await task.deferLater(reactor, 1, lambda: None)
     assert len(await kwp.storage.list("open", 1000, 0)) == 150
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_an_id_beyond_sqlite_integers_is_404(local_kwp):
+    kwp = local_kwp()
+    response = await treq.delete(kwp.url("/api/webhook/open/99999999999999999999999"),
+                                 headers={"Authorization": "Bearer open-token"})
+    await assert_error(response, 404, "not_found")
+
