@@ -5,7 +5,7 @@ anything."""
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -133,6 +133,34 @@ class KwpRequest(Request):
                 config = self.kwp_config
                 refusal = too_large(config, config.channel(self.kwp_channel))
             self._refuse(refusal)
+
+    def process(self):
+        refusal = self._unroutable()
+        if refusal is None:
+            return super().process()
+        self.setResponseCode(refusal.status)
+        self.setHeader(b"content-type", b"application/json")
+        for name, value in refusal.headers.items():
+            self.setHeader(name.encode(), value.encode())
+        body = refusal.body()
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+    def _unroutable(self) -> ApiError | None:
+        """What Klein and twisted.web would answer without a JSON body: a URL
+        or Host that is not UTF-8 (Klein's text 400), and ``*`` (twisted.web's
+        empty 405; ``OPTIONS *`` is left to it)."""
+        if self.path == b"*":
+            if self.method == b"OPTIONS":
+                return None
+            return ApiError(405, "bad_request", "only OPTIONS may be asked of *", {"Allow": "OPTIONS"})
+        try:
+            unquote_to_bytes(self.path.split(b"?", 1)[0]).decode("utf-8")
+            (self.getHeader(b"host") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return bad_request("the URL and the Host header must be UTF-8")
+        return None
 
     def close_when_written(self) -> Deferred:
         """Close the connection after this response; the Deferred fires with

@@ -420,3 +420,21 @@ async def test_deleting_an_id_beyond_sqlite_integers_is_404(local_kwp):
                                  headers={"Authorization": "Bearer open-token"})
     await assert_error(response, 404, "not_found")
 
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /api/webhook/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"POST /api/webhook/open HTTP/1.1\r\nHost: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}", 400),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ],
+    ids=["path", "host", "star"],
+)
+@pytest_twisted.ensureDeferred
+async def test_urls_klein_cannot_route_get_json_errors(local_kwp, request_bytes, status):
+    kwp = local_kwp()
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == "bad_request"
