@@ -425,10 +425,11 @@ async def test_deleting_an_id_beyond_sqlite_integers_is_404(local_kwp):
     "request_bytes, status",
     [
         (b"GET /api/webhook/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET %C2%80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"POST /api/webhook/open HTTP/1.1\r\nHost: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}", 400),
         (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
     ],
-    ids=["path", "host", "star"],
+    ids=["path", "path-without-slash", "host", "star"],
 )
 @pytest_twisted.ensureDeferred
 async def test_urls_klein_cannot_route_get_json_errors(local_kwp, request_bytes, status):
