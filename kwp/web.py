@@ -107,14 +107,18 @@ class KwpRequest(Request):
                 channel = check_headers(config, self.kwp_channel, headers, _peer_host(self.channel.transport), length)
                 self._limit = config.body_limit(channel)
             except ApiError as refusal:
-                self._refuse(refusal)
+                self._refuse(refusal, length)
                 return
         elif length is not None and length > self._limit:
-            self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"))
+            self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"), length)
             return
         super().gotLength(length)
 
-    def _refuse(self, refusal: ApiError) -> None:
+    def _refuse(self, refusal: ApiError, length: int | None = None) -> None:
+        if length is not None and length > DISCARD_LIMIT:
+            # Too much to read and throw away: answer now and hang up.
+            self.channel.answer_and_close(refusal)
+            return
         self.kwp_refusal = refusal
         self.content = _Discard()
         # No "100 Continue" for a request that is refused already.
@@ -235,10 +239,16 @@ class KwpChannel(http.HTTPChannel):
         # Twisted answers a request it cannot parse (request line, header
         # syntax, header count or size, framing) with a bare 400; the
         # contract wants every error as JSON.
-        body = ApiError(400, "bad_request", "malformed HTTP request").body()
+        self.answer_and_close(ApiError(400, "bad_request", "malformed HTTP request"))
+
+    def answer_and_close(self, error: ApiError) -> None:
+        """Answer the request being received with error, without reading
+        the rest of it, and close the connection."""
+        body = error.body()
+        reason = http.RESPONSES.get(error.status, b"Error")
         self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (error.status, reason, len(body), body)
         )
         self.loseConnection()
 

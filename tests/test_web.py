@@ -439,3 +439,15 @@ async def test_urls_klein_cannot_route_get_json_errors(local_kwp, request_bytes,
     assert head.startswith(b"HTTP/1.1 %d " % status)
     assert b"\r\ncontent-type: application/json" in head.lower()
     assert json.loads(body)["error"] == "bad_request"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_length_too_large_to_discard_is_answered_at_once(local_kwp):
+    kwp = local_kwp()
+    request = (
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 99999999999\r\n\r\n{}"
+    )
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"payload_too_large"' in answer
