@@ -451,3 +451,14 @@ async def test_a_declared_length_too_large_to_discard_is_answered_at_once(local_
     answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"payload_too_large"' in answer
+
+
+@pytest.mark.parametrize("path", ["//api/webhook/github", "/api//webhook/github", "/api/webhook//github"])
+@pytest_twisted.ensureDeferred
+async def test_a_receive_path_with_merged_slashes_still_checks_the_secret(local_kwp, path):
+    kwp = local_kwp()
+    response = await treq.post(kwp.url(path), data=b"{}", headers={"Content-Type": "application/json"})
+    assert (response.code, (await body_json(response))["error"]) in ((401, "unauthorized"), (404, "not_found"))
+    assert await kwp.storage.list("github", 10, 0) == []
+    response = await treq.post(kwp.url("//api/webhook/nope"), data=b"{}", headers={"Content-Type": "application/json"})
+    await assert_error(response, 404, "channel_not_found")
