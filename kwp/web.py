@@ -33,6 +33,8 @@ IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
 # answer; a client that sends more is disconnected.
 DISCARD_LIMIT = 8 * 1024 * 1024
+# The largest SQLite integer, so the largest webhook id.
+MAX_ID = 2**63 - 1
 
 
 def _peer_host(transport) -> str:
@@ -458,7 +460,8 @@ class KwpApp:
             raise bad_request('the body must be {"ids": [id, ...]}') from None
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise bad_request('"ids" must be a list of whole numbers')
-        acked = await self.storage.ack(channel.name, ids)
+        # Ids beyond SQLite's integers name no webhook, like any unknown id.
+        acked = await self.storage.ack(channel.name, [i for i in ids if -MAX_ID - 1 <= i <= MAX_ID])
         return _json(request, {"acked": acked})
 
     @app.route("/api/webhook/<string:name>/list", methods=["GET"])
@@ -466,12 +469,12 @@ class KwpApp:
         channel = self._authorize(request, name)
         args = _args(request)
         limit = int_arg(args, "limit", 1, MAX_LIMIT) or 100
-        after = int_arg(args, "after", 0, 2**63 - 1) or 0
+        after = int_arg(args, "after", 0, MAX_ID) or 0
         items = await self.storage.list(channel.name, limit, after)
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
 
-    # SQLite integers end at 2**63 - 1; a larger id names no webhook.
+    # A larger id than SQLite's integers names no webhook.
     @app.route("/api/webhook/<string:name>/<int(max=9223372036854775807):webhook_id>", methods=["DELETE"])
     async def delete(self, request, name, webhook_id):
         channel = self._authorize(request, name)

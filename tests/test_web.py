@@ -462,3 +462,14 @@ async def test_a_receive_path_with_merged_slashes_still_checks_the_secret(local_
     assert await kwp.storage.list("github", 10, 0) == []
     response = await treq.post(kwp.url("//api/webhook/nope"), data=b"{}", headers={"Content-Type": "application/json"})
     await assert_error(response, 404, "channel_not_found")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_ignores_ids_beyond_sqlite_integers(local_kwp):
+    kwp = local_kwp()
+    await kwp.post("open", {"n": 1})
+    items = await body_json(await kwp.get("/api/webhook/open?lease=60", "open-token"))
+    response = await treq.post(kwp.url("/api/webhook/open/ack"), json={"ids": [2**70, -(2**70), items[0]["id"]]},
+                               headers={"Authorization": "Bearer open-token"})
+    assert response.code == 200
+    assert await body_json(response) == {"acked": 1}
