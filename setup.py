@@ -22,6 +22,7 @@ setup(
             "stripe>=7.0",
             "standardwebhooks>=1.0",
             "slack_sdk>=3.20",
+            "schemathesis>=4.0",
         ],
     },
     entry_points={"console_scripts": ["kwp = kwp.cli:main"]},
