@@ -246,6 +246,10 @@ class KwpChannel(http.HTTPChannel):
         # contract wants every error as JSON.
         self.answer_and_close(ApiError(400, "bad_request", "malformed HTTP request"))
 
+    def lineLengthExceeded(self, line):
+        # A request or header line over MAX_LENGTH: Twisted would just hang up.
+        self._respondToBadRequestAndDisconnect()
+
     def answer_and_close(self, error: ApiError) -> None:
         """Answer the request being received with error, without reading
         the rest of it, and close the connection."""

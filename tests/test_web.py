@@ -373,8 +373,10 @@ async def test_a_request_trickling_in_is_cut_off_at_the_receive_timeout(local_kw
         + b"\r\n\r\n",
         b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
         b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["request-line", "header-line", "header-count", "header-size", "two-lengths", "transfer-encoding"],
+    ids=["request-line", "header-line", "header-count", "header-size", "two-lengths", "transfer-encoding",
+         "line-length"],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_request_twisted_cannot_parse_gets_a_json_400(local_kwp, request_bytes):
