@@ -262,7 +262,7 @@ def test_a_flapping_target_gets_everything_in_order(daemon):
         stop.set()
         flapper.join(10)
         assert target.accepted == posted
-        assert listed(d.port, "fwd") == []
+        assert wait_for(lambda: listed(d.port, "fwd") == [], 30)
     finally:
         stop.set()
         target.close()
