@@ -22,7 +22,7 @@ from tests.support import Daemon, write_config
 
 CODES = {
     "channel_not_found", "ip_blocked", "unauthorized", "forbidden", "payload_too_large", "invalid_content_type",
-    "invalid_json", "bad_request", "queue_found", "queue_full", "not_found", "internal_error",
+    "invalid_json", "bad_request", "queue_full", "not_found", "internal_error",
 }
 
 # --- the config loader -------------------------------------------------------
