@@ -24,6 +24,7 @@ setup(
             "slack_sdk>=3.26",
             "standardwebhooks>=1.0",
             "stripe>=7.0",
+            "schemathesis>=4.0",
         ],
     },
     entry_points={"console_scripts": ["kwp = kwp.cli:main"]},

@@ -428,6 +428,9 @@ def load_config(path: str) -> Config:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError([f"{path}: invalid YAML{at}: {problem}"]) from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively.
+        raise ConfigError([f"{path}: invalid YAML: nested too deeply"]) from None
     return parse_config(data, path)
 
 

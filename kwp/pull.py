@@ -1,8 +1,8 @@
 """Pull delivery: GET (take and delete), long-poll, lease/ack, list, delete.
 
 A GET claims rows page by page under its own claim id and streams them as a
-JSON array.  Only when the response has been written completely are the
-claimed rows deleted; a client that goes away releases them.  With a lease
+JSON array.  Only when the response has been written completely, down to the
+kernel, are the claimed rows deleted; a client that goes away releases them.  With a lease
 the rows are not deleted but hidden until the lease ends or they are acked.
 """
 
@@ -125,10 +125,18 @@ class Puller:
         """Stream the pending webhooks of channel to request; returns the
         closing bracket for the route to write."""
         claim_id = uuid.uuid4().hex
+        # Set when the first webhook is written without a lease: fires with
+        # whether the response was handed to the kernel whole.
+        delivered: list[Deferred] = []
+
+        def settle(delivered_whole: bool):
+            if delivered_whole:
+                return self._storage.finish_claim(claim_id)
+            return self._storage.release_claim(claim_id)
 
         def written(_):
-            if query.lease is None:
-                return self._storage.finish_claim(claim_id)
+            if delivered:
+                return delivered[0].addCallback(settle)
 
         def dropped(_):
             return self._storage.release_claim(claim_id)
@@ -140,7 +148,7 @@ class Puller:
         throttle = _Throttle()
         request.registerProducer(throttle, True)
         try:
-            await self._stream(request, channel, claim_id, query, throttle)
+            await self._stream(request, channel, claim_id, query, throttle, delivered)
         except CancelledError:
             raise
         except Exception:
@@ -153,7 +161,7 @@ class Puller:
             request.unregisterProducer()
         return b"]"
 
-    async def _stream(self, request, channel, claim_id, query, throttle) -> None:
+    async def _stream(self, request, channel, claim_id, query, throttle, delivered) -> None:
         deadline = self._clock.seconds() + query.wait
         remaining = query.limit if query.limit is not None else float("inf")
         separator = b"["
@@ -172,6 +180,11 @@ class Puller:
                 if waiter is not None and not waiter.called:
                     waiter.addErrback(lambda f: f.trap(CancelledError))
                     waiter.cancel()
+            if page and query.lease is None and not delivered:
+                # A finished request may still sit in Twisted's write buffer,
+                # and a client that goes away then never gets it; only a
+                # connection closed behind the response proves it was sent.
+                delivered.append(request.close_when_written())
             if page:
                 request.write(separator + b",".join(encode(item, query.lease is not None, query.raw) for item in page))
                 separator = b","

@@ -25,7 +25,7 @@ from kwp.forward import Forwarders, http_client
 from kwp.notify import Notifier
 from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage
-from kwp.web import KwpApp, KwpSite
+from kwp.web import IDLE_TIMEOUT, RECEIVE_TIMEOUT, KwpApp, KwpSite
 
 log = Logger()
 
@@ -59,6 +59,13 @@ def bind_address_endpoint(value: str) -> str:
     return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
 
 
+def positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "kwp: a webhooks proxy. Options win over KWP_* environment variables."
@@ -67,6 +74,8 @@ class Options(usage.Options):
         ["database", "d", None, "SQLite file path, sqlite:///path or :memory: [env KWP_DATABASE; data/kwp.db]"],
         ["log-format", None, None, "text or json [env KWP_LOG_FORMAT; text]"],
         ["log-level", None, None, "debug, info, warn or error [env KWP_LOG_LEVEL; info]"],
+        ["receive-timeout", None, RECEIVE_TIMEOUT, "seconds a request may take to arrive whole", positive_seconds],
+        ["idle-timeout", None, IDLE_TIMEOUT, "seconds an idle connection is kept open", positive_seconds],
     ]
 
     def __init__(self, environ=None):
@@ -192,7 +201,7 @@ def makeService(options, reactor=None):
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)
-    site = KwpSite(app, reactor)
+    site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"])
     observer = make_log_observer(options["log-format"], options["log-level"])
     log.info(
         "kwp: {channels} channels from {path}, database {database}",

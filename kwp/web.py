@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 import json
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request, Site
@@ -27,8 +28,9 @@ from kwp.receive import Receiver, check_headers, header_map, too_large
 log = Logger()
 
 RECEIVE_PREFIX = "/api/webhook/"
-# A request must arrive completely (line, headers, body) within this time;
-# the idle time-out alone lets a client trickle one byte at a time for ever.
+# Defaults of KwpSite: a request must arrive completely (line, headers, body)
+# within RECEIVE_TIMEOUT, because the idle time-out alone lets a client trickle
+# one byte at a time for ever.
 RECEIVE_TIMEOUT = 60
 IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
@@ -89,18 +91,14 @@ class KwpRequest(Request):
 
     kwp_config: Config | None = None
     kwp_refusal: ApiError | None = None
+    # The channel whose header checks passed in gotLength, if any.
+    kwp_checked: str | None = None
     kwp_channel: str = "-"
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
         self._limit: int | None = None
-        clock = channel.site.reactor
-        self.kwp_started = clock.seconds()
-        self._deadline = clock.callLater(RECEIVE_TIMEOUT, self._too_slow)
-
-    def _too_slow(self) -> None:
-        log.info("request not received within {timeout}s; disconnecting", timeout=RECEIVE_TIMEOUT)
-        self.channel.transport.abortConnection()
+        self.kwp_started = channel.site.reactor.seconds()
 
     def gotLength(self, length):
         config = self.kwp_config = self.channel.site.config
@@ -112,16 +110,21 @@ class KwpRequest(Request):
             headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
                 channel = check_headers(config, self.kwp_channel, headers, _peer_host(self.channel.transport), length)
+                self.kwp_checked = channel.name
                 self._limit = config.body_limit(channel)
             except ApiError as refusal:
-                self._refuse(refusal)
+                self._refuse(refusal, length)
                 return
         elif length is not None and length > self._limit:
-            self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"))
+            self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"), length)
             return
         super().gotLength(length)
 
-    def _refuse(self, refusal: ApiError) -> None:
+    def _refuse(self, refusal: ApiError, length: int | None = None) -> None:
+        if length is not None and length > DISCARD_LIMIT:
+            # Too much to read and throw away: answer now and hang up.
+            self.channel.answer_and_close(refusal)
+            return
         self.kwp_refusal = refusal
         self.content = _Discard()
         # No "100 Continue" for a request that is refused already.
@@ -141,41 +144,136 @@ class KwpRequest(Request):
                 refusal = too_large(config, config.channel(self.kwp_channel))
             self._refuse(refusal)
 
+    def process(self):
+        refusal = self._unroutable()
+        if refusal is None:
+            return super().process()
+        self.setResponseCode(refusal.status)
+        self.setHeader(b"content-type", b"application/json")
+        for name, value in refusal.headers.items():
+            self.setHeader(name.encode(), value.encode())
+        body = refusal.body()
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+    def _unroutable(self) -> ApiError | None:
+        """What Klein and twisted.web would answer without a JSON body: a URL
+        or Host that is not UTF-8 (Klein's text 400), and ``*`` (twisted.web's
+        empty 405; ``OPTIONS *`` is left to it)."""
+        if self.path == b"*":
+            if self.method == b"OPTIONS":
+                return None
+            return ApiError(405, "bad_request", "only OPTIONS may be asked of *", {"Allow": "OPTIONS"})
+        try:
+            # As twisted.web splits it into postpath: without the first byte.
+            unquote_to_bytes(self.path.split(b"?", 1)[0][1:]).decode("utf-8")
+            (self.getHeader(b"host") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return bad_request("the URL and the Host header must be UTF-8")
+        return None
+
+    def close_when_written(self) -> Deferred:
+        """Close the connection after this response; the Deferred fires with
+        True when all of the response reached the kernel before it closed,
+        False when the connection was lost first.  Call before the first
+        write."""
+        self.setHeader(b"connection", b"close")
+        self.channel.persistent = False
+        return self.channel.closed()
+
     def requestReceived(self, command, path, version):
-        if self._deadline.active():
-            self._deadline.cancel()
+        self.channel.request_received()
         self.channel.site.track(self.notifyFinish())
         super().requestReceived(command, path, version)
-
-    def connectionLost(self, reason):
-        if self._deadline.active():
-            self._deadline.cancel()
-        super().connectionLost(reason)
 
 
 class KwpChannel(http.HTTPChannel):
     """An HTTP/1.1 connection that its Site knows about, so a stop can close
-    every connection after its last response was flushed."""
+    every connection after its last response was flushed.
+
+    A request must arrive whole within the site's receive time-out, counted
+    from its first byte: Twisted creates the Request only once the request
+    line is complete, so a deadline kept there would let a client trickle the
+    request line for ever."""
+
+    _deadline = None
 
     def connectionMade(self):
         super().connectionMade()
+        self._closed: list[Deferred] = []
         self.site.connections.add(self)
 
+    def closed(self) -> Deferred:
+        """Fires when the connection is gone: True when it was closed from
+        this side after its write buffer was flushed, False when it was lost
+        or aborted.  Reading stops once a close is asked for, so a client's
+        end of stream cannot pass for a flushed close."""
+        d = Deferred()
+        self._closed.append(d)
+        return d
+
+    def dataReceived(self, data):
+        if self._deadline is None and data and not self._handlingRequest:
+            self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def request_received(self) -> None:
+        """The request being received is complete: stop its deadline."""
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info("request not received within {timeout}s; disconnecting", timeout=self.site.receive_timeout)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
+        self.request_received()
         super().connectionLost(reason)
+        flushed = reason.check(ConnectionDone) is not None and self.transport.disconnecting
+        waiters, self._closed = self._closed, []
+        for d in waiters:
+            d.callback(flushed)
         self.site.connections.discard(self)
         if not self.site.connections:
             self.site.fire_closed()
+
+    def _respondToBadRequestAndDisconnect(self):
+        # Twisted answers a request it cannot parse (request line, header
+        # syntax, header count or size, framing) with a bare 400; the
+        # contract wants every error as JSON.
+        self.answer_and_close(ApiError(400, "bad_request", "malformed HTTP request"))
+
+    def lineLengthExceeded(self, line):
+        # A request or header line over MAX_LENGTH: Twisted would just hang up.
+        self._respondToBadRequestAndDisconnect()
+
+    def answer_and_close(self, error: ApiError) -> None:
+        """Answer the request being received with error, without reading
+        the rest of it, and close the connection."""
+        body = error.body()
+        reason = http.RESPONSES.get(error.status, b"Error")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (error.status, reason, len(body), body)
+        )
+        self.loseConnection()
 
 
 class KwpSite(Site):
     """The Site of kwp: its Request class, time-outs, and one log line per
     request with no query string, header or body in it."""
 
-    def __init__(self, app: "KwpApp", reactor):
-        super().__init__(app.resource(), requestFactory=KwpRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+    def __init__(
+        self, app: "KwpApp", reactor, receive_timeout: float = RECEIVE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT
+    ):
+        super().__init__(app.resource(), requestFactory=KwpRequest, timeout=idle_timeout, reactor=reactor)
         self.protocol = KwpChannel
         self.app = app
+        self.receive_timeout = receive_timeout
         self.noisy = False
         self.connections: set[KwpChannel] = set()
         self._in_flight = 0
@@ -304,7 +402,10 @@ class KwpApp:
     @app.handle_errors(HTTPException)
     def _http_error(self, request, failure):
         error = failure.value
-        if isinstance(error, NotFound):
+        # The router's redirects (to merge repeated slashes) are not followed
+        # by webhook senders and would carry no Location: such a path is not
+        # an endpoint.
+        if isinstance(error, NotFound) or (error.code or 0) < 400:
             return _error(request, not_found("no such endpoint"))
         if isinstance(error, MethodNotAllowed):
             allowed = ", ".join(error.valid_methods or ())
@@ -326,8 +427,9 @@ class KwpApp:
         if request.kwp_refusal is not None:
             raise request.kwp_refusal
         headers = header_map(request.requestHeaders.getAllRawHeaders())
-        if request.kwp_config is None:
-            # Not through KwpRequest (tests on an in-memory Site): decide now.
+        if getattr(request, "kwp_checked", None) != name:
+            # gotLength did not see a receive path here (the router merges
+            # repeated slashes; tests on an in-memory Site): decide now.
             check_headers(config, name, headers, _peer_host(request.transport), None)
         received = await self.receiver.receive(config, config.channel(name), headers, request.content.read())
         request.setHeader(b"content-type", b"application/json")

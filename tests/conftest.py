@@ -23,11 +23,12 @@ BASIC_CONFIG = {
 
 @pytest.fixture
 def local_kwp(tmp_path):
-    """Start kwp's Site in this process: local_kwp(config_dict=BASIC_CONFIG)."""
+    """Start kwp's Site in this process: local_kwp(config_dict=BASIC_CONFIG,
+    receive_timeout=..., idle_timeout=...)."""
     started = []
 
-    def start(config_data=BASIC_CONFIG):
-        kwp = LocalKwp(config_data, tmp_path / f"kwp{len(started)}.db")
+    def start(config_data=BASIC_CONFIG, **site_options):
+        kwp = LocalKwp(config_data, tmp_path / f"kwp{len(started)}.db", **site_options)
         kwp.start()
         started.append(kwp)
         return kwp

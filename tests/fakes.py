@@ -108,6 +108,7 @@ class FakeRequest:
         self.producer = None
         self.pause_after_write = pause_after_write
         self._finished: list[Deferred] = []
+        self._closed: list[Deferred] = []
 
     @property
     def startedWriting(self) -> bool:
@@ -119,6 +120,11 @@ class FakeRequest:
     def notifyFinish(self) -> Deferred:
         d = Deferred()
         self._finished.append(d)
+        return d
+
+    def close_when_written(self) -> Deferred:
+        d = Deferred()
+        self._closed.append(d)
         return d
 
     def registerProducer(self, producer, streaming):
@@ -137,11 +143,15 @@ class FakeRequest:
         return b"".join(self.written)
 
     def finish(self):
-        """The response went out completely."""
+        """The response went out completely, then the connection closed."""
         for d in self._finished:
             d.callback(None)
+        for d in self._closed:
+            d.callback(True)
 
     def lose(self):
         """The client went away first."""
         for d in self._finished:
             d.errback(Failure(ConnectionError("gone")))
+        for d in self._closed:
+            d.callback(False)

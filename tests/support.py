@@ -34,7 +34,7 @@ class LocalKwp:
     """kwp's Site on a real 127.0.0.1 port in this process (real reactor,
     temp-file database), for tests of the HTTP layer including KwpRequest."""
 
-    def __init__(self, config_data: dict, db_path: Path):
+    def __init__(self, config_data: dict, db_path: Path, **site_options):
         self.config = parse_config(config_data)
         self.storage = SQLiteStorage(str(db_path), reactor)
         self.storage.prepare()
@@ -42,7 +42,7 @@ class LocalKwp:
         client, pool = http_client(reactor)
         self.forwarders = Forwarders(self.config, self.storage, notifier, reactor, client, pool=pool)
         self.app = KwpApp(self.config, self.storage, notifier, reactor, self.forwarders)
-        self.site = KwpSite(self.app, reactor)
+        self.site = KwpSite(self.app, reactor, **site_options)
         self.port = None
 
     def start(self) -> None:

@@ -142,6 +142,14 @@ def test_file_errors(tmp_path):
         load_config(str(empty))
 
 
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, "a: " + "{x: " * 3000 + "1" + "}" * 3000])
+def test_deeply_nested_yaml_is_a_config_error(tmp_path, text):
+    deep = tmp_path / "deep.yml"
+    deep.write_text(text)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(str(deep))
+
+
 def test_redaction_hides_every_secret():
     config = parse_config(
         {

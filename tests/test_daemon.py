@@ -172,3 +172,15 @@ def test_options_precedence():
     assert bind_address_endpoint("[::1]:8080") == "tcp:8080:interface=\\:\\:1"
     with pytest.raises(usage.UsageError):
         bind_address_endpoint("8080")
+
+
+def test_timeout_options():
+    options = Options(environ={})
+    options.parseOptions([])
+    assert (options["receive-timeout"], options["idle-timeout"]) == (60, 30)
+    options = Options(environ={})
+    options.parseOptions(["--receive-timeout", "2.5", "--idle-timeout", "1"])
+    assert (options["receive-timeout"], options["idle-timeout"]) == (2.5, 1.0)
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        with pytest.raises(usage.UsageError):
+            Options(environ={}).parseOptions(["--idle-timeout", bad])

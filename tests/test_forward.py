@@ -430,17 +430,12 @@ def test_queue_encodes_status_and_items():
 
 
 def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
-    from kwp.tap import makeService
+    from kwp.tap import Options, makeService
     from tests.support import write_config
 
     path = write_config(tmp_path / "config.yml", {"channels": [{"name": "ch", "token": "t", "forward": {"url": URL}}]})
-    options = {
-        "config": str(path),
-        "database": str(tmp_path / "kwp.db"),
-        "listen": ["tcp:0:interface=127.0.0.1"],
-        "log-format": "text",
-        "log-level": "info",
-    }
+    options = Options(environ={})
+    options.parseOptions(["-c", str(path), "-d", str(tmp_path / "kwp.db"), "-l", "tcp:0:interface=127.0.0.1"])
     service = makeService(options, reactor=Clock())
     forwarders = service.app.forwarders
     children = list(service)

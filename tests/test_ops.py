@@ -399,51 +399,6 @@ async def test_max_queue_refuses_with_503_and_keeps_what_is_stored(local_kwp):
     assert (await kwp.post("open", {"n": 3})).code == 200
 
 
-def _limited(pragma):
-    configure = sqlite_storage._configure
-
-    def configured(connection):
-        configure(connection)
-        connection.execute(pragma)
-
-    return configured
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_full_database_refuses_with_503_and_loses_nothing(local_kwp, monkeypatch):
-    kwp = local_kwp(CONFIG)
-    # Room for a few pages more than the empty schema needs.
-    pages = sqlite3.connect(kwp.storage.path).execute("PRAGMA page_count").fetchone()[0]
-    monkeypatch.setattr(sqlite_storage, "_configure", _limited(f"PRAGMA max_page_count = {pages + 8}"))
-    await kwp.stop()
-    kwp.start()
-    accepted = 0
-    body = {"pad": "x" * 3000}
-    for _ in range(200):
-        response = await kwp.post("github", body, GH)
-        if response.code != 200:
-            break
-        accepted += 1
-    assert response.code == 503
-    assert response.headers.getRawHeaders("retry-after") == ["60"]
-    error = await body_json(response)
-    assert error["error"] == "internal_error" and "full" in error["message"]
-    assert 0 < accepted < 200
-    assert (await kwp.get("/api/health")).code == 200
-    items = await body_json(await kwp.get("/api/webhook/github", "github-token"))
-    assert len(items) == accepted
-    assert (await kwp.post("github", body, GH)).code == 200
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_read_only_database_refuses_with_503(local_kwp, monkeypatch):
-    monkeypatch.setattr(sqlite_storage, "_configure", _limited("PRAGMA query_only = 1"))
-    kwp = local_kwp(CONFIG)
-    response = await kwp.post("github", {}, GH)
-    assert response.code == 503
-    assert "read-only" in (await body_json(response))["message"]
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_request_in_flight_finishes_on_the_config_it_started_with(local_kwp):
     class Raw(Protocol):

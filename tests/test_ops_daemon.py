@@ -4,15 +4,11 @@ SIGHUP reloads under load, a broken file, check-config, a full disk."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -183,45 +179,3 @@ def test_check_config_reports_every_error(tmp_path):
 
     missing = run_kwp("check-config", str(tmp_path / "missing.yml"))
     assert missing.returncode == 1 and "cannot read the file" in missing.stderr
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs at tmp_path/disk, unmounted afterwards."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_full_disk_refuses_with_503_and_loses_nothing(daemon, tiny_disk):
-    d = daemon(CONFIG, db_name="disk/kwp.db")
-    try:
-        body = json.dumps({"pad": "x" * 20_000}).encode()
-        accepted = 0
-        code = None
-        for _ in range(200):
-            code = await post(d, "github", body, GH)
-            if code != 200:
-                break
-            accepted += 1
-        assert code == 503, d.log()
-        assert accepted > 10
-        health = await treq.get(f"{d.base}/api/health")
-        assert health.code == 200
-        assert d.proc.poll() is None
-        assert d.stop() in (0, -signal.SIGTERM)
-    finally:
-        d.kill()
-    stored = sqlite3.connect(tiny_disk / "kwp.db").execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
-    assert stored == accepted

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+import time
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 from twisted.internet.defer import ensureDeferred, gatherResults
+
+from kwp.storage import NewWebhook
 
 pytestmark = pytest.mark.usefixtures("local_kwp")
 
@@ -391,3 +395,147 @@ async def _gather(deferreds):
 async def _post_many(kwp, channel, n):
     for response in await _gather([kwp.post(channel, {"n": i}) for i in range(n)]):
         assert response.code == 200
+
+
+def _trickle(port: int, data: bytes, interval: float, give_up: float) -> float | None:
+    """Send data one byte per interval; the seconds until the server closed
+    the connection, or None when it was still open after give_up seconds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        started = time.monotonic()
+        for byte in data:
+            if time.monotonic() - started > give_up:
+                return None
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return time.monotonic() - started
+            s.settimeout(interval)
+            try:
+                if s.recv(65536) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                pass
+            except OSError:
+                return time.monotonic() - started
+        return None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Still in the request line, which Twisted buffers before any Request exists.
+        b"GET /api/webhook/open?" + b"x" * 200,
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 200,
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"z" * 100,
+    ],
+    ids=["request-line", "headers", "body"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_trickling_in_is_cut_off_at_the_receive_timeout(local_kwp, data):
+    kwp = local_kwp(receive_timeout=1.5, idle_timeout=1)
+    # A byte every 0.3 s keeps the idle time-out from ever firing.
+    closed_after = await _in_thread(_trickle, kwp.port.getHost().port, data, 0.3, 20)
+    assert closed_after is not None and closed_after < 10
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"NOT A REQUEST LINE\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(600)) + b"\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 9000 + b"\r\nX-Big2: " + b"b" * 9000
+        + b"\r\n\r\n",
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["request-line", "header-line", "header-count", "header-size", "two-lengths", "transfer-encoding",
+         "line-length"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_twisted_cannot_parse_gets_a_json_400(local_kwp, request_bytes):
+    kwp = local_kwp()
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == "bad_request"
+    assert (await treq.get(kwp.url("/api/health"))).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pull_cut_off_while_its_last_page_is_still_buffered_deletes_nothing(local_kwp):
+    kwp = local_kwp()
+    # One page, several MB: written to the transport at once, far more than
+    # the client reads before it goes away.
+    filler = "x" * 30_000
+    for n in range(150):
+        await kwp.storage.insert(NewWebhook("open", "{}", json.dumps({"n": n, "f": filler}).encode(), 1.0))
+    port = kwp.port.getHost().port
+
+    def read_a_little_and_hang_up():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /api/webhook/open HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer open-token\r\n\r\n")
+            first = s.recv(2048)
+            time.sleep(0.5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return first
+
+    assert (await _in_thread(read_a_little_and_hang_up)).startswith(b"HTTP/1.1 200 ")
+    await task.deferLater(reactor, 1, lambda: None)
+    assert len(await kwp.storage.list("open", 1000, 0)) == 150
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_an_id_beyond_sqlite_integers_is_404(local_kwp):
+    kwp = local_kwp()
+    response = await treq.delete(kwp.url("/api/webhook/open/99999999999999999999999"),
+                                 headers={"Authorization": "Bearer open-token"})
+    await assert_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /api/webhook/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET %C2%80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"POST /api/webhook/open HTTP/1.1\r\nHost: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}", 400),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ],
+    ids=["path", "path-without-slash", "host", "star"],
+)
+@pytest_twisted.ensureDeferred
+async def test_urls_klein_cannot_route_get_json_errors(local_kwp, request_bytes, status):
+    kwp = local_kwp()
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == "bad_request"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_length_too_large_to_discard_is_answered_at_once(local_kwp):
+    kwp = local_kwp()
+    request = (
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 99999999999\r\n\r\n{}"
+    )
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"payload_too_large"' in answer
+
+
+@pytest.mark.parametrize("path", ["//api/webhook/github", "/api//webhook/github", "/api/webhook//github"])
+@pytest_twisted.ensureDeferred
+async def test_a_receive_path_with_merged_slashes_still_checks_the_secret(local_kwp, path):
+    kwp = local_kwp()
+    response = await treq.post(kwp.url(path), data=b"{}", headers={"Content-Type": "application/json"})
+    assert (response.code, (await body_json(response))["error"]) in ((401, "unauthorized"), (404, "not_found"))
+    assert await kwp.storage.list("github", 10, 0) == []
+    response = await treq.post(kwp.url("//api/webhook/nope"), data=b"{}", headers={"Content-Type": "application/json"})
+    await assert_error(response, 404, "channel_not_found")
