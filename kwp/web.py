@@ -46,6 +46,12 @@ def _args(request) -> dict[str, str]:
     return {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
 
 
+def _page(request) -> tuple[int, int]:
+    """``limit`` (default 100) and ``after`` (default 0) of a listing."""
+    args = _args(request)
+    return int_arg(args, "limit", 1, MAX_LIMIT) or 100, int_arg(args, "after", 0, MAX_ID) or 0
+
+
 def _error(request, error: ApiError) -> bytes:
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"application/json")
@@ -148,11 +154,7 @@ class KwpRequest(Request):
         refusal = self._unroutable()
         if refusal is None:
             return super().process()
-        self.setResponseCode(refusal.status)
-        self.setHeader(b"content-type", b"application/json")
-        for name, value in refusal.headers.items():
-            self.setHeader(name.encode(), value.encode())
-        body = refusal.body()
+        body = _error(self, refusal)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
@@ -499,10 +501,7 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/list", methods=["GET"])
     async def list(self, request, name):
         channel = self._authorize(request, name)
-        args = _args(request)
-        limit = int_arg(args, "limit", 1, MAX_LIMIT) or 100
-        after = int_arg(args, "after", 0, MAX_ID) or 0
-        items = await self.storage.list(channel.name, limit, after)
+        items = await self.storage.list(channel.name, *_page(request))
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
 
@@ -517,10 +516,7 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/queue", methods=["GET"])
     async def queue(self, request, name):
         channel = self._authorize_forward(request, name)
-        args = _args(request)
-        limit = int_arg(args, "limit", 1, MAX_LIMIT) or 100
-        after = int_arg(args, "after", 0, 2**63 - 1) or 0
-        body = await self.forwarders.queue(channel.name, limit, after)
+        body = await self.forwarders.queue(channel.name, *_page(request))
         request.setHeader(b"content-type", b"application/json")
         return body
 
