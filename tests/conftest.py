@@ -4,6 +4,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from tests.forward_support import Target
 from tests.support import Daemon, LocalKwp, write_config
 
 BASIC_CONFIG = {
@@ -36,6 +37,21 @@ def local_kwp(tmp_path):
     yield start
     for kwp in started:
         pytest_twisted.blockon(defer.ensureDeferred(kwp.stop()))
+
+
+@pytest.fixture
+def target():
+    """A local forward target on 127.0.0.1: target(port=0)."""
+    targets = []
+
+    def start(port=0):
+        t = Target().listen(port)
+        targets.append(t)
+        return t
+
+    yield start
+    for t in targets:
+        pytest_twisted.blockon(defer.ensureDeferred(t.stop()))
 
 
 @pytest.fixture

@@ -8,14 +8,11 @@ import json
 import signal
 import time
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 
-from tests.forward_support import Target
 from tests.support import free_port
 
 
@@ -46,20 +43,6 @@ async def queue_size(daemon) -> int:
         f"{daemon.base}/api/webhook/push/queue", headers={"Authorization": "Bearer push-token"}
     )
     return json.loads(await response.content())["status"]["queue_size"]
-
-
-@pytest.fixture
-def target():
-    targets = []
-
-    def start(port=0):
-        t = Target().listen(port)
-        targets.append(t)
-        return t
-
-    yield start
-    for t in targets:
-        pytest_twisted.blockon(ensureDeferred(t.stop()))
 
 
 @pytest_twisted.ensureDeferred

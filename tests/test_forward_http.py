@@ -8,17 +8,14 @@ import json
 import sqlite3
 import time
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
-from tests.forward_support import Target
 from tests.support import free_port
 
 
@@ -52,20 +49,6 @@ async def queue(kwp, token="push-token", channel="push"):
 
 async def post_api(kwp, path, token="push-token"):
     return await treq.post(kwp.url(path), headers={"Authorization": f"Bearer {token}"})
-
-
-@pytest.fixture
-def target():
-    targets = []
-
-    def start(port=0):
-        t = Target().listen(port)
-        targets.append(t)
-        return t
-
-    yield start
-    for t in targets:
-        pytest_twisted.blockon(ensureDeferred(t.stop()))
 
 
 @pytest_twisted.ensureDeferred
