@@ -8,6 +8,8 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 
 import pytest_twisted
@@ -217,3 +219,34 @@ async def test_test_send_runs_the_receive_path(local_kwp):
     await assert_error(await treq.post(kwp.url("/api/webhook/gh/test-send"), data=b"[]", headers=auth),
                        400, "bad_request")
     assert [json.loads(w.body) for w in await stored(kwp, "gh")] == [{"zen": "hi"}, [1]]
+
+
+def test_signed_providers_against_the_daemon(daemon):
+    d = daemon(CONFIG)
+
+    def send(channel, body: bytes, headers):
+        request = urllib.request.Request(f"{d.base}/api/webhook/{channel}", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    event = json.dumps({"id": "evt_daemon", "type": "ping"})
+    header = stripe.WebhookSignature.generate_signature_header(event, STRIPE_SECRET, timestamp=int(time.time()))
+    assert send("stripe", event.encode(), {"Stripe-Signature": header}) == (200, {"status": "ok", "id": 1})
+    assert send("stripe", event.encode(), {"Stripe-Signature": header}) == (200, {"status": "duplicate"})
+    stale = stripe.WebhookSignature.generate_signature_header(event, STRIPE_SECRET, timestamp=int(time.time()) - 301)
+    assert send("stripe", event.encode(), {"Stripe-Signature": stale})[0] == 401
+    assert send("stripe", event.encode() + b" ", {"Stripe-Signature": header})[0] == 401
+
+    body = json.dumps({"type": "invoice.paid"})
+    now = datetime.now(tz=timezone.utc)
+    signature = standardwebhooks.Webhook(SW_SECRET).sign("msg_d", now, body)
+    headers = {"webhook-id": "msg_d", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}
+    assert send("sw", body.encode(), headers)[0] == 200
+    assert send("sw", body.encode(), dict(headers, **{"webhook-signature": "v1,AAAA"}))[0] == 401
+    assert send("office", b"{}", {"X-Forwarded-For": "10.1.2.3"})[0] == 200
+    assert send("office", b"{}", {"X-Forwarded-For": "10.1.2.3, 192.0.2.1"}) == (
+        403, {"error": "ip_blocked", "message": "the client address is not allowed on this channel"})
