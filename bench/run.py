@@ -126,6 +126,12 @@ class Server:
     def rss_kb(self) -> int:
         return proc_status_kb(self.pid, "VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the process, all its threads."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_kb(self) -> int:
         return proc_status_kb(self.pid, "VmHWM")
 
@@ -288,6 +294,7 @@ def bench_receive(args, work: Path, report: Report) -> None:
     report.say(f"  filled a database with {args.pending:,} pending webhooks in {time.monotonic() - started:.1f}s")
     kinds = ["baseline", "kwp", "kwp-pending"]
     rps: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
     idle: dict[str, list[int]] = {k: [] for k in kinds}
     peak: dict[str, list[int]] = {k: [] for k in kinds}
     for round_no in range(args.rounds):
@@ -306,14 +313,16 @@ def bench_receive(args, work: Path, report: Report) -> None:
             try:
                 time.sleep(args.settle)
                 idle[kind].append(server.rss_kb())
+                cpu_before = server.cpu_seconds()
                 result = run_wrk(server.url(f"/api/webhook/{CHANNEL}"), args.seconds, args.connections)
+                cpu[kind].append((server.cpu_seconds() - cpu_before) / max(result.answered, 1) * 1e6)
                 peak[kind].append(server.peak_kb())
             finally:
                 server.stop()
             rps[kind].append(result.rps)
             report.say(
                 f"  round {round_no + 1} {kind:12s} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
-                f"p99 {result.p99_ms:6.1f} ms  idle RSS {idle[kind][-1] / 1024:5.1f} MB  "
+                f"p99 {result.p99_ms:6.1f} ms  CPU {cpu[kind][-1]:4.0f} us/req  idle RSS {idle[kind][-1] / 1024:5.1f} MB  "
                 f"loaded RSS {peak[kind][-1] / 1024:5.1f} MB"
             )
             if kind != "baseline":
@@ -330,6 +339,10 @@ def bench_receive(args, work: Path, report: Report) -> None:
     report.say(
         f"  median: baseline {median(rps['baseline']):.0f} req/s, kwp {median(rps['kwp']):.0f} req/s, "
         f"kwp with {args.pending:,} pending {median(rps['kwp-pending']):.0f} req/s"
+    )
+    report.say(
+        f"  median CPU per request (server process, all threads): baseline {median(cpu['baseline']):.0f} us, "
+        f"kwp {median(cpu['kwp']):.0f} us, kwp with {args.pending:,} pending {median(cpu['kwp-pending']):.0f} us"
     )
     report.say(
         f"  median RSS: idle baseline {median(idle['baseline']) / 1024:.1f} MB, kwp {median(idle['kwp']) / 1024:.1f} MB; "
