@@ -9,13 +9,15 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    formatEventAsClassicLogText,
+    formatTime,
     jsonFileLogObserver,
-    textFileLogObserver,
 )
 from twisted.python import usage
 
@@ -95,12 +97,32 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-level must be debug, info, warn or error, got {self['log-level']!r}")
 
 
+class _TimeStamps:
+    """Twisted's formatTime, computed once per second.  The text log shows
+    whole seconds, and formatting the time costs as much as the rest of a
+    request's log line."""
+
+    def __init__(self):
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(None)
+        second = int(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(second)
+        return self._text
+
+
 def make_log_observer(log_format: str, level: str, stream=None):
     stream = stream or sys.stdout
     if log_format == "json":
         observer = jsonFileLogObserver(stream, recordSeparator="")
     else:
-        observer = textFileLogObserver(stream)
+        # textFileLogObserver(stream), with the time stamps cached.
+        stamps = _TimeStamps()
+        observer = FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, formatTime=stamps))
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LOG_LEVELS[level])])
 
 

@@ -85,6 +85,7 @@ class KwpRequest(Request):
     other request may not exceed the largest body limit of the config."""
 
     kwp_config: Config | None = None
+    kwp_headers: dict[str, str] | None = None
     kwp_refusal: ApiError | None = None
     kwp_channel: str = "-"
 
@@ -103,19 +104,21 @@ class KwpRequest(Request):
         config = self.kwp_config = self.channel.site.config
         method = getattr(self.channel, "_command", b"")
         path = unquote(getattr(self.channel, "_path", b"").decode("latin-1").split("?", 1)[0])
-        self._limit = config.largest_body_limit
         if method == b"POST" and path.startswith(RECEIVE_PREFIX) and "/" not in path[len(RECEIVE_PREFIX) :]:
             self.kwp_channel = path[len(RECEIVE_PREFIX) :]
-            headers = header_map(self.requestHeaders.getAllRawHeaders())
+            # Kept for the route, which would otherwise build the same map again.
+            headers = self.kwp_headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
                 channel = check_headers(config, self.kwp_channel, headers, _peer_host(self.channel.transport), length)
                 self._limit = config.body_limit(channel)
             except ApiError as refusal:
                 self._refuse(refusal)
                 return
-        elif length is not None and length > self._limit:
-            self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"))
-            return
+        else:
+            self._limit = config.largest_body_limit
+            if length is not None and length > self._limit:
+                self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"))
+                return
         super().gotLength(length)
 
     def _refuse(self, refusal: ApiError) -> None:
@@ -170,7 +173,15 @@ class KwpSite(Site):
     request with no query string, header or body in it."""
 
     def __init__(self, app: "KwpApp", reactor):
-        super().__init__(app.resource(), requestFactory=KwpRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+        # No route reads form fields from a POST body; parsing the Content-Type
+        # of every POST to find out costs about a sixth of a receive.
+        super().__init__(
+            app.resource(),
+            requestFactory=KwpRequest,
+            timeout=IDLE_TIMEOUT,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+        )
         self.protocol = KwpChannel
         self.app = app
         self.noisy = False
@@ -226,14 +237,21 @@ class KwpSite(Site):
         return self.app.config
 
     def log(self, request):
-        duration = self.reactor.seconds() - getattr(request, "kwp_started", self.reactor.seconds())
+        now = self.reactor.seconds()
+        method = request.method.decode("latin-1")
+        path = request.path.decode("latin-1")
+        duration_ms = (now - getattr(request, "kwp_started", now)) * 1000
+        # The text is rendered here with an f-string: a format string with
+        # these six fields is rendered by the observer for about 8us more per
+        # request.  The fields stay in the event for JSON logs.
         log.info(
-            "{method} {path} {status} {size}B {duration_ms:.1f}ms channel={channel}",
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
+            "{line}",
+            line=f"{method} {path} {request.code} {request.sentLength}B {duration_ms:.1f}ms channel={request.kwp_channel}",
+            method=method,
+            path=path,
             status=request.code,
             size=request.sentLength,
-            duration_ms=duration * 1000,
+            duration_ms=duration_ms,
             channel=request.kwp_channel,
             request_size=request.getHeader(b"content-length"),
         )
@@ -291,9 +309,10 @@ class KwpApp:
         config = self._config(request)
         if request.kwp_refusal is not None:
             raise request.kwp_refusal
-        headers = header_map(request.requestHeaders.getAllRawHeaders())
-        if request.kwp_config is None:
+        headers = getattr(request, "kwp_headers", None)
+        if headers is None:
             # Not through KwpRequest (tests on an in-memory Site): decide now.
+            headers = header_map(request.requestHeaders.getAllRawHeaders())
             check_headers(config, name, headers, _peer_host(request.transport), None)
         received = await self.receiver.receive(config, config.channel(name), headers, request.content.read())
         request.setHeader(b"content-type", b"application/json")
