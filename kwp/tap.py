@@ -115,6 +115,30 @@ class _TimeStamps:
         return self._text
 
 
+class TextAccessLog:
+    """Writes the line of each request to the text log's stream, exactly as
+    the text observer prints an info event of kwp.web.  Going through the
+    logger (event, publisher, level filter, format string) costs about 25us
+    a request, a tenth of a whole receive; twisted.web's own access log
+    bypasses the logger likewise."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._stamps = _TimeStamps()
+
+    def __call__(self, when: float, line: str) -> None:
+        self._stream.write(f"{self._stamps(when)} [kwp.web#info] {line}\n")
+        self._stream.flush()
+
+
+def make_access_log(log_format: str, level: str, stream=None) -> TextAccessLog | None:
+    """The direct writer of request lines for a text log at info or debug
+    level; None otherwise (JSON lines stay events of the logger)."""
+    if log_format != "text" or level not in ("debug", "info"):
+        return None
+    return TextAccessLog(stream or sys.stdout)
+
+
 def make_log_observer(log_format: str, level: str, stream=None):
     stream = stream or sys.stdout
     if log_format == "json":
@@ -182,7 +206,7 @@ def makeService(options, reactor=None):
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
     app = KwpApp(config, storage, Notifier(), reactor)
-    site = KwpSite(app, reactor)
+    site = KwpSite(app, reactor, make_access_log(options["log-format"], options["log-level"]))
     observer = make_log_observer(options["log-format"], options["log-level"])
     log.info(
         "kwp: {channels} channels from {path}, database {database}",
