@@ -1,7 +1,10 @@
 """The bare Klein baseline of the benchmark: one route that reads the body,
 parses it as JSON and answers 200, on the same default reactor as twistd.
 
-    python bench/baseline.py PORT
+    python bench/baseline.py PORT [--no-form-parsing]
+
+--no-form-parsing turns off what kwp turns off too: Twisted parsing the
+Content-Type of every POST to look for form fields.
 """
 
 import json
@@ -35,7 +38,8 @@ class QuietSite(Site):
 
 
 def main() -> None:
-    reactor.listenTCP(int(sys.argv[1]), QuietSite(app.resource()), interface="127.0.0.1")
+    site = QuietSite(app.resource(), parsePOSTFormSubmission="--no-form-parsing" not in sys.argv[2:])
+    reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
     reactor.run()
 
 

@@ -153,8 +153,12 @@ class Server:
 class Baseline(Server):
     name = "baseline"
 
+    def __init__(self, workdir: Path, form_parsing: bool = True):
+        super().__init__(workdir)
+        self.form_parsing = form_parsing
+
     def args(self) -> list[str]:
-        return [sys.executable, str(BASELINE), str(self.port)]
+        return [sys.executable, str(BASELINE), str(self.port)] + ([] if self.form_parsing else ["--no-form-parsing"])
 
 
 class Kwp(Server):
@@ -281,8 +285,9 @@ def honesty(report: Report, label: str, result: WrkResult, stored: int) -> None:
 
 
 def bench_receive(args, work: Path, report: Report) -> None:
-    """Baseline, kwp on an empty database and kwp with N pending, in a
-    rotating order each round."""
+    """The baseline, the baseline without form parsing (kwp turns it off
+    too; shown for comparison, not judged), kwp on an empty database and kwp
+    with N pending, in a rotating order each round."""
     report.say(
         f"== durable receive: {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections}, "
         f"{len(BODY)}-byte JSON body"
@@ -292,18 +297,18 @@ def bench_receive(args, work: Path, report: Report) -> None:
     started = time.monotonic()
     create_db(full_template, args.pending)
     report.say(f"  filled a database with {args.pending:,} pending webhooks in {time.monotonic() - started:.1f}s")
-    kinds = ["baseline", "kwp", "kwp-pending"]
+    kinds = ["baseline", "kwp", "kwp-pending", "baseline-noform"]
     rps: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     idle: dict[str, list[int]] = {k: [] for k in kinds}
     peak: dict[str, list[int]] = {k: [] for k in kinds}
     for round_no in range(args.rounds):
-        order = kinds[round_no % 3 :] + kinds[: round_no % 3]
+        order = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]
         for kind in order:
             db = work / f"receive-{round_no}-{kind}.db"
             before = 0
-            if kind == "baseline":
-                server = Baseline(work)
+            if kind.startswith("baseline"):
+                server = Baseline(work, form_parsing=kind == "baseline")
             else:
                 if kind == "kwp-pending":
                     shutil.copyfile(full_template, db)
@@ -325,23 +330,28 @@ def bench_receive(args, work: Path, report: Report) -> None:
                 f"p99 {result.p99_ms:6.1f} ms  CPU {cpu[kind][-1]:4.0f} us/req  idle RSS {idle[kind][-1] / 1024:5.1f} MB  "
                 f"loaded RSS {peak[kind][-1] / 1024:5.1f} MB"
             )
-            if kind != "baseline":
+            if kind.startswith("kwp"):
                 honesty(report, kind, result, count_rows(db) - before)
                 db.unlink()
         report.say(
             f"  round {round_no + 1} ratios: kwp/baseline {rps['kwp'][-1] / rps['baseline'][-1]:.2f}  "
-            f"pending/empty {rps['kwp-pending'][-1] / rps['kwp'][-1]:.2f}   load {load()}"
+            f"pending/empty {rps['kwp-pending'][-1] / rps['kwp'][-1]:.2f}  "
+            f"(kwp/baseline-noform {rps['kwp'][-1] / rps['baseline-noform'][-1]:.2f})   load {load()}"
         )
     full_template.unlink()
     receive_ratio = median([k / b for k, b in zip(rps["kwp"], rps["baseline"])])
     pending_ratio = median([p / k for p, k in zip(rps["kwp-pending"], rps["kwp"])])
     idle_ratio = median([k / b for k, b in zip(idle["kwp"], idle["baseline"])])
+    noform_ratio = median([k / b for k, b in zip(rps["kwp"], rps["baseline-noform"])])
     report.say(
         f"  median: baseline {median(rps['baseline']):.0f} req/s, kwp {median(rps['kwp']):.0f} req/s, "
-        f"kwp with {args.pending:,} pending {median(rps['kwp-pending']):.0f} req/s"
+        f"kwp with {args.pending:,} pending {median(rps['kwp-pending']):.0f} req/s; "
+        f"baseline without form parsing {median(rps['baseline-noform']):.0f} req/s "
+        f"(kwp/that {noform_ratio:.2f}, not a target)"
     )
     report.say(
         f"  median CPU per request (server process, all threads): baseline {median(cpu['baseline']):.0f} us, "
+        f"baseline without form parsing {median(cpu['baseline-noform']):.0f} us, "
         f"kwp {median(cpu['kwp']):.0f} us, kwp with {args.pending:,} pending {median(cpu['kwp-pending']):.0f} us"
     )
     report.say(

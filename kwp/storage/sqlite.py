@@ -309,12 +309,15 @@ class SQLiteStorage(Service):
             for _, d in batch:
                 d.errback(failure)
 
-        def next_batch(_):
+        def next_batch(outcome):
+            # Before this batch's callers run: the next batch commits while
+            # their responses are written.
             self._writing = False
             if self._queue:
                 self._write_next()
+            return outcome
 
-        done.addCallbacks(committed, failed).addBoth(next_batch)
+        done.addBoth(next_batch).addCallbacks(committed, failed)
 
     def claim(self, channel, claim_id, limit, now, lease_seconds=None) -> Deferred:
         return self._run(_claim, channel, claim_id, limit, now, lease_seconds)
