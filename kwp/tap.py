@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -95,6 +96,22 @@ class Options(usage.Options):
         self["log-level"] = self["log-level"].lower()
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be debug, info, warn or error, got {self['log-level']!r}")
+
+
+# By default the collector's youngest generation is collected every 700 new
+# container objects: every few requests, while the requests waiting for their
+# commit are alive and get traversed and promoted again and again (about 14%
+# of the CPU under load, by perf).  10,000 makes that rarer; the garbage
+# cycles it lets wait are a few MB at most.
+GC_THRESHOLD = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Set the collector up for a long-running server: what is alive at
+    start-up (modules, config, services) is frozen out of its generations for
+    good, and the youngest generation is collected less often."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 class _TimeStamps:
@@ -214,4 +231,6 @@ def makeService(options, reactor=None):
         path=config.path,
         database=options["database"],
     )
-    return KwpService(app, site, listeners, observer, reactor)
+    service = KwpService(app, site, listeners, observer, reactor)
+    tune_gc()
+    return service
