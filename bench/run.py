@@ -48,7 +48,6 @@ STORED_HEADERS = json.dumps(
 )
 START_TIMEOUT = 30
 STOP_TIMEOUT = 30
-MiB = 1024 * 1024
 
 TARGETS = {
     "receive": "durable receive >= 0.8x baseline",
