@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yml
 
-.PHONY: run test install clean
+.PHONY: run test install bench clean
 
 # Compat editable mode puts the repository root on sys.path, which is what lets
 # twistd find twisted/plugins/kwp_plugin.py from any directory.
@@ -20,6 +20,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# wrk comes from Debian's packages; BENCH_ARGS=--quick for a smoke run.
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; } >/dev/null 2>&1 || true
+	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk is missing and could not be installed; run 'apt-get install -y wrk' as root" >&2; exit 1; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

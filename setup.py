@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["kwp", "kwp.*"]) + ["twisted.plugins"],
     include_package_data=False,
     install_requires=[
-        "twisted>=23.10",
+        "twisted>=25.5",
         "klein>=23.5",
         "treq>=23.11",
         "pyyaml>=6.0",

@@ -125,6 +125,20 @@ def test_json_logs_one_line_per_request_without_secrets(daemon):
         assert secret not in text
 
 
+def test_text_logs_one_line_per_request_as_the_logger_prints_them(daemon):
+    d = daemon()
+    post(d, "open", {"private": "payload-text"})
+    pull(d, "open", "open-token")
+    d.stop()
+    lines = d.log().splitlines()
+    requests = [line for line in lines if " [kwp.web#info] " in line]
+    assert [line.split(" [kwp.web#info] ")[1].split()[:3] for line in requests] == [
+        ["POST", "/api/webhook/open", "200"], ["GET", "/api/webhook/open", "200"]]
+    stamp = lines[0].split(" ")[0]
+    assert all(len(line.split(" ")[0]) == len(stamp) for line in requests)
+    assert "payload-text" not in d.log()
+
+
 def test_environment_configures_the_tac_file(tmp_path):
     config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
     port = free_port()

@@ -73,6 +73,27 @@ async def test_concurrent_inserts_commit_in_batches(storage):
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_batch_mixes_plain_deduplicated_and_limited_webhooks_in_order(storage):
+    """Plain webhooks are written by multi-row INSERTs (150 rows each); the
+    others are decided in their place in the batch, after those before them."""
+    await storage.insert(hook(-1, channel="q"))
+    batch = [hook(i) for i in range(400)]
+    batch[10] = hook(10, delivery_id="d1", dedup_window=60)
+    batch[11] = hook(11, delivery_id="d1", dedup_window=60)
+    batch[200] = hook(200, channel="q", max_queue=3)
+    batch[201] = hook(201, channel="q")
+    batch[202] = hook(202, channel="q", max_queue=3)
+    results = await gatherResults([storage.insert(w) for w in batch])
+    assert results[11] is DUPLICATE and results[202] is QUEUE_FULL
+    stored = {i: r for i, r in enumerate(results) if i not in (11, 202)}
+    assert list(stored.values()) == sorted(stored.values())
+    rows = await storage.list("a", 1000, 0) + await storage.list("q", 1000, 0)
+    assert {r.id: r.body for r in rows if r.body != b'{"n":-1}'} == {
+        new_id: b'{"n":%d}' % i for i, new_id in stored.items()
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_claims_are_exclusive_and_settle(storage):
     for i in range(5):
         await storage.insert(hook(i))
