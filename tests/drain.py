@@ -1,6 +1,6 @@
 """A large backlog written straight into the database, a real daemon, and a
 streaming drain that reads the whole JSON array while watching the daemon's
-memory.  Used by tests/test_drain.py and bench/drain.py."""
+memory.  Used by tests/test_drain.py."""
 
 from __future__ import annotations
 
