@@ -541,6 +541,9 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/queue/retry/<int:webhook_id>", methods=["POST"])
     async def retry(self, request, name, webhook_id):
         channel = self._authorize_forward(request, name)
+        if webhook_id > MAX_ID:
+            # No row can have it, and SQLite cannot even be asked for it.
+            raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         try:
             result = await self.forwarders.retry(channel.name, webhook_id)
         except LookupError:
