@@ -449,7 +449,13 @@ class KwpApp:
         channel = self._authorize(request, name)
         if channel.forward is not None:
             raise bad_request(f"channel {name!r} delivers by push; see GET /api/webhook/{name}/queue")
-        return await self.puller.take(request, channel.name, PullQuery.parse(args))
+        query = PullQuery.parse(args)
+        if request.method == b"HEAD":
+            # The router sends HEAD here too, and twisted.web drops the body it
+            # writes: a pull would delete (or lease) webhooks nobody received.
+            request.setHeader(b"content-type", b"application/json")
+            return b""
+        return await self.puller.take(request, channel.name, query)
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
     def sign(self, request, name):
