@@ -480,7 +480,13 @@ class KwpApp:
         channel = self._authorize(request, name)
         if channel.forward is not None:
             raise bad_request(f"channel {name!r} delivers by push; see GET /api/webhook/{name}/queue")
-        return await self.puller.take(request, channel.name, PullQuery.parse(args))
+        query = PullQuery.parse(args)
+        if request.method == b"HEAD":
+            # The router sends HEAD here too, and twisted.web drops the body it
+            # writes: a pull would delete (or lease) webhooks nobody received.
+            request.setHeader(b"content-type", b"application/json")
+            return b""
+        return await self.puller.take(request, channel.name, query)
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
     def sign(self, request, name):
@@ -566,6 +572,9 @@ class KwpApp:
     @app.route("/api/webhook/<string:name>/queue/retry/<int:webhook_id>", methods=["POST"])
     async def retry(self, request, name, webhook_id):
         channel = self._authorize_forward(request, name)
+        if webhook_id > MAX_ID:
+            # No row can have it, and SQLite cannot even be asked for it.
+            raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         try:
             result = await self.forwarders.retry(channel.name, webhook_id)
         except LookupError:

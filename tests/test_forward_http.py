@@ -216,6 +216,10 @@ async def test_queue_api_auth_pause_resume_retry_clear(local_kwp, target):
     result = json.loads(await (await post_api(kwp, f"/api/webhook/push/queue/retry/{first}")).content())
     assert result == {"success": True, "status_code": 200, "body": "teapot", "error": None}
     assert (await post_api(kwp, f"/api/webhook/push/queue/retry/{first}")).code == 404
+    # An id beyond SQLite's INTEGER is no webhook either, not a 500.
+    for too_big in (2**63, 10**20):
+        response = await post_api(kwp, f"/api/webhook/push/queue/retry/{too_big}")
+        assert response.code == 404 and json.loads(await response.content())["error"] == "not_found"
 
     assert (await post_api(kwp, "/api/webhook/push/queue/resume")).code == 204
     await t.wait_for(2)

@@ -53,6 +53,23 @@ async def test_receive_then_pull_returns_and_deletes(local_kwp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_head_on_the_pull_path_takes_nothing(local_kwp):
+    # HEAD is routed like GET but its body is dropped: a pull would lose them.
+    kwp = local_kwp()
+    await kwp.post("open", {"n": 1})
+    for query in ("", "?limit=1", "?lease=60", "?raw=1"):
+        response = await treq.head(kwp.url(f"/api/webhook/open{query}"), headers={"Authorization": "Bearer open-token"})
+        assert response.code == 200
+        assert response.headers.getRawHeaders("connection") is None
+    # The checks of GET still apply.
+    assert (await treq.head(kwp.url("/api/webhook/open"))).code == 401
+    bad = await treq.head(kwp.url("/api/webhook/open?limit=0"), headers={"Authorization": "Bearer open-token"})
+    assert bad.code == 400
+    items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
+    assert [i["payload"] for i in items] == [{"n": 1}] and "deliveries" not in items[0]
+
+
+@pytest_twisted.ensureDeferred
 async def test_any_json_value_is_accepted_and_returned_exactly(local_kwp):
     kwp = local_kwp()
     values = [{"a": [1, 2.5, None]}, [1, "x"], "text", 42, None, {"u": "é\u2603"}]
