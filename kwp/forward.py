@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+from urllib.parse import unquote, urlsplit, urlunsplit
 from dataclasses import dataclass, replace
 from datetime import timezone
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -186,6 +187,17 @@ def _observe(d: Deferred) -> Deferred:
     return observer
 
 
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without user info, and that user info as HTTP basic
+    credentials (``https://user:pw@host/hook``), or None."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    credentials = (unquote(parts.username), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=host)), credentials
+
+
 class Forwarder(Service):
     """Delivers one channel's webhooks to its ``forward.url``."""
 
@@ -204,6 +216,7 @@ class Forwarder(Service):
         self.name = channel.name
         self.channel = channel
         self.forward = channel.forward
+        self._url, self._auth = split_credentials(channel.forward.url)
         self._ignored = ignored_headers
         self._storage = storage
         self._notifier = notifier
@@ -419,7 +432,7 @@ class Forwarder(Service):
 
     async def _post(self, body: bytes, headers: Headers) -> tuple[int, bytes, str | None]:
         response = await self._client.request(
-            "POST", self.forward.url, data=body, headers=headers, allow_redirects=False, unbuffered=True
+            "POST", self._url, data=body, headers=headers, auth=self._auth, allow_redirects=False, unbuffered=True
         )
         reader = _CappedBody(MAX_BODY_KEPT)
         response.deliverBody(reader)

@@ -4,6 +4,7 @@ the queue API; the schema migration."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import time
@@ -49,6 +50,16 @@ async def queue(kwp, token="push-token", channel="push"):
 
 async def post_api(kwp, path, token="push-token"):
     return await treq.post(kwp.url(path), headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_info_in_the_url_is_sent_as_basic_credentials(local_kwp, target):
+    t = target()
+    kwp = local_kwp(kwp_config(t.url.replace("http://", "http://hook%20user:p%40ss@")))
+    await kwp.post("push", {"n": 1})
+    await t.wait_for(1)
+    assert t.received[0]["headers"]["authorization"] == "Basic " + base64.b64encode(b"hook user:p@ss").decode()
+    await until(lambda: _empty(kwp))
 
 
 @pytest_twisted.ensureDeferred
