@@ -66,10 +66,12 @@ async def test_concurrent_inserts_commit_in_batches(storage):
     storage._run = counting
     ids = await gatherResults([storage.insert(hook(i)) for i in range(50)])
     assert ids == sorted(ids) and len(set(ids)) == 50
-    # The first insert starts a transaction; the 49 queued behind it share one.
+    # Inserts within the commit window share one transaction.
+    assert transactions.count("_insert_batch") == 1
+    await gatherResults([storage.insert(hook(i)) for i in range(50, 53)])
     assert transactions.count("_insert_batch") == 2
     rows = await storage.list("a", 100, 0)
-    assert [r.body for r in rows] == [b'{"n":%d}' % i for i in range(50)]
+    assert [r.body for r in rows] == [b'{"n":%d}' % i for i in range(53)]
 
 
 @pytest_twisted.ensureDeferred
@@ -91,6 +93,18 @@ async def test_one_batch_mixes_plain_deduplicated_and_limited_webhooks_in_order(
     assert {r.id: r.body for r in rows if r.body != b'{"n":-1}'} == {
         new_id: b'{"n":%d}' % i for i, new_id in stored.items()
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_writes_what_waits_in_the_commit_window(tmp_path):
+    path = str(tmp_path / "kwp.db")
+    s = SQLiteStorage(path, reactor)
+    s.prepare()
+    s.startService()
+    inserted = s.insert(hook(1))
+    await s.stopService()
+    assert isinstance(await inserted, int)
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 1
 
 
 @pytest_twisted.ensureDeferred
