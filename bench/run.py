@@ -476,14 +476,6 @@ def bench_longpoll(args, work: Path, report: Report) -> None:
     report.judge("longpoll", None if args.quick else p50 < 20, f"p50 {p50:.1f} ms")
 
 
-def forward_supported(work: Path) -> bool:
-    config = write_config(work / "forward-check.yml", "http://127.0.0.1:9/hook")
-    check = subprocess.run(
-        [str(BIN / "kwp"), "check-config", str(config)], capture_output=True, text=True, timeout=60
-    )
-    return check.returncode == 0
-
-
 class _Target(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -499,10 +491,6 @@ class _Target(BaseHTTPRequestHandler):
 
 def bench_forward(args, work: Path, report: Report) -> None:
     report.say(f"== forward: {args.polls} webhooks, one at a time, to a local target")
-    if not forward_supported(work):
-        report.say("  forward: not supported by this build")
-        report.judge("forward", None, "not supported by this build")
-        return
     target = ThreadingHTTPServer(("127.0.0.1", 0), _Target)
     target.arrived, target.event = {}, threading.Event()
     threading.Thread(target=target.serve_forever, daemon=True).start()
