@@ -188,3 +188,28 @@ async def test_a_stopped_storage_fails_instead_of_hanging(storage):
     with pytest.raises(StorageError):
         await storage.ping()
     storage.startService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
+    path = str(tmp_path / "kwp.db")
+    s = SQLiteStorage(path, reactor)
+    s.prepare()
+    s.startService()
+    ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
+    await s.delete("a", ids[-1])
+    await s.stopService()
+    # A row written by another program meanwhile (as the benchmark fills one).
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute(
+            "INSERT INTO webhooks (id, channel, headers, body, received_at) VALUES (10, 'a', '{}', X'7B7D', 1.0)"
+        )
+    s = SQLiteStorage(path, reactor)
+    s.startService()
+    try:
+        assert await s.insert(hook(5)) == 11
+        await s.delete("a", 11)
+        assert await s.insert(hook(6, delivery_id="d")) == 12
+    finally:
+        await s.stopService()
