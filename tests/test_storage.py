@@ -13,11 +13,16 @@ from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageError, open_st
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 
 
-@pytest.fixture
-def storage(tmp_path):
-    s = SQLiteStorage(str(tmp_path / "kwp.db"), reactor)
+def started(path) -> SQLiteStorage:
+    s = SQLiteStorage(str(path), reactor)
     s.prepare()
     s.startService()
+    return s
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = started(tmp_path / "kwp.db")
     yield s
     s.stopService()
 
@@ -98,9 +103,7 @@ async def test_one_batch_mixes_plain_deduplicated_and_limited_webhooks_in_order(
 @pytest_twisted.ensureDeferred
 async def test_a_stop_writes_what_waits_in_the_commit_window(tmp_path):
     path = str(tmp_path / "kwp.db")
-    s = SQLiteStorage(path, reactor)
-    s.prepare()
-    s.startService()
+    s = started(path)
     inserted = s.insert(hook(1))
     await s.stopService()
     assert isinstance(await inserted, int)
@@ -136,16 +139,13 @@ async def test_leases_expire_and_ack_deletes(storage):
 @pytest_twisted.ensureDeferred
 async def test_unfinished_pulls_are_released_on_restart(tmp_path):
     path = str(tmp_path / "kwp.db")
-    s = SQLiteStorage(path, reactor)
-    s.prepare()
-    s.startService()
+    s = started(path)
     await s.insert(hook(1))
     await s.insert(hook(2))
     await s.claim("a", "gone", 1, 2000.0, None)
     await s.claim("a", "leased", 1, 2000.0, 60)
     s.stopService()
-    s = SQLiteStorage(path, reactor)
-    s.startService()
+    s = started(path)
     try:
         assert [r.id for r in await s.claim("a", "new", 10, 2000.0, None)] == [1]
     finally:
@@ -193,9 +193,7 @@ async def test_a_stopped_storage_fails_instead_of_hanging(storage):
 @pytest_twisted.ensureDeferred
 async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
     path = str(tmp_path / "kwp.db")
-    s = SQLiteStorage(path, reactor)
-    s.prepare()
-    s.startService()
+    s = started(path)
     ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
     await s.delete("a", ids[-1])
     await s.stopService()
@@ -205,8 +203,7 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
         connection.execute(
             "INSERT INTO webhooks (id, channel, headers, body, received_at) VALUES (10, 'a', '{}', X'7B7D', 1.0)"
         )
-    s = SQLiteStorage(path, reactor)
-    s.startService()
+    s = started(path)
     try:
         assert await s.insert(hook(5)) == 11
         await s.delete("a", 11)
