@@ -52,7 +52,7 @@ STOP_GRACE = 10
 # A retry time this close counts as due (float rounding of timer deadlines).
 EPSILON = 0.001
 
-# Outcomes as reported to ``report(channel, outcome)`` (the metrics' statuses).
+# Outcomes as reported to ``report(channel, outcome, seconds)`` (the metrics' statuses).
 OK = "ok"
 NETWORK_ERROR = "network_error"
 UNEXPECTED_STATUS = "unexpected_status"
@@ -209,7 +209,7 @@ class Forwarder(Service):
         notifier,
         clock,
         client,
-        report: Callable[[str, str], None] | None = None,
+        report: Callable[[str, str, float], None] | None = None,
         randomness: Callable[[], float] = random.random,
         grace: float = STOP_GRACE,
     ):
@@ -222,7 +222,7 @@ class Forwarder(Service):
         self._notifier = notifier
         self._clock = clock
         self._client = client
-        self._report = report or (lambda channel, outcome: None)
+        self._report = report or (lambda channel, outcome, seconds: None)
         self._random = randomness
         self._grace = grace
         self._in_flight: dict[int, Deferred] = {}
@@ -350,6 +350,7 @@ class Forwarder(Service):
 
     async def _deliver(self, item: ForwardItem) -> AttemptResult:
         attempt = item.forward_attempts + 1
+        started = self._clock.seconds()
         result = await self._attempt(item, attempt)
         now = self._clock.seconds()
         try:
@@ -383,12 +384,12 @@ class Forwarder(Service):
             log.failure(
                 "forwarder {channel}: cannot record the outcome for webhook {id}", channel=self.name, id=item.id
             )
-            self._report(self.name, INTERNAL_ERROR)
+            self._report(self.name, INTERNAL_ERROR, now - started)
             # Held back a moment, so a broken database does not turn into a
             # stream of deliveries of the same webhook.
             await _pause(self._clock, ERROR_PAUSE)
             return replace(result, success=False, outcome=INTERNAL_ERROR, error="internal error: storage failed")
-        self._report(self.name, result.outcome)
+        self._report(self.name, result.outcome, now - started)
         return result
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -510,8 +511,9 @@ def _identity(channel: Channel, ignored: frozenset[str]):
 class Forwarders(MultiService):
     """The forwarders of every channel with ``forward``, and the queue API.
 
-    ``report(channel, outcome)`` is called after every attempt with one of
-    OK, NETWORK_ERROR, UNEXPECTED_STATUS, INTERNAL_ERROR."""
+    ``report(channel, outcome, seconds)`` is called after every attempt with
+    one of OK, NETWORK_ERROR, UNEXPECTED_STATUS, INTERNAL_ERROR and how long
+    the attempt took (the metrics of ops.Metrics.forward_outcome)."""
 
     def __init__(
         self,
@@ -521,7 +523,7 @@ class Forwarders(MultiService):
         clock,
         client,
         pool: HTTPConnectionPool | None = None,
-        report: Callable[[str, str], None] | None = None,
+        report: Callable[[str, str, float], None] | None = None,
         grace: float = STOP_GRACE,
         randomness: Callable[[], float] = random.random,
     ):
@@ -547,7 +549,7 @@ class Forwarders(MultiService):
             self._notifier,
             self._clock,
             self._client,
-            report=lambda name, outcome: self.report and self.report(name, outcome),
+            report=lambda name, outcome, seconds: self.report and self.report(name, outcome, seconds),
             randomness=self._random,
             grace=self._grace,
         )

@@ -264,6 +264,7 @@ def makeService(options, reactor=None):
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)
+    forwarders.report = app.metrics.forward_outcome
     access_log = make_access_log(options["log-format"], options["log-level"])
     site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"], access_log)
     observer = make_log_observer(options["log-format"], options["log-level"])

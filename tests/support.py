@@ -42,6 +42,7 @@ class LocalKwp:
         client, pool = http_client(reactor)
         self.forwarders = Forwarders(self.config, self.storage, notifier, reactor, client, pool=pool)
         self.app = KwpApp(self.config, self.storage, notifier, reactor, self.forwarders)
+        self.forwarders.report = self.app.metrics.forward_outcome
         self.site = KwpSite(self.app, reactor, **site_options)
         self.port = None
 

@@ -57,7 +57,7 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
         kit.notifier,
         clock,
         kit.client,
-        report=lambda name, outcome: kit.outcomes.append((name, outcome)),
+        report=lambda name, outcome, seconds: kit.outcomes.append((name, outcome)),
         randomness=randomness,
         grace=5,
     )

@@ -11,6 +11,7 @@ import time
 
 import pytest_twisted
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -50,6 +51,30 @@ async def queue(kwp, token="push-token", channel="push"):
 
 async def post_api(kwp, path, token="push-token"):
     return await treq.post(kwp.url(path), headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_attempts_are_counted_in_the_metrics(local_kwp, target):
+    t = target()
+    t.status = 500
+    config = kwp_config(t.url)
+    config["server"]["metrics"] = True
+    kwp = local_kwp(config)
+    await kwp.post("push", {"n": 1})
+    await t.wait_for(1)
+    # The target answers after its waiters run: let it answer the 500 first.
+    await deferLater(reactor, 0.01)
+    t.status = 200
+    await until(lambda: _empty(kwp))
+    text = (await (await kwp.get("/api/metrics")).content()).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("kwp_webhook_forward_total", (("channel", "push"), ("status", "unexpected_status")))] == 1
+    assert samples[("kwp_webhook_forward_total", (("channel", "push"), ("status", "ok")))] == 1
+    assert samples[("kwp_webhook_forward_duration_seconds_count", (("channel", "push"),))] == 2
 
 
 @pytest_twisted.ensureDeferred
