@@ -13,6 +13,7 @@ from pathlib import Path
 
 import treq
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
 from kwp.config import parse_config
@@ -68,6 +69,17 @@ class LocalKwp:
     async def get(self, path: str, token: str | None = None, **kwargs):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await treq.get(self.url(path), headers=headers, **kwargs)
+
+
+def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:
+    """{sample name: {sorted label items: value}} of a Prometheus exposition."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    result: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return result
 
 
 def free_port() -> int:

@@ -11,14 +11,13 @@ import time
 
 import pytest_twisted
 import treq
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
-from tests.support import free_port
+from tests.support import free_port, metric_samples
 
 
 def kwp_config(url: str, **forward) -> dict:
@@ -66,15 +65,12 @@ async def test_attempts_are_counted_in_the_metrics(local_kwp, target):
     await deferLater(reactor, 0.01)
     t.status = 200
     await until(lambda: _empty(kwp))
-    text = (await (await kwp.get("/api/metrics")).content()).decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+    samples = metric_samples(await (await kwp.get("/api/metrics")).content())
+    assert samples["kwp_webhook_forward_total"] == {
+        (("channel", "push"), ("status", "unexpected_status")): 1,
+        (("channel", "push"), ("status", "ok")): 1,
     }
-    assert samples[("kwp_webhook_forward_total", (("channel", "push"), ("status", "unexpected_status")))] == 1
-    assert samples[("kwp_webhook_forward_total", (("channel", "push"), ("status", "ok")))] == 1
-    assert samples[("kwp_webhook_forward_duration_seconds_count", (("channel", "push"),))] == 2
+    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"),): 2}
 
 
 @pytest_twisted.ensureDeferred

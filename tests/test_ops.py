@@ -9,7 +9,6 @@ from ipaddress import ip_network
 
 import pytest
 import pytest_twisted
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -23,6 +22,7 @@ from kwp.config import Channel, ConfigError, parse_config, redacted
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage import sqlite as sqlite_storage
+from tests.support import metric_samples
 
 CONFIG = {
     "server": {"admin-token": "admin-secret-token", "metrics": True},
@@ -54,21 +54,12 @@ class Holder:
         self.config = config
 
 
-def families(text: bytes) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} of an exposition."""
-    result: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return result
-
-
 def scrape(metrics) -> dict:
     """The parsed scrape; the fake storage answers at once, so it is done."""
     done = []
     Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
     assert done, "the scrape did not finish"
-    return families(done[0])
+    return metric_samples(done[0])
 
 
 def make_metrics(config_data=CONFIG, stats=None, now=1000.0):
@@ -349,7 +340,7 @@ async def test_metrics_count_every_receive_outcome(local_kwp):
     response = await kwp.get("/api/metrics")
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
-    samples = families(await response.content())
+    samples = metric_samples(await response.content())
     assert samples["kwp_webhook_receive_total"] == {
         (("channel", "github"), ("status", "ok")): 3,
         (("channel", "github"), ("status", "unauthorized")): 1,

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.support import write_config
+from tests.support import metric_samples, write_config
 
 KWP = str(Path(sys.executable).with_name("kwp"))
 
@@ -50,14 +49,6 @@ async def wait_for_log(d, text: str, count: int = 1, timeout: float = 10) -> Non
     raise AssertionError(f"{text!r} not logged {count} time(s):\n{d.log()}")
 
 
-def samples_of(text: str) -> dict:
-    result: dict = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return result
-
-
 @pytest_twisted.ensureDeferred
 async def test_metrics_count_what_was_sent(daemon):
     d = daemon(CONFIG)
@@ -75,7 +66,7 @@ async def test_metrics_count_what_was_sent(daemon):
 
     response = await treq.get(f"{d.base}/api/metrics")
     assert response.code == 200
-    samples = samples_of((await response.content()).decode())
+    samples = metric_samples((await response.content()).decode())
     received = samples["kwp_webhook_receive_total"]
     assert received == {
         (("channel", "github"), ("status", "ok")): 7,
