@@ -24,6 +24,8 @@ from kwp.web import KwpApp, KwpSite
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+# Stock twistd ends by re-raising the signal it stopped on.
+CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
 def write_config(path: Path, data: dict) -> Path:
@@ -158,3 +160,8 @@ class Daemon:
             self.proc.wait(5)
         if getattr(self, "log_file", None):
             self.log_file.close()
+
+
+def daemon_in(workdir: Path, config_data: dict) -> Daemon:
+    """A started daemon with its config and database in workdir."""
+    return Daemon(workdir, write_config(workdir / "config.yml", config_data), workdir / "kwp.db").start()

@@ -15,10 +15,8 @@ from twisted.python import usage
 
 from kwp.tap import Options, bind_address_endpoint
 from tests.conftest import BASIC_CONFIG
-from tests.support import ROOT, TWISTD, Daemon, free_port, write_config
+from tests.support import CLEAN_EXIT, ROOT, TWISTD, Daemon, free_port, write_config
 
-# Stock twistd ends by re-raising the signal it stopped on.
-CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
 def http(method, url, body=None, headers=None, timeout=10):

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
 
 ADMIN = "admin-secret-token"
-# Stock twistd ends by re-raising the signal it stopped on.
-CLEAN_EXIT = (0, -signal.SIGTERM)
 def request(port, method, path, body=None, headers=None, timeout=10.0):
     """(status, headers, body) of one request on its own connection."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -17,7 +17,6 @@ import yaml
 from tests.conftest import BASIC_CONFIG
 from tests.reliability.clients import (
     ADMIN,
-    CLEAN_EXIT,
     Burst,
     assert_every_200_stored_once,
     drain,
@@ -26,6 +25,7 @@ from tests.reliability.clients import (
     request,
     wait_for,
 )
+from tests.support import CLEAN_EXIT
 
 
 def restart_after_kill(d) -> None:

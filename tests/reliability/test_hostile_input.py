@@ -18,7 +18,7 @@ from kwp.config import CHANNEL_KEYS, FORWARD_KEYS, SERVER_KEYS, ConfigError, loa
 from kwp.errors import ApiError
 from tests.conftest import BASIC_CONFIG
 from tests.reliability.clients import request
-from tests.support import Daemon, write_config
+from tests.support import daemon_in
 
 CODES = {
     "channel_not_found", "ip_blocked", "unauthorized", "forbidden", "payload_too_large", "invalid_content_type",
@@ -127,9 +127,7 @@ def test_delivery_ids_never_raise(headers, body):
 
 @pytest.fixture(scope="module")
 def hostile_daemon(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("hostile")
-    config = write_config(workdir / "config.yml", BASIC_CONFIG)
-    d = Daemon(workdir, config, workdir / "kwp.db").start()
+    d = daemon_in(tmp_path_factory.mktemp("hostile"), BASIC_CONFIG)
     yield d
     d.kill()
 

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import BASIC_CONFIG
 from tests.reliability.clients import ADMIN, post
-from tests.support import ROOT, Daemon, free_port, write_config
+from tests.support import ROOT, daemon_in, free_port
 
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
 
@@ -105,9 +105,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def spec_daemon(tmp_path_factory, target):
-    workdir = tmp_path_factory.mktemp("openapi")
-    config = write_config(workdir / "config.yml", spec_config(target, free_port()))
-    d = Daemon(workdir, config, workdir / "kwp.db").start()
+    d = daemon_in(tmp_path_factory.mktemp("openapi"), spec_config(target, free_port()))
     for channel in ("open", "push", "gone"):
         for n in range(3):
             assert post(d.port, channel, {"n": n})[0] == 200
@@ -228,9 +226,7 @@ def test_the_daemon_answers_as_the_spec_says(spec_daemon, label):
 @pytest.fixture(scope="module")
 def quiet_daemon(tmp_path_factory):
     """Metrics off (the default)."""
-    workdir = tmp_path_factory.mktemp("openapi-quiet")
-    config = write_config(workdir / "config.yml", BASIC_CONFIG)
-    d = Daemon(workdir, config, workdir / "kwp.db").start()
+    d = daemon_in(tmp_path_factory.mktemp("openapi-quiet"), BASIC_CONFIG)
     yield d
     d.kill()
 
