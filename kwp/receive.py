@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from twisted.internet.defer import CancelledError
+
 from kwp import verify
 from kwp.config import Channel, Config
 from kwp.errors import ApiError
@@ -160,6 +162,9 @@ class Receiver:
             # later, as for queue_full (docs/OPERATIONS.md).
             message = f"the webhook could not be stored now: {e}"
             raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
+        except CancelledError:
+            # The sender has gone; the storage keeps the webhook all the same.
+            raise
         except Exception as e:
             raise ApiError(500, "internal_error", "the webhook could not be stored") from e
         if result is DUPLICATE:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,7 +14,8 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web.server import Request, Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
@@ -27,7 +28,6 @@ from kwp.receive import Receiver, check_headers, header_map, too_large
 
 log = Logger()
 
-RECEIVE_PREFIX = "/api/webhook/"
 # Defaults of KwpSite: a request must arrive completely (line, headers, body)
 # within RECEIVE_TIMEOUT, because the idle time-out alone lets a client trickle
 # one byte at a time for ever.
@@ -36,6 +36,21 @@ IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
 # answer; a client that sends more is disconnected.
 DISCARD_LIMIT = 8 * 1024 * 1024
+
+
+def receive_channel(method: bytes, path: bytes) -> str | None:
+    """The channel of a receive request, ``POST /api/webhook/{channel}``, or
+    None for any other request.  The query string is ignored and repeated
+    slashes are merged, as the router does for every other route."""
+    if method != b"POST":
+        return None
+    *route, name = [unquote_to_bytes(s) for s in path.split(b"?", 1)[0].split(b"/")]
+    if not name or b"/" in name or [s for s in route if s] != [b"api", b"webhook"]:
+        return None
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _peer_host(transport) -> str:
@@ -58,6 +73,12 @@ def _error(request, error: ApiError) -> bytes:
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())
     return error.body()
+
+
+def _finish(request, body: bytes) -> None:
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
 
 
 def _json(request, value, status: int = 200) -> bytes:
@@ -109,10 +130,9 @@ class KwpRequest(Request):
 
     def gotLength(self, length):
         config = self.kwp_config = self.channel.site.config
-        method = getattr(self.channel, "_command", b"")
-        path = unquote(getattr(self.channel, "_path", b"").decode("latin-1").split("?", 1)[0])
-        if method == b"POST" and path.startswith(RECEIVE_PREFIX) and "/" not in path[len(RECEIVE_PREFIX) :]:
-            self.kwp_channel = path[len(RECEIVE_PREFIX) :]
+        name = receive_channel(getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b""))
+        if name is not None:
+            self.kwp_channel = name
             # Kept for the route, which would otherwise build the same map again.
             headers = self.kwp_headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
@@ -157,10 +177,7 @@ class KwpRequest(Request):
         refusal = self._unroutable()
         if refusal is None:
             return super().process()
-        body = _error(self, refusal)
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        _finish(self, _error(self, refusal))
 
     def _unroutable(self) -> ApiError | None:
         """What Klein and twisted.web would answer without a JSON body: a URL
@@ -371,26 +388,26 @@ class KwpSite(Site):
         )
 
 
-def _counted(route):
-    """Counts every answer of the receive route, refusals included (those
-    decided in KwpRequest.gotLength are raised by the route too)."""
+class KwpRoot(Resource):
+    """The root resource: receive requests are served by the app directly,
+    every other request by the Klein router.  Receive is the route a burst of
+    senders hits, and the router's matching and Deferred chain would cost it
+    about a third more CPU per request (docs/PERFORMANCE.md)."""
 
-    @functools.wraps(route)
-    async def counted(self, request, name):
-        config = self._config(request)
-        started = getattr(request, "kwp_started", None) or self.clock.seconds()
-        try:
-            result = await route(self, request, name)
-        except CancelledError:
-            raise
-        except Exception as e:
-            status = e.code if isinstance(e, ApiError) else "internal_error"
-            self.metrics.received(config, name, status, self.clock.seconds() - started)
-            raise
-        self.metrics.received(config, name, "ok", self.clock.seconds() - started)
-        return result
+    isLeaf = True
 
-    return counted
+    def __init__(self, app: "KwpApp"):
+        super().__init__()
+        self._app = app
+        self._router = app.app.resource()
+
+    def render(self, request):
+        name = receive_channel(request.method, request.uri)
+        if name is None:
+            return self._router.render(request)
+        d = self._app.answer_receive(request, name)
+        d.addCallbacks(functools.partial(_finish, request), lambda failure: failure.trap(CancelledError))
+        return NOT_DONE_YET
 
 
 class KwpApp:
@@ -406,8 +423,8 @@ class KwpApp:
         self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
 
-    def resource(self):
-        return self.app.resource()
+    def resource(self) -> KwpRoot:
+        return KwpRoot(self)
 
     def _config(self, request) -> Config:
         """The config a request started with, even if a reload came since."""
@@ -450,20 +467,52 @@ class KwpApp:
         log.failure("unexpected error", failure=failure)
         return _error(request, ApiError(500, "internal_error", "internal error"))
 
-    @app.route("/api/webhook/<string:name>", methods=["POST"])
-    @_counted
-    async def receive(self, request, name):
+    def answer_receive(self, request, name: str) -> Deferred:
+        """The answer body of POST /api/webhook/{name}, with its status and
+        headers set on request.  Every answer is counted, refusals included
+        (those decided in KwpRequest.gotLength too); fails only with
+        CancelledError, when the client has gone."""
         request.kwp_channel = name
         config = self._config(request)
-        if request.kwp_refusal is not None:
-            raise request.kwp_refusal
+        started = getattr(request, "kwp_started", None) or self.clock.seconds()
+        d = Deferred.fromCoroutine(self._receive(request, config, name))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def answered(body: bytes) -> bytes:
+            self.metrics.received(config, name, "ok", self.clock.seconds() - started)
+            request.setHeader(b"content-type", b"application/json")
+            return body
+
+        def failed(failure):
+            if failure.check(CancelledError):
+                # A webhook already handed to the storage is stored all the same.
+                return failure
+            error = failure.value
+            if not isinstance(error, ApiError):
+                log.failure("unexpected error", failure=failure)
+                error = ApiError(500, "internal_error", "internal error")
+            elif error.status >= 500 and error.__cause__ is not None:
+                log.failure("request failed", failure=failure)
+            self.metrics.received(config, name, error.code, self.clock.seconds() - started)
+            return _error(request, error)
+
+        return d.addCallbacks(answered, failed)
+
+    @app.route("/api/webhook/<string:name>", methods=["POST"])
+    def receive(self, request, name):
+        # KwpRoot answers these before the router sees them; the route is
+        # declared all the same so that the router's 405s list POST here.
+        return self.answer_receive(request, name)
+
+    async def _receive(self, request, config: Config, name: str) -> bytes:
+        refusal = getattr(request, "kwp_refusal", None)
+        if refusal is not None:
+            raise refusal
         headers = getattr(request, "kwp_headers", None) or header_map(request.requestHeaders.getAllRawHeaders())
         if getattr(request, "kwp_checked", None) != name:
-            # gotLength did not see a receive path here (the router merges
-            # repeated slashes; tests on an in-memory Site): decide now.
+            # A request that is not a KwpRequest: its headers were not checked.
             check_headers(config, name, headers, _peer_host(request.transport), None)
         received = await self.receiver.receive(config, config.channel(name), headers, request.content.read())
-        request.setHeader(b"content-type", b"application/json")
         return received.body()
 
     @app.route("/api/webhook/<string:name>", methods=["GET"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import struct
@@ -10,10 +11,22 @@ import time
 import pytest
 import pytest_twisted
 import treq
+from prometheus_client import generate_latest
 from twisted.internet import reactor, task
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.server import Site
 
+from kwp.config import parse_config
+from kwp.notify import Notifier
 from kwp.storage import NewWebhook
+from kwp.web import KwpApp, KwpSite, receive_channel
+from tests.conftest import BASIC_CONFIG
+from tests.support import metric_samples
 
 pytestmark = pytest.mark.usefixtures("local_kwp")
 
@@ -391,7 +404,87 @@ async def test_list_and_delete(local_kwp):
 async def test_unknown_paths_and_methods_get_json_errors(local_kwp):
     kwp = local_kwp()
     await assert_error(await treq.get(kwp.url("/nope")), 404, "not_found")
-    await assert_error(await treq.put(kwp.url("/api/webhook/open"), data=b"{}"), 405, "bad_request")
+    response = await treq.put(kwp.url("/api/webhook/open"), data=b"{}")
+    await assert_error(response, 405, "bad_request")
+    assert sorted(response.headers.getRawHeaders("allow")[0].split(", ")) == ["GET", "HEAD", "POST"]
+
+
+@pytest.mark.parametrize(
+    "method, path, channel",
+    [
+        (b"POST", b"/api/webhook/open", "open"),
+        (b"POST", b"/api/webhook/open?x=1&y=/a/b", "open"),
+        (b"POST", b"//api//webhook//open", "open"),
+        (b"POST", b"/api/webhook/%6Fpen", "open"),
+        (b"POST", b"/api/webhook/caf%C3%A9", "caf\u00e9"),
+        (b"GET", b"/api/webhook/open", None),
+        (b"HEAD", b"/api/webhook/open", None),
+        (b"POST", b"/api/webhook/open/", None),
+        (b"POST", b"/api/webhook/open/ack", None),
+        (b"POST", b"/api/webhook/", None),
+        (b"POST", b"/api/webhook/a%2Fb", None),
+        (b"POST", b"/api/webhook/%FF", None),
+        (b"POST", b"/x/api/webhook/open", None),
+        (b"POST", b"/api/hook/open", None),
+    ],
+)
+def test_receive_requests_are_told_from_the_others(method, path, channel):
+    assert receive_channel(method, path) == channel
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_router_alone_answers_a_receive_as_the_root_does(local_kwp):
+    """KwpRoot answers receives before the Klein router sees them; the
+    router's own route gives the same answers, on a stock Site whose requests
+    were not checked in gotLength."""
+    kwp = local_kwp()
+    port = reactor.listenTCP(0, Site(kwp.app.app.resource()), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/api/webhook/github"
+        json_type = {"Content-Type": "application/json"}
+        await assert_error(await treq.post(url, data=b"{}", headers=json_type), 401, "unauthorized")
+        response = await treq.post(url, data=b'{"a": 1}', headers={**json_type, **GH})
+        assert (await body_json(response))["status"] == "ok"
+        assert [bytes(item.body) for item in await kwp.storage.list("github", 10, 0)] == [b'{"a": 1}']
+    finally:
+        await port.stopListening()
+
+
+class _HeldStorage:
+    """Inserts that commit only when the test says so."""
+
+    def __init__(self):
+        self.held: list[Deferred] = []
+
+    def insert(self, webhook):
+        self.held.append(Deferred())
+        return self.held[-1]
+
+
+def test_a_sender_that_leaves_before_the_commit_gets_nothing_written():
+    storage = _HeldStorage()
+    clock = task.Clock()
+    app = KwpApp(parse_config(BASIC_CONFIG), storage, Notifier(), clock)
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = KwpSite(app, clock).buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    assert len(storage.held) == 1 and transport.value() == b""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        channel.connectionLost(Failure(ConnectionDone()))
+        storage.held[0].callback(1)
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert transport.value() == b""
+    assert [e for e in events if "log_failure" in e] == []
+    assert "kwp_webhook_receive_total" not in metric_samples(generate_latest(app.metrics.registry))
 
 
 @pytest_twisted.ensureDeferred
