@@ -1,6 +1,6 @@
-"""HTTP: the Klein routes (authorize, parse, call, encode) and the Site whose
-Request class enforces body limits and time limits before Twisted buffers
-anything."""
+"""HTTP: the root resource, which answers receive requests before the router;
+the Klein routes (authorize, parse, call, encode); and the Site whose Request
+class enforces body limits and time limits before Twisted buffers anything."""
 
 from __future__ import annotations
 
@@ -389,10 +389,11 @@ class KwpSite(Site):
 
 
 class KwpRoot(Resource):
-    """The root resource: receive requests are served by the app directly,
+    """The root resource: receive requests are answered by the app directly,
     every other request by the Klein router.  Receive is the route a burst of
-    senders hits, and the router's matching and Deferred chain would cost it
-    about a third more CPU per request (docs/PERFORMANCE.md)."""
+    senders hits, and going through the router's matching and Deferred chain
+    cost it about 50 us of CPU per request, more than a third of the HTTP and
+    application work of a receive (docs/PERFORMANCE.md)."""
 
     isLeaf = True
 
