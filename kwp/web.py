@@ -75,6 +75,18 @@ def _error(request, error: ApiError) -> bytes:
     return error.body()
 
 
+def _failure_body(request, failure) -> bytes:
+    """The JSON error body of a failed request; what is not an ApiError, or
+    a 5xx with a cause, is logged for the operator."""
+    error = failure.value
+    if not isinstance(error, ApiError):
+        log.failure("unexpected error", failure=failure)
+        error = ApiError(500, "internal_error", "internal error")
+    elif error.status >= 500 and error.__cause__ is not None:
+        log.failure("request failed", failure=failure)
+    return _error(request, error)
+
+
 def _finish(request, body: bytes) -> None:
     request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)
@@ -444,9 +456,7 @@ class KwpApp:
 
     @app.handle_errors(ApiError)
     def _api_error(self, request, failure):
-        if failure.value.status >= 500 and failure.value.__cause__ is not None:
-            log.failure("request failed", failure=failure)
-        return _error(request, failure.value)
+        return _failure_body(request, failure)
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request, failure):
@@ -465,8 +475,7 @@ class KwpApp:
     def _unexpected(self, request, failure):
         if failure.check(CancelledError):
             return b""
-        log.failure("unexpected error", failure=failure)
-        return _error(request, ApiError(500, "internal_error", "internal error"))
+        return _failure_body(request, failure)
 
     def answer_receive(self, request, name: str) -> Deferred:
         """The answer body of POST /api/webhook/{name}, with its status and
@@ -488,14 +497,9 @@ class KwpApp:
             if failure.check(CancelledError):
                 # A webhook already handed to the storage is stored all the same.
                 return failure
-            error = failure.value
-            if not isinstance(error, ApiError):
-                log.failure("unexpected error", failure=failure)
-                error = ApiError(500, "internal_error", "internal error")
-            elif error.status >= 500 and error.__cause__ is not None:
-                log.failure("request failed", failure=failure)
-            self.metrics.received(config, name, error.code, self.clock.seconds() - started)
-            return _error(request, error)
+            code = failure.value.code if isinstance(failure.value, ApiError) else "internal_error"
+            self.metrics.received(config, name, code, self.clock.seconds() - started)
+            return _failure_body(request, failure)
 
         return d.addCallbacks(answered, failed)
 

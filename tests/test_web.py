@@ -14,7 +14,7 @@ import treq
 from prometheus_client import generate_latest
 from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, fail, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -461,30 +461,77 @@ class _HeldStorage:
         return self.held[-1]
 
 
+class _InMemoryReceive:
+    """One connection to a KwpSite over an in-memory transport, on a Clock,
+    with every log event of the test kept in ``events``."""
+
+    def __init__(self, storage):
+        clock = task.Clock()
+        self.app = KwpApp(parse_config(BASIC_CONFIG), storage, Notifier(), clock)
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.channel = KwpSite(self.app, clock).buildProtocol(address)
+        self.transport = StringTransport(peerAddress=address)
+        self.channel.makeConnection(self.transport)
+        self.events: list[dict] = []
+
+    def __enter__(self):
+        globalLogPublisher.addObserver(self.events.append)
+        return self
+
+    def __exit__(self, *exc_info):
+        gc.collect()
+        globalLogPublisher.removeObserver(self.events.append)
+
+    def post(self, body: bytes = b"{}") -> None:
+        self.channel.dataReceived(
+            b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    def failures(self) -> list[str]:
+        return [e["log_format"] for e in self.events if "log_failure" in e]
+
+    def counted(self) -> dict:
+        return metric_samples(generate_latest(self.app.metrics.registry)).get("kwp_webhook_receive_total", {})
+
+
 def test_a_sender_that_leaves_before_the_commit_gets_nothing_written():
     storage = _HeldStorage()
-    clock = task.Clock()
-    app = KwpApp(parse_config(BASIC_CONFIG), storage, Notifier(), clock)
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = KwpSite(app, clock).buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
-    channel.dataReceived(
-        b"POST /api/webhook/open HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 2\r\n\r\n{}"
-    )
-    assert len(storage.held) == 1 and transport.value() == b""
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        channel.connectionLost(Failure(ConnectionDone()))
+    with _InMemoryReceive(storage) as kwp:
+        kwp.post()
+        assert len(storage.held) == 1 and kwp.transport.value() == b""
+        kwp.channel.connectionLost(Failure(ConnectionDone()))
         storage.held[0].callback(1)
-        gc.collect()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert transport.value() == b""
-    assert [e for e in events if "log_failure" in e] == []
-    assert "kwp_webhook_receive_total" not in metric_samples(generate_latest(app.metrics.registry))
+    assert kwp.transport.value() == b""
+    assert kwp.failures() == []
+    assert kwp.counted() == {}
+
+
+class _BrokenStorage:
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def insert(self, webhook):
+        return fail(self.error)
+
+
+def test_a_storage_failure_is_a_json_500_logged_and_counted():
+    with _InMemoryReceive(_BrokenStorage(RuntimeError("disk on fire"))) as kwp:
+        kwp.post()
+    assert kwp.transport.value().startswith(b"HTTP/1.1 500 ")
+    assert kwp.transport.value().endswith(b'{"error": "internal_error", "message": "the webhook could not be stored"}')
+    assert kwp.failures() == ["request failed"]
+    assert kwp.counted() == {(("channel", "open"), ("status", "internal_error")): 1.0}
+
+
+def test_an_unexpected_error_in_the_receive_is_a_json_500_logged_and_counted(monkeypatch):
+    monkeypatch.setattr("kwp.receive.parse_json", lambda body: 1 / 0)
+    with _InMemoryReceive(_HeldStorage()) as kwp:
+        kwp.post()
+    assert kwp.transport.value().startswith(b"HTTP/1.1 500 ")
+    assert kwp.transport.value().endswith(b'{"error": "internal_error", "message": "internal error"}')
+    assert kwp.failures() == ["unexpected error"]
+    assert kwp.counted() == {(("channel", "open"), ("status", "internal_error")): 1.0}
 
 
 @pytest_twisted.ensureDeferred
