@@ -40,15 +40,18 @@ DISCARD_LIMIT = 8 * 1024 * 1024
 
 def receive_channel(method: bytes, path: bytes) -> str | None:
     """The channel of a receive request, ``POST /api/webhook/{channel}``, or
-    None for any other request.  The query string is ignored and repeated
-    slashes are merged, as the router does for every other route."""
+    None for any other request: exactly the requests that the Klein router
+    would send to its receive route.  As there, the query string is left out,
+    the path's first byte is dropped (twisted.web), the rest is
+    percent-decoded (twisted.web and Klein) and leading slashes are ignored
+    (werkzeug)."""
     if method != b"POST":
         return None
-    *route, name = [unquote_to_bytes(s) for s in path.split(b"?", 1)[0].split(b"/")]
-    if not name or b"/" in name or [s for s in route if s] != [b"api", b"webhook"]:
+    route = unquote_to_bytes(path.split(b"?", 1)[0][1:]).lstrip(b"/").split(b"/")
+    if len(route) != 3 or route[0] != b"api" or route[1] != b"webhook" or not route[2]:
         return None
     try:
-        return name.decode("utf-8")
+        return route[2].decode("utf-8")
     except UnicodeDecodeError:
         return None
 

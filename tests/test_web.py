@@ -11,10 +11,11 @@ import time
 import pytest
 import pytest_twisted
 import treq
+from hypothesis import given, settings, strategies as st
 from prometheus_client import generate_latest
 from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, ensureDeferred, fail, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, fail, gatherResults, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -414,7 +415,9 @@ async def test_unknown_paths_and_methods_get_json_errors(local_kwp):
     [
         (b"POST", b"/api/webhook/open", "open"),
         (b"POST", b"/api/webhook/open?x=1&y=/a/b", "open"),
-        (b"POST", b"//api//webhook//open", "open"),
+        (b"POST", b"//api/webhook/open", "open"),
+        (b"POST", b"/api//webhook/open", None),
+        (b"POST", b"/api/webhook//open", None),
         (b"POST", b"/api/webhook/%6Fpen", "open"),
         (b"POST", b"/api/webhook/caf%C3%A9", "caf\u00e9"),
         (b"GET", b"/api/webhook/open", None),
@@ -430,6 +433,42 @@ async def test_unknown_paths_and_methods_get_json_errors(local_kwp):
 )
 def test_receive_requests_are_told_from_the_others(method, path, channel):
     assert receive_channel(method, path) == channel
+
+
+class _RouterSpy(KwpApp):
+    """The Klein router, recording the receives it routes instead of answering them."""
+
+    routed: list[str]
+
+    def answer_receive(self, request, name):
+        self.routed.append(name)
+        return succeed(b"")
+
+
+_router_spy = _RouterSpy(parse_config(BASIC_CONFIG), None, Notifier(), task.Clock())
+# Paths near the receive route, each part either right or wrong in one of
+# the ways that twisted.web, Klein and werkzeug treat differently.
+_near_receive_paths = st.builds(
+    "{}{}/{}/{}{}".format,
+    st.sampled_from(["/", "//", "///", "x", "/%2F"]),
+    st.sampled_from(["api", "%61pi", "API", "", "api/", "x/api"]),
+    st.sampled_from(["webhook", "web%68ook", "webhooks", "/webhook"]),
+    st.sampled_from(["open", "caf%C3%A9", "a%2Fb", "%2F", "%FF", "", "x%20y", ".", "..", "open/", "open/ack", "o//"]),
+    st.sampled_from(["", "?", "?a=/api/webhook/b", "#x"]),
+)
+
+
+@given(path=_near_receive_paths)
+@settings(max_examples=500, deadline=None)
+def test_receive_requests_are_those_the_router_sends_to_its_receive_route(path):
+    path = path.encode()
+    _router_spy.routed = []
+    channel = Site(_router_spy.app.resource()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % path)
+    assert _router_spy.routed or transport.value(), "the router neither routed nor answered"
+    assert receive_channel(b"POST", path) == (_router_spy.routed[0] if _router_spy.routed else None)
 
 
 @pytest_twisted.ensureDeferred
