@@ -244,6 +244,16 @@ class KwpService(MultiService):
         log.info("kwp stopped")
 
 
+def make_app(config, storage, reactor) -> KwpApp:
+    """The app with its notifier and forwarders, whose attempts reach the
+    app's metrics."""
+    notifier = Notifier()
+    client, pool = http_client(reactor)
+    forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
+    app = KwpApp(config, storage, notifier, reactor, forwarders)
+    forwarders.report = app.metrics.forward_outcome
+    return app
+
 
 def makeService(options, reactor=None):
     if reactor is None:
@@ -260,11 +270,7 @@ def makeService(options, reactor=None):
         listeners = [endpoints.serverFromString(reactor, desc) for desc in options["listen"]]
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
-    notifier = Notifier()
-    client, pool = http_client(reactor)
-    forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
-    app = KwpApp(config, storage, notifier, reactor, forwarders)
-    forwarders.report = app.metrics.forward_outcome
+    app = make_app(config, storage, reactor)
     access_log = make_access_log(options["log-format"], options["log-level"])
     site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"], access_log)
     observer = make_log_observer(options["log-format"], options["log-level"])

@@ -189,18 +189,33 @@ class Target(Resource):
         self.delay = 0.0
         self.received: list[dict] = []
         self._waiters: list[tuple[int, Deferred]] = []
+        self._protocols: set = set()
         self.port = None
 
     def listen(self, port: int = 0) -> "Target":
         from twisted.internet import reactor
 
-        self.port = reactor.listenTCP(port, Site(self), interface="127.0.0.1")
+        site = Site(self)
+        build = site.buildProtocol
+
+        def tracked(addr):
+            protocol = build(addr)
+            self._protocols.add(protocol)
+            return protocol
+
+        site.buildProtocol = tracked
+        self.port = reactor.listenTCP(port, site, interface="127.0.0.1")
         return self
 
     async def stop(self) -> None:
+        """Down for good: no listener and no open connection."""
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
+        for protocol in self._protocols:
+            if getattr(protocol, "transport", None) is not None:
+                protocol.transport.abortConnection()
+        self._protocols.clear()
 
     @property
     def url(self) -> str:

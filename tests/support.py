@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -14,13 +15,12 @@ from pathlib import Path
 import treq
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 
 from kwp.config import parse_config
-from kwp.forward import Forwarders, http_client
-from kwp.notify import Notifier
 from kwp.storage.sqlite import SQLiteStorage
-from kwp.web import KwpApp, KwpSite
+from kwp.tap import make_app
+from kwp.web import KwpSite
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -41,11 +41,8 @@ class LocalKwp:
         self.config = parse_config(config_data)
         self.storage = SQLiteStorage(str(db_path), reactor)
         self.storage.prepare()
-        notifier = Notifier()
-        client, pool = http_client(reactor)
-        self.forwarders = Forwarders(self.config, self.storage, notifier, reactor, client, pool=pool)
-        self.app = KwpApp(self.config, self.storage, notifier, reactor, self.forwarders)
-        self.forwarders.report = self.app.metrics.forward_outcome
+        self.app = make_app(self.config, self.storage, reactor)
+        self.forwarders = self.app.forwarders
         self.site = KwpSite(self.app, reactor, **site_options)
         self.port = None
 
@@ -71,6 +68,35 @@ class LocalKwp:
     async def get(self, path: str, token: str | None = None, **kwargs):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await treq.get(self.url(path), headers=headers, **kwargs)
+
+
+async def body_json(response):
+    return json.loads(await response.content())
+
+
+async def assert_error(response, status: int, code: str) -> dict:
+    """response is the contract's JSON error: status, code and a message."""
+    assert response.code == status
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    body = await body_json(response)
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+async def until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll condition() on the reactor until it holds, at most timeout
+    seconds; it may return a bool or an awaitable of one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:

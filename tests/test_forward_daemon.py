@@ -12,7 +12,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from tests.support import CLEAN_EXIT, free_port
+from tests.support import CLEAN_EXIT, free_port, until
 
 
 def config(url: str) -> dict:
@@ -35,6 +35,10 @@ async def post(daemon, body: dict) -> int:
     )
     assert response.code == 200, await response.text()
     return json.loads(await response.content())["id"]
+
+
+async def _is_empty(daemon) -> bool:
+    return await queue_size(daemon) == 0
 
 
 async def queue_size(daemon) -> int:
@@ -84,9 +88,6 @@ async def test_nothing_lost_across_a_restart_while_the_target_is_down(daemon, ta
         await post(kwp, {"n": n})
     t = target(port)
     await t.wait_for(15, timeout=10)
-    deadline = time.monotonic() + 10
-    while await queue_size(kwp) and time.monotonic() < deadline:
-        await deferLater(reactor, 0.05)
-    assert await queue_size(kwp) == 0
+    await until(lambda: _is_empty(kwp), 10, "the queue is empty")
     assert [json.loads(body)["n"] for body in t.delivered()] == list(range(15))
     assert kwp.stop() in CLEAN_EXIT

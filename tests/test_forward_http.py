@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
-from tests.support import free_port, metric_samples
+from tests.support import free_port, metric_samples, until
 
 
 def kwp_config(url: str, **forward) -> dict:
@@ -32,14 +32,6 @@ def kwp_config(url: str, **forward) -> dict:
             {"name": "pull", "token": "pull-token"},
         ],
     }
-
-
-async def until(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await deferLater(reactor, 0.02)
 
 
 async def queue(kwp, token="push-token", channel="push"):

@@ -18,7 +18,7 @@ import standardwebhooks
 import stripe
 import treq
 
-from tests.test_web import assert_error, body_json
+from tests.support import assert_error, body_json
 
 STRIPE_SECRET = "whsec_test_stripe"
 SW_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-key-0123456789").decode()

@@ -22,7 +22,7 @@ from kwp.config import Channel, ConfigError, parse_config, redacted
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage import sqlite as sqlite_storage
-from tests.support import metric_samples
+from tests.support import body_json, metric_samples
 
 CONFIG = {
     "server": {"admin-token": "admin-secret-token", "metrics": True},
@@ -318,10 +318,6 @@ def test_full_and_read_only_errors_are_recognized(tmp_path):
 # --- on a real listener ---------------------------------------------------------
 
 GH = {"X-Hub-Signature-256": "gh-secret"}
-
-
-async def body_json(response):
-    return json.loads(await response.content())
 
 
 @pytest_twisted.ensureDeferred

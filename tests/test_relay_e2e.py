@@ -14,61 +14,12 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+
+from tests.forward_support import Target
+from tests.support import until
 
 KWP = str(Path(sys.executable).with_name("kwp"))
 CONFIG = {"channels": [{"name": "open", "token": "open-token"}]}
-
-
-class Target(Resource):
-    """Records every POST; answers 500 while failing is set."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.received: list[tuple[bytes, dict]] = []
-        self.failing = False
-        self.port_number = 0
-        self._port = None
-        self._protocols = set()
-
-    def render_POST(self, request):
-        if self.failing:
-            request.setResponseCode(500)
-            return b"down"
-        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        self.received.append((request.content.read(), headers))
-        return b"ok"
-
-    def start(self) -> None:
-        site = Site(self)
-        build = site.buildProtocol
-
-        def tracked(addr):
-            protocol = build(addr)
-            self._protocols.add(protocol)
-            return protocol
-
-        site.buildProtocol = tracked
-        self._port = reactor.listenTCP(self.port_number, site, interface="127.0.0.1")
-        self.port_number = self._port.getHost().port
-
-    async def stop(self) -> None:
-        """Down for good: no listener and no open connection."""
-        await self._port.stopListening()
-        for protocol in self._protocols:
-            if getattr(protocol, "transport", None) is not None:
-                protocol.transport.abortConnection()
-        self._protocols.clear()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port_number}/hook"
-
-    def bodies(self) -> list[bytes]:
-        return [body for body, _ in self.received]
 
 
 class RelayProcess:
@@ -107,16 +58,8 @@ async def post(daemon, n: int) -> None:
     assert response.code == 200, await response.text()
 
 
-async def until(condition, what: str, timeout: float = 20) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def in_order_once_each(target: Target, count: int) -> bool:
-    firsts = list(dict.fromkeys(target.bodies()))
+    firsts = list(dict.fromkeys(target.delivered()))
     return firsts == [body(n) for n in range(count)]
 
 
@@ -124,8 +67,8 @@ def in_order_once_each(target: Target, count: int) -> bool:
 @pytest_twisted.ensureDeferred
 async def test_relay_delivers_everything_in_order_through_restarts(daemon, tmp_path):
     kwp = await deferToThread(daemon, CONFIG)
-    target = Target()
-    target.start()
+    target = Target().listen()
+    port = target.port.getHost().port
     relay = RelayProcess(tmp_path, kwp, target)
     relay.start()
     sent = 0
@@ -138,57 +81,53 @@ async def test_relay_delivers_everything_in_order_through_restarts(daemon, tmp_p
 
     try:
         await send(6)
-        await until(lambda: len(set(target.bodies())) == sent, "first batch")
-        assert target.received[0][1]["x-custom"] == "c0"
-        assert target.received[0][1]["content-type"] == "application/json"
-        assert target.received[0][1]["x-kwp-delivery-id"].isdigit()
+        await until(lambda: len(set(target.delivered())) == sent, 20, "first batch")
+        first = target.received[0]["headers"]
+        assert first["x-custom"] == "c0"
+        assert first["content-type"] == "application/json"
+        assert first["x-kwp-delivery-id"].isdigit()
 
         # The target fails, then goes away, then comes back.
-        target.failing = True
+        target.status = 500
         await send(3)
-        await until(lambda: "target refused" in relay.log(), "a refused delivery")
+        await until(lambda: "target refused" in relay.log(), 20, "a refused delivery")
         await target.stop()
-        target.failing = False
+        target.status = 200
         await task.deferLater(reactor, 1.5, lambda: None)
-        target.start()
-        await until(lambda: len(set(target.bodies())) == sent, "after the target's restart")
+        target.listen(port)
+        await until(lambda: len(set(target.delivered())) == sent, 20, "after the target's restart")
 
         # A clean stop of the relay, webhooks while it is away, a new relay.
         assert await relay.stop() == 0
         assert "relay stopped" in relay.log()
         await send(5)
         relay.start()
-        await until(lambda: len(set(target.bodies())) == sent, "after the relay's restart")
+        await until(lambda: len(set(target.delivered())) == sent, 20, "after the relay's restart")
 
         # The relay killed while the target fails: its leased batch comes back.
-        target.failing = True
+        target.status = 500
         await send(5)
-        await until(lambda: relay.log().count("target refused") >= 3, "refusals before the kill")
+        await until(lambda: relay.log().count("target refused") >= 3, 20, "refusals before the kill")
         await relay.stop(signal.SIGKILL)
-        target.failing = False
+        target.status = 200
         relay.start()
-        await until(lambda: len(set(target.bodies())) == sent, "after the relay was killed")
+        await until(lambda: len(set(target.delivered())) == sent, 20, "after the relay was killed")
 
         # The daemon restarts under a running relay.
         await deferToThread(kwp.stop)
         await task.deferLater(reactor, 1.0, lambda: None)
         await deferToThread(kwp.start)
         await send(5)
-        await until(lambda: len(set(target.bodies())) == sent, "after the daemon's restart")
+        await until(lambda: len(set(target.delivered())) == sent, 20, "after the daemon's restart")
 
-        assert in_order_once_each(target, sent), [b[:8] for b in target.bodies()]
-        assert await _acked_everything(kwp)
+        assert in_order_once_each(target, sent), [b[:8] for b in target.delivered()]
+        await until(lambda: _acked_everything(kwp), 4, "every webhook acked")
     finally:
         relay.kill()
-        if target._port is not None and target._port.connected:
-            await target.stop()
+        await target.stop()
         print(relay.log())
 
 
 async def _acked_everything(kwp) -> bool:
-    for _ in range(40):
-        listed = await treq.get(f"{kwp.base}/api/webhook/open/list", headers={"Authorization": "Bearer open-token"})
-        if await listed.json() == []:
-            return True
-        await task.deferLater(reactor, 0.1, lambda: None)
-    return False
+    listed = await treq.get(f"{kwp.base}/api/webhook/open/list", headers={"Authorization": "Bearer open-token"})
+    return await listed.json() == []

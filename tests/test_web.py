@@ -27,24 +27,11 @@ from kwp.notify import Notifier
 from kwp.storage import NewWebhook
 from kwp.web import KwpApp, KwpSite, receive_channel
 from tests.conftest import BASIC_CONFIG
-from tests.support import metric_samples
+from tests.support import assert_error, body_json, metric_samples, until
 
 pytestmark = pytest.mark.usefixtures("local_kwp")
 
 GH = {"X-Hub-Signature-256": "gh-secret"}
-
-
-async def body_json(response):
-    return json.loads(await response.content())
-
-
-async def assert_error(response, status, code):
-    assert response.code == status
-    assert response.headers.getRawHeaders("content-type") == ["application/json"]
-    body = await body_json(response)
-    assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 @pytest_twisted.ensureDeferred
@@ -276,15 +263,6 @@ async def test_long_poll_wakes_on_insert(local_kwp):
     assert reactor.seconds() - started < 5
 
 
-async def _until(condition, timeout=5.0):
-    """Poll condition() on the reactor, at most timeout seconds."""
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not met in time")
-
-
 def _hold_long_poll(port, channel="open", token="open-token"):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(f"GET /api/webhook/{channel}?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
@@ -295,9 +273,9 @@ def _hold_long_poll(port, channel="open", token="open-token"):
 async def test_a_client_leaving_a_long_poll_frees_it_at_once(local_kwp):
     kwp = local_kwp()
     s = _hold_long_poll(kwp.port.getHost().port)
-    await _until(lambda: kwp.app.notifier.waiting("open") == 1)
+    await until(lambda: kwp.app.notifier.waiting("open") == 1)
     s.close()
-    await _until(lambda: kwp.app.notifier.waiting("open") == 0, timeout=1)
+    await until(lambda: kwp.app.notifier.waiting("open") == 0, timeout=1)
     await kwp.post("open", {"n": 1})
     items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"] for i in items] == [{"n": 1}]
@@ -317,14 +295,14 @@ async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
             sockets += [_hold_long_poll(port) for _ in range(20)]
             # Let the reactor accept them: the listen backlog is short.
             await task.deferLater(reactor, 0, lambda: None)
-        await _until(lambda: kwp.app.notifier.waiting("open") == 1000, timeout=20)
+        await until(lambda: kwp.app.notifier.waiting("open") == 1000, timeout=20)
         assert threading.active_count() == threads
         cpu = sum(os.times()[:2])
         await task.deferLater(reactor, 1.0, lambda: None)
         assert sum(os.times()[:2]) - cpu < 0.2
         # One of them takes it; the others wait again.
         await kwp.post("open", {"n": 1})
-        await _until(lambda: kwp.app.notifier.waiting("open") == 999)
+        await until(lambda: kwp.app.notifier.waiting("open") == 999)
         for _ in range(100):
             if not await kwp.storage.list("open", 1, 0):
                 break
