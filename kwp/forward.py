@@ -215,6 +215,7 @@ class Forwarder(Service):
     ):
         self.name = channel.name
         self.channel = channel
+        self.identity = _identity(channel, ignored_headers)
         self.forward = channel.forward
         self._url, self._auth = split_credentials(channel.forward.url)
         self._ignored = ignored_headers
@@ -501,11 +502,9 @@ def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> by
     return b'{"status":%s,"items":[%s]}' % (status, b",".join(encoded))
 
 
-def _identity(channel: Channel, ignored: frozenset[str]):
+def _identity(channel: Channel, ignored: frozenset[str]) -> tuple:
     """What a forwarder is built from; a reload that changes it replaces it."""
-    forward = channel.forward
-    template = forward.sign_template.source if forward.sign_template else None
-    return replace(forward, sign_template=None), template, channel.secrets, ignored
+    return channel.forward, channel.secrets, ignored
 
 
 class Forwarders(MultiService):
@@ -536,7 +535,6 @@ class Forwarders(MultiService):
         self.report = report
         self._grace = grace
         self._random = randomness
-        self._identities: dict[str, tuple] = {}
         for channel in config.channels:
             if channel.forward is not None:
                 self._add(channel, config.server.ignored_headers)
@@ -553,7 +551,6 @@ class Forwarders(MultiService):
             randomness=self._random,
             grace=self._grace,
         )
-        self._identities[channel.name] = _identity(channel, ignored)
         forwarder.setServiceParent(self)
 
     def get(self, name: str) -> Forwarder | None:
@@ -565,15 +562,14 @@ class Forwarders(MultiService):
         so no webhook is sent by both."""
         ignored = config.server.ignored_headers
         wanted = {c.name: c for c in config.channels if c.forward is not None}
-        for name in list(self._identities):
-            channel = wanted.get(name)
-            if channel is None or _identity(channel, ignored) != self._identities[name]:
-                del self._identities[name]
-                stopped = self.removeService(self.get(name))
+        for forwarder in list(self):
+            channel = wanted.get(forwarder.name)
+            if channel is None or _identity(channel, ignored) != forwarder.identity:
+                stopped = self.removeService(forwarder)
                 if stopped is not None:
                     await stopped
         for name, channel in wanted.items():
-            if name not in self._identities:
+            if name not in self.namedServices:
                 self._add(channel, ignored)
 
     async def _stop(self) -> None:

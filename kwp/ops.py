@@ -169,8 +169,7 @@ def describe_change(old: Config, new: Config) -> str:
     after = {c.name: c for c in new.channels}
     added = sorted(after.keys() - before.keys())
     removed = sorted(before.keys() - after.keys())
-    # repr, not ==: compiled templates compare by identity, repr shows their source.
-    changed = sorted(n for n in after.keys() & before.keys() if repr(after[n]) != repr(before[n]))
+    changed = sorted(n for n in after.keys() & before.keys() if after[n] != before[n])
     parts = [f"{len(new.channels)} channels"]
     for label, names in (("added", added), ("removed", removed), ("changed", changed)):
         if names:

@@ -21,7 +21,8 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, suc
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from kwp.receive import HOP_BY_HOP
+from kwp.forward import http_client
+from kwp.receive import stored_headers
 
 log = Logger()
 
@@ -51,13 +52,12 @@ class Item:
     id: int
     headers: dict[str, str]
     body: bytes
-    deliveries: int
 
     @classmethod
     def parse(cls, item: dict) -> "Item":
         if "body" not in item:
             raise RelayError("the proxy ignored raw=1 (it is older than this relay); cannot relay byte for byte")
-        return cls(item["id"], item["headers"], base64.b64decode(item["body"]), item.get("deliveries", 1))
+        return cls(item["id"], item["headers"], base64.b64decode(item["body"]))
 
 
 class Backoff:
@@ -87,9 +87,8 @@ def _with_path(url: str, suffix: str, query: dict | None = None) -> str:
 
 def target_headers(item: Item, attempt: int) -> Headers:
     headers = Headers()
-    for name, value in item.headers.items():
-        if name not in HOP_BY_HOP and not name.startswith("proxy-"):
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    for name, value in stored_headers(item.headers, frozenset()).items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
     headers.setRawHeaders(b"x-kwp-delivery-id", [str(item.id).encode()])
     headers.setRawHeaders(b"x-kwp-attempt", [str(attempt).encode()])
     return headers
@@ -284,11 +283,8 @@ class Relay:
 async def run_relay(reactor, settings: RelaySettings) -> None:
     """The relay on the real reactor with a treq client, stopped by the
     reactor's shutdown (SIGINT, SIGTERM)."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    relay = Relay(settings, HTTPClient(Agent(reactor, pool=pool)), reactor)
+    client, pool = http_client(reactor)
+    relay = Relay(settings, client, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", relay.stop)
     try:
         await relay.start()

@@ -146,6 +146,14 @@ class Template:
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
 
+    # A template is what its source compiles to: configs that load the same
+    # source twice hold equal templates.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Template) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
 
 class _Parser:
     def __init__(self, source: str) -> None:
