@@ -73,12 +73,12 @@ def check_headers(
     if not verify.plain_ok(channel, headers):
         raise ApiError(401, "unauthorized", "missing or invalid secret header")
     if length is not None and length > config.body_limit(channel):
-        raise too_large(config, channel)
+        raise too_large(config.body_limit(channel))
     return channel
 
 
-def too_large(config: Config, channel: Channel) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the body exceeds {config.body_limit(channel)} bytes")
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
 
 
 def is_json_type(content_type: str | None) -> bool:
@@ -134,8 +134,7 @@ class Receiver:
         self._clock = clock
 
     async def receive(self, config: Config, channel: Channel, headers: dict[str, str], body: bytes) -> Received:
-        if len(body) > config.body_limit(channel):
-            raise too_large(config, channel)
+        """Steps 5-9 for a channel whose header checks (check_headers) passed."""
         if not is_json_type(headers.get("content-type")):
             raise ApiError(415, "invalid_content_type", "Content-Type must be application/json")
         value = parse_json(body)

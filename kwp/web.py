@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
 from kwp.auth import authorize, authorize_admin
-from kwp.config import Config, redacted
+from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
 from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
@@ -36,6 +36,8 @@ IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
 # answer; a client that sends more is disconnected.
 DISCARD_LIMIT = 8 * 1024 * 1024
+# One line per request, written by KwpSite.log.
+ACCESS_FORMAT = "{method} {path} {status} {size}B {duration_ms:.1f}ms channel={channel}"
 
 
 def receive_channel(method: bytes, path: bytes) -> str | None:
@@ -135,7 +137,7 @@ class KwpRequest(Request):
     kwp_headers: dict[str, str] | None = None
     kwp_refusal: ApiError | None = None
     # The channel whose header checks passed in gotLength, if any.
-    kwp_checked: str | None = None
+    kwp_checked: Channel | None = None
     kwp_channel: str = "-"
 
     def __init__(self, channel, *args, **kwargs):
@@ -151,8 +153,8 @@ class KwpRequest(Request):
             # Kept for the route, which would otherwise build the same map again.
             headers = self.kwp_headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
-                channel = check_headers(config, self.kwp_channel, headers, _peer_host(self.channel.transport), length)
-                self.kwp_checked = channel.name
+                channel = check_headers(config, name, headers, _peer_host(self.channel.transport), length)
+                self.kwp_checked = channel
                 self._limit = config.body_limit(channel)
             except ApiError as refusal:
                 self._refuse(refusal, length)
@@ -160,7 +162,7 @@ class KwpRequest(Request):
         else:
             self._limit = config.largest_body_limit
             if length is not None and length > self._limit:
-                self._refuse(ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes"), length)
+                self._refuse(too_large(self._limit), length)
                 return
         super().gotLength(length)
 
@@ -182,14 +184,14 @@ class KwpRequest(Request):
                 self.channel.transport.abortConnection()
         elif self._limit is not None and self.content.tell() > self._limit:
             self.content.close()
-            refusal = ApiError(413, "payload_too_large", f"the body exceeds {self._limit} bytes")
-            if self.kwp_channel != "-":
-                config = self.kwp_config
-                refusal = too_large(config, config.channel(self.kwp_channel))
-            self._refuse(refusal)
+            self._refuse(too_large(self._limit))
 
     def process(self):
         refusal = self._unroutable()
+        if refusal is None and self.kwp_channel == "-":
+            # Refused in gotLength: only the receive route (which counts its
+            # refusals) answers its own.
+            refusal = self.kwp_refusal
         if refusal is None:
             return super().process()
         _finish(self, _error(self, refusal))
@@ -339,7 +341,7 @@ class KwpSite(Site):
 
         def done(_):
             self._in_flight -= 1
-            if not self._in_flight:
+            if not self._in_flight and self._idle:
                 # One turn later, so that what the request's own notifyFinish
                 # callbacks start (settling a pull) is under way first.
                 self.reactor.callLater(0, self._fire_idle)
@@ -383,24 +385,18 @@ class KwpSite(Site):
         now = self.reactor.seconds()
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
-        duration_ms = (now - getattr(request, "kwp_started", now)) * 1000
+        fields = {
+            "method": method,
+            "path": path,
+            "status": request.code,
+            "size": request.sentLength,
+            "duration_ms": (now - getattr(request, "kwp_started", now)) * 1000,
+            "channel": request.kwp_channel,
+        }
         if self.access_log is not None:
-            self.access_log(
-                now,
-                f"{method} {path} {request.code} {request.sentLength}B {duration_ms:.1f}ms "
-                f"channel={request.kwp_channel}",
-            )
-            return
-        log.info(
-            "{method} {path} {status} {size}B {duration_ms:.1f}ms channel={channel}",
-            method=method,
-            path=path,
-            status=request.code,
-            size=request.sentLength,
-            duration_ms=duration_ms,
-            channel=request.kwp_channel,
-            request_size=request.getHeader(b"content-length"),
-        )
+            self.access_log(now, ACCESS_FORMAT.format_map(fields))
+        else:
+            log.info(ACCESS_FORMAT, request_size=request.getHeader(b"content-length"), **fields)
 
 
 class KwpRoot(Resource):
@@ -517,10 +513,12 @@ class KwpApp:
         if refusal is not None:
             raise refusal
         headers = getattr(request, "kwp_headers", None) or header_map(request.requestHeaders.getAllRawHeaders())
-        if getattr(request, "kwp_checked", None) != name:
-            # A request that is not a KwpRequest: its headers were not checked.
-            check_headers(config, name, headers, _peer_host(request.transport), None)
-        received = await self.receiver.receive(config, config.channel(name), headers, request.content.read())
+        body = request.content.read()
+        channel = getattr(request, "kwp_checked", None)
+        if channel is None:
+            # A request that is not a KwpRequest: nothing was checked yet.
+            channel = check_headers(config, name, headers, _peer_host(request.transport), len(body))
+        received = await self.receiver.receive(config, channel, headers, body)
         return received.body()
 
     @app.route("/api/webhook/<string:name>", methods=["GET"])
@@ -581,7 +579,8 @@ class KwpApp:
         headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
         check_headers(config, name, headers, None, len(body))
         received = await self.receiver.receive(config, channel, headers, body)
-        return _json(request, json.loads(received.body()))
+        request.setHeader(b"content-type", b"application/json")
+        return received.body()
 
     @app.route("/api/webhook/<string:name>/ack", methods=["POST"])
     async def ack(self, request, name):

@@ -713,3 +713,19 @@ async def test_a_receive_path_with_merged_slashes_still_checks_the_secret(local_
     assert await kwp.storage.list("github", 10, 0) == []
     response = await treq.post(kwp.url("//api/webhook/nope"), data=b"{}", headers={"Content-Type": "application/json"})
     await assert_error(response, 404, "channel_not_found")
+
+
+@pytest.mark.parametrize("path", ["/api/webhook/open/ack", "/api/webhook/open/test-send", "/api/webhook/open/sign"])
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_every_limit_is_refused_on_the_other_routes_too(local_kwp, path, chunked):
+    kwp = local_kwp()
+    body = b" " * (kwp.config.largest_body_limit + 1)
+    framing = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" if chunked else b"Content-Length: %d\r\n\r\n%s"
+    request = (b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer open-token\r\n" % path.encode()) + framing % (
+        len(body),
+        body,
+    )
+    answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"payload_too_large"' in answer
