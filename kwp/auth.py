@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 
 from kwp.config import Channel, Config
-from kwp.errors import ApiError
+from kwp.errors import ApiError, channel_not_found
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -22,13 +22,9 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def authorize(config: Config, channel_name: str, authorization: str | None) -> Channel:
-    """The channel that the Authorization header may read or manage.
-
-    401 for a missing, malformed or unknown token; 404 for an unknown channel;
-    403 for a valid token of another channel.  The admin token opens every
-    channel.
-    """
+def _identify(config: Config, authorization: str | None) -> tuple[bool, Channel | None]:
+    """Whether the header carries the admin token, and the channel whose
+    token it carries; 401 for a missing, malformed or unknown token."""
     token = bearer_token(authorization)
     if token is None:
         raise ApiError(401, "unauthorized", "missing or malformed 'Authorization: Bearer' header")
@@ -39,9 +35,20 @@ def authorize(config: Config, channel_name: str, authorization: str | None) -> C
     owner = next((c for c in config.channels if _same(token, c.token)), None)
     if not is_admin and owner is None:
         raise ApiError(401, "unauthorized", "unknown token")
+    return is_admin, owner
+
+
+def authorize(config: Config, channel_name: str, authorization: str | None) -> Channel:
+    """The channel that the Authorization header may read or manage.
+
+    401 for a missing, malformed or unknown token; 404 for an unknown channel;
+    403 for a valid token of another channel.  The admin token opens every
+    channel.
+    """
+    is_admin, owner = _identify(config, authorization)
     channel = config.channel(channel_name)
     if channel is None:
-        raise ApiError(404, "channel_not_found", f"no channel named {channel_name!r}")
+        raise channel_not_found(channel_name)
     if not is_admin and owner is not channel:
         raise ApiError(403, "forbidden", f"the token does not give access to channel {channel_name!r}")
     return channel
@@ -50,12 +57,6 @@ def authorize(config: Config, channel_name: str, authorization: str | None) -> C
 def authorize_admin(config: Config, authorization: str | None) -> None:
     """Raise unless the Authorization header carries the admin token: 401
     for a missing, malformed or unknown token, 403 for a channel's token."""
-    token = bearer_token(authorization)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing or malformed 'Authorization: Bearer' header")
-    admin = config.server.admin_token
-    if admin is not None and _same(token, admin):
-        return
-    if any([_same(token, c.token) for c in config.channels]):
+    is_admin, _ = _identify(config, authorization)
+    if not is_admin:
         raise ApiError(403, "forbidden", "only the admin token gives access to this endpoint")
-    raise ApiError(401, "unauthorized", "unknown token")

@@ -28,3 +28,7 @@ def bad_request(message: str) -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
+
+
+def channel_not_found(name: str) -> ApiError:
+    return ApiError(404, "channel_not_found", f"no channel named {name!r}")

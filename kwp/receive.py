@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError
 
 from kwp import verify
 from kwp.config import Channel, Config
-from kwp.errors import ApiError
+from kwp.errors import ApiError, channel_not_found
 from kwp.notify import Notifier
 from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageUnavailable
 
@@ -65,7 +65,7 @@ def check_headers(
     while it arrives."""
     channel = config.channel(name)
     if channel is None:
-        raise ApiError(404, "channel_not_found", f"no channel named {name!r}")
+        raise channel_not_found(name)
     if channel.allowed_ips and peer is not None:
         ip = verify.client_ip(peer, headers, config.server.trusted_proxies)
         if not verify.ip_allowed(ip, channel.allowed_ips):

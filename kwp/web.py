@@ -62,6 +62,11 @@ def _peer_host(transport) -> str:
     return getattr(transport.getPeer(), "host", "") or ""
 
 
+def _authorization(request) -> str | None:
+    value = request.getHeader(b"authorization")
+    return value and value.decode("latin-1")
+
+
 def _args(request) -> dict[str, str]:
     return {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
 
@@ -444,8 +449,7 @@ class KwpApp:
 
     def _authorize(self, request, name: str):
         request.kwp_channel = name
-        authorization = request.getHeader(b"authorization")
-        return authorize(self._config(request), name, authorization and authorization.decode("latin-1"))
+        return authorize(self._config(request), name, _authorization(request))
 
     def _authorize_forward(self, request, name: str):
         channel = self._authorize(request, name)
@@ -664,6 +668,5 @@ class KwpApp:
     @app.route("/api/config", methods=["GET"])
     def effective_config(self, request):
         config = self._config(request)
-        authorization = request.getHeader(b"authorization")
-        authorize_admin(config, authorization and authorization.decode("latin-1"))
+        authorize_admin(config, _authorization(request))
         return _json(request, redacted(config))
