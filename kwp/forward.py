@@ -24,6 +24,7 @@ from typing import Callable
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
+from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -388,7 +389,7 @@ class Forwarder(Service):
             self._report(self.name, INTERNAL_ERROR, now - started)
             # Held back a moment, so a broken database does not turn into a
             # stream of deliveries of the same webhook.
-            await _pause(self._clock, ERROR_PAUSE)
+            await task.deferLater(self._clock, ERROR_PAUSE)
             return replace(result, success=False, outcome=INTERNAL_ERROR, error="internal error: storage failed")
         self._report(self.name, result.outcome, now - started)
         return result
@@ -461,12 +462,6 @@ class Forwarder(Service):
                 return None
             running = self._in_flight.get(webhook_id) or self._start(item)
         return await _observe(running)
-
-
-async def _pause(clock, seconds: float) -> None:
-    d = Deferred()
-    clock.callLater(seconds, d.callback, None)
-    await d
 
 
 def _timestamp(value: float | None):

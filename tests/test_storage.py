@@ -210,3 +210,10 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
         assert await s.insert(hook(6, delivery_id="d")) == 12
     finally:
         await s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_stats_count_each_channel_and_give_its_oldest_arrival(storage):
+    for channel, at in [("a", 30.0), ("b", 10.0), ("a", 40.0), ("b", 20.0), ("b", 50.0)]:
+        await storage.insert(NewWebhook(channel, "{}", b"{}", at))
+    assert await storage.queue_stats() == {"a": (2, 30.0), "b": (3, 10.0)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -136,7 +137,12 @@ _ROWS_PER_INSERT = 150
 # times, which under load costs the reactor thread far more than the insert
 # itself; a short window makes batches larger and those hand-overs rarer.
 COMMIT_WINDOW = 0.002
+_INSERT = "INSERT INTO webhooks (channel, headers, body, received_at, delivery_id) VALUES "
 _ROW = "(?, ?, ?, ?, ?)"
+
+
+def _values(w: NewWebhook) -> tuple:
+    return w.channel, w.headers_json, w.body, w.received_at, w.delivery_id
 
 
 def _insert_rows(txn, rows: list[NewWebhook]) -> list[int]:
@@ -150,11 +156,7 @@ def _insert_rows(txn, rows: list[NewWebhook]) -> list[int]:
     largest = txn.fetchone()[0]
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
-        txn.execute(
-            "INSERT INTO webhooks (channel, headers, body, received_at, delivery_id) VALUES "
-            + ", ".join([_ROW] * len(chunk)),
-            [v for w in chunk for v in (w.channel, w.headers_json, w.body, w.received_at, w.delivery_id)],
-        )
+        txn.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for w in chunk for v in _values(w)])
     # AUTOINCREMENT gives each new row a larger id than any row before it:
     # the ids above the old largest are the new rows, in the order inserted.
     txn.execute("SELECT group_concat(id) FROM webhooks WHERE id > ?", (largest,))
@@ -203,10 +205,7 @@ def _insert_batch(txn, batch: list[NewWebhook]) -> list:
                     )
                 results[index] = QUEUE_FULL
                 continue
-        txn.execute(
-            "INSERT INTO webhooks (channel, headers, body, received_at, delivery_id) VALUES " + _ROW,
-            (w.channel, w.headers_json, w.body, w.received_at, w.delivery_id),
-        )
+        txn.execute(_INSERT + _ROW, _values(w))
         results[index] = txn.lastrowid
     if plain:
         insert_plain()
@@ -234,7 +233,7 @@ def _claim(txn, channel, claim_id, limit, now, lease_seconds) -> list[StoredWebh
             "UPDATE webhooks SET claim = ?, lease_until = ?, deliveries = deliveries + 1 WHERE id = ?",
             [(claim_id, lease_until, row.id) for row in rows],
         )
-    return [StoredWebhook(r.id, r.headers_json, r.body, r.received_at, r.deliveries + 1) for r in rows]
+    return [replace(r, deliveries=r.deliveries + 1) for r in rows]
 
 
 def _finish_claim(txn, claim_id) -> None:
@@ -262,11 +261,14 @@ def _ack(txn, channel, ids) -> int:
     return txn.rowcount
 
 
-def _list(txn, channel, limit, after) -> list[StoredWebhook]:
+def _page(txn, columns: str, channel, limit, after) -> None:
     txn.execute(
-        f"SELECT {_COLUMNS} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?",
-        (channel, after, limit),
+        f"SELECT {columns} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?", (channel, after, limit)
     )
+
+
+def _list(txn, channel, limit, after) -> list[StoredWebhook]:
+    _page(txn, _COLUMNS, channel, limit, after)
     return _rows(txn)
 
 
@@ -313,7 +315,7 @@ def _note(txn, channel, **values) -> None:
 
 
 def _forward_succeeded(txn, channel, webhook_id, now) -> None:
-    txn.execute("DELETE FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
+    _delete(txn, channel, webhook_id)
     _note(txn, channel, last_success_at=now)
 
 
@@ -345,10 +347,7 @@ def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardI
     state = _channel_state(txn, channel)
     txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ?", (channel,))
     size = txn.fetchone()[0]
-    txn.execute(
-        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?",
-        (channel, after, limit),
-    )
+    _page(txn, _FORWARD_COLUMNS, channel, limit, after)
     return state, size, _forward_rows(txn)
 
 
@@ -358,13 +357,12 @@ def _clear(txn, channel) -> int:
 def _queue_stats(txn) -> dict[str, tuple[int, float]]:
     # Counting walks the (channel, id) index only; ids grow with receive
     # time, so the oldest row of a channel is the one with its smallest id.
-    txn.execute("SELECT channel, COUNT(*), MIN(id) FROM webhooks GROUP BY channel")
-    counts = {channel: (count, first) for channel, count, first in txn.fetchall()}
-    stats = {}
-    for channel, (count, first) in counts.items():
-        txn.execute("SELECT received_at FROM webhooks WHERE id = ?", (first,))
-        stats[channel] = (count, txn.fetchone()[0])
-    return stats
+    txn.execute(
+        "SELECT c.channel, c.n, w.received_at FROM"
+        " (SELECT channel, COUNT(*) AS n, MIN(id) AS first FROM webhooks GROUP BY channel) AS c"
+        " JOIN webhooks AS w ON w.id = c.first"
+    )
+    return {channel: (count, oldest) for channel, count, oldest in txn.fetchall()}
 
 
 # SQLite result codes that mean "cannot write now" rather than "broken".
@@ -536,6 +534,7 @@ class SQLiteStorage(Service):
 
     def clear(self, channel) -> Deferred:
         return self._run(_clear, channel)
+
     def queue_stats(self) -> Deferred:
         return self._run(_queue_stats)
 
