@@ -261,7 +261,7 @@ def plain_ok(channel: Channel, headers: Headers) -> bool:
     list is accepted.  A channel with nothing plain to check passes (its
     signature, if any, is checked by :func:`signature_ok` once the body is in).
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not scheme.plain or not channel.secrets:
         return True
     value = _header(headers, scheme.header)
@@ -391,7 +391,7 @@ def signature_ok(channel: Channel, headers: Headers, body: bytes, now: float) ->
     the tolerance in either direction.  A signed scheme without any secret
     refuses everything: there is no key to check against.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     verifier = _VERIFIERS.get(scheme.kind)
     if verifier is None:
         return True
@@ -410,7 +410,7 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     ``event_id`` of an event_callback).  Meta and channels without a provider
     have none.  An empty id, or one longer than 256 characters, is None.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     value: Any = None
     if scheme.delivery_header:
         value = _header(headers, scheme.delivery_header)
@@ -455,7 +455,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
     another second is another message (and not taken for a redelivery).
     Raises :class:`NotSigned` for a channel without an HMAC scheme or secret.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not scheme.signed or not channel.secrets or not scheme.header:
         raise NotSigned(f"channel {channel.name!r} does not verify an HMAC signature")
     secret = channel.secrets[0]
@@ -496,7 +496,7 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
     with the channel's first secret.  Empty for a channel that checks nothing."""
     if secret is not None:
         channel = replace(channel, secrets=(secret,))
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not channel.secrets or not scheme.header:
         return {}
     if scheme.plain:
