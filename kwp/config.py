@@ -114,7 +114,7 @@ class Config:
     def body_limit(self, channel: Channel) -> int:
         return channel.max_body_size or self.server.default_body_limit
 
-    @property
+    @cached_property
     def largest_body_limit(self) -> int:
         return max([self.server.default_body_limit] + [self.body_limit(c) for c in self.channels])
 
@@ -420,13 +420,13 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
         channel = _parse_channel(errors, f"{path}: channels[{index}]", item)
         if channel is not None:
             channels.append(channel)
-    seen_names: dict[str, int] = {}
+    seen_names: set[str] = set()
     seen_tokens: dict[str, str] = {}
     for channel in channels:
         where = f"{path}: channel '{channel.name}'"
         if channel.name in seen_names:
             errors.append(f"{where}: key 'name': duplicate channel name")
-        seen_names[channel.name] = 1
+        seen_names.add(channel.name)
         if channel.token in seen_tokens:
             errors.append(
                 f"{where}: key 'api-read-token': the same token is used by channel '{seen_tokens[channel.token]}'"
