@@ -10,12 +10,16 @@ import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from kwp.templates import Template, TemplateError, compile_template
+
+if TYPE_CHECKING:
+    from kwp.verify import Scheme
 
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
@@ -78,6 +82,13 @@ class Channel:
     monitoring_metrics: bool = True
     forward: Forward | None = None
 
+    @cached_property
+    def scheme(self) -> Scheme:
+        """How the channel's senders prove who they are: :func:`kwp.verify.scheme_for`."""
+        from kwp.verify import scheme_for
+
+        return scheme_for(self)
+
 
 @dataclass(frozen=True)
 class Server:
@@ -103,7 +114,7 @@ class Config:
     def body_limit(self, channel: Channel) -> int:
         return channel.max_body_size or self.server.default_body_limit
 
-    @property
+    @cached_property
     def largest_body_limit(self) -> int:
         return max([self.server.default_body_limit] + [self.body_limit(c) for c in self.channels])
 
@@ -136,18 +147,24 @@ class _Reader:
                     return alias
         return key
 
-    def get(self, key: str, check, default=None, required: bool = False):
-        """Return the checked value of key; check raises ValueError with a message."""
+    def get(self, key: str, check, required: bool = False):
+        """Return the checked value of key, None when it is missing or invalid;
+        check raises ValueError with a message."""
         actual = self._key(key)
         if actual not in self.data or self.data[actual] is None:
             if required:
                 self.error(key, "is required")
-            return default
+            return None
         try:
             return check(self.data[actual])
         except ValueError as e:
             self.error(actual, str(e))
-            return default
+            return None
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that are not None: the others are left to the dataclass defaults."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _did_you_mean(key: Any, known: tuple[str, ...]) -> str:
@@ -291,11 +308,13 @@ FORWARD_KEYS = (
 def _parse_server(errors: list[str], where: str, data: Any) -> Server:
     r = _Reader(errors, where, data if data is not None else {}, SERVER_KEYS)
     return Server(
-        default_body_limit=r.get("default-body-limit", _integer(1, MAX_BODY_LIMIT), DEFAULT_BODY_LIMIT),
-        trusted_proxies=r.get("trusted-proxies", _networks, ()),
-        ignored_headers=r.get("ignored-headers", _header_names, frozenset()),
-        admin_token=r.get("admin-token", _string),
-        metrics=r.get("metrics", _boolean, False),
+        **_given(
+            default_body_limit=r.get("default-body-limit", _integer(1, MAX_BODY_LIMIT)),
+            trusted_proxies=r.get("trusted-proxies", _networks),
+            ignored_headers=r.get("ignored-headers", _header_names),
+            admin_token=r.get("admin-token", _string),
+            metrics=r.get("metrics", _boolean),
+        )
     )
 
 
@@ -306,15 +325,17 @@ def _parse_forward(errors: list[str], where: str, data: Any) -> Forward | None:
         return None
     return Forward(
         url=url,
-        interval_seconds=r.get("interval-seconds", _seconds(0.001), 30.0),
-        expected_status=r.get("expected-status", _integer(100, 599)),
-        timeout_seconds=r.get("timeout-seconds", _seconds(0.001), 15.0),
-        max_attempts=r.get("max-attempts", _integer(1)),
-        max_delay_seconds=r.get("max-delay-seconds", _seconds(0.001), 3600.0),
-        concurrency=r.get("concurrency", _integer(1, 64), 1),
-        sign_header=r.get("sign-header", _string),
-        sign_secret=r.get("sign-secret", _string),
-        sign_template=r.get("sign-template", _template("signature")),
+        **_given(
+            interval_seconds=r.get("interval-seconds", _seconds(0.001)),
+            expected_status=r.get("expected-status", _integer(100, 599)),
+            timeout_seconds=r.get("timeout-seconds", _seconds(0.001)),
+            max_attempts=r.get("max-attempts", _integer(1)),
+            max_delay_seconds=r.get("max-delay-seconds", _seconds(0.001)),
+            concurrency=r.get("concurrency", _integer(1, 64)),
+            sign_header=r.get("sign-header", _string),
+            sign_secret=r.get("sign-secret", _string),
+            sign_template=r.get("sign-template", _template("signature")),
+        ),
     )
 
 
@@ -323,32 +344,34 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
     if isinstance(name, str):
         where = f"{where} ({name})"
     r = _Reader(errors, where, data, CHANNEL_KEYS, aliases={"token": "api-read-token"})
-    if r.has("api-read-token") and "token" in r.data and "api-read-token" in r.data:
+    if "token" in r.data and "api-read-token" in r.data:
         r.error("token", "is an alias of 'api-read-token'; give only one of them")
     name = r.get("name", _string, required=True)
     if name is not None and not CHANNEL_NAME.match(name):
         r.error("name", f"{name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
     token = r.get("api-read-token", _string, required=True)
-    secret_type = r.get("secret-type", _one_of(SECRET_TYPES), "plain")
+    secret_type = r.get("secret-type", _one_of(SECRET_TYPES))
     channel = Channel(
         name=name or "",
         token=token or "",
-        secrets=r.get("webhook-secret", _strings, ()),
-        secret_header=r.get("secret-header", _string),
-        secret_type=secret_type,
-        extract_template=r.get("secret-extract-template", _template("raw")),
-        sign_template=r.get("secret-sign-template", _template("signature")),
-        provider=r.get("provider", _one_of(PROVIDERS)),
-        verify_token=r.get("verify-token", _string),
-        dedup_window_seconds=r.get("dedup-window-seconds", _integer(0), 86400),
-        max_queue=r.get("max-queue", _integer(1)),
-        max_body_size=r.get("max-body-size", _integer(1, MAX_BODY_LIMIT)),
-        allowed_ips=r.get("allowed-ips", _networks, ()),
-        note=r.get("note", lambda v: str(v)),
-        monitoring_metrics=r.get("monitoring-metrics", _boolean, True),
-        forward=_parse_forward(errors, f"{where}: forward", data["forward"])
-        if r.has("forward")
-        else None,
+        **_given(
+            secrets=r.get("webhook-secret", _strings),
+            secret_header=r.get("secret-header", _string),
+            secret_type=secret_type,
+            extract_template=r.get("secret-extract-template", _template("raw")),
+            sign_template=r.get("secret-sign-template", _template("signature")),
+            provider=r.get("provider", _one_of(PROVIDERS)),
+            verify_token=r.get("verify-token", _string),
+            dedup_window_seconds=r.get("dedup-window-seconds", _integer(0)),
+            max_queue=r.get("max-queue", _integer(1)),
+            max_body_size=r.get("max-body-size", _integer(1, MAX_BODY_LIMIT)),
+            allowed_ips=r.get("allowed-ips", _networks),
+            note=r.get("note", lambda v: str(v)),
+            monitoring_metrics=r.get("monitoring-metrics", _boolean),
+            forward=_parse_forward(errors, f"{where}: forward", data["forward"])
+            if r.has("forward")
+            else None,
+        ),
     )
     _check_verification(r, channel)
     forward = channel.forward
@@ -397,13 +420,13 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
         channel = _parse_channel(errors, f"{path}: channels[{index}]", item)
         if channel is not None:
             channels.append(channel)
-    seen_names: dict[str, int] = {}
+    seen_names: set[str] = set()
     seen_tokens: dict[str, str] = {}
     for channel in channels:
         where = f"{path}: channel '{channel.name}'"
         if channel.name in seen_names:
             errors.append(f"{where}: key 'name': duplicate channel name")
-        seen_names[channel.name] = 1
+        seen_names.add(channel.name)
         if channel.token in seen_tokens:
             errors.append(
                 f"{where}: key 'api-read-token': the same token is used by channel '{seen_tokens[channel.token]}'"

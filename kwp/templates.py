@@ -95,11 +95,11 @@ _FILTERS: dict[str, _FilterSpec] = {
 
 @dataclass(frozen=True)
 class _Filter:
-    name: str
+    function: Callable[[Value, Mapping[str, str]], Value]
     arguments: Mapping[str, str]
 
     def apply(self, value: Value) -> Value:
-        return _FILTERS[self.name].apply(value, self.arguments)
+        return self.function(value, self.arguments)
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ class _Parser:
         if missing:
             names = ", ".join(repr(m) for m in sorted(missing))
             raise self.error(f"filter {name!r} is missing argument(s) {names}", name_pos)
-        return _Filter(name, arguments)
+        return _Filter(spec.apply, arguments)
 
 
 def compile_template(source: str) -> Template:

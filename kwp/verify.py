@@ -241,6 +241,10 @@ def _hmac(secret: str | bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def _hex_hmacs(secrets: Iterable[str], message: bytes) -> list[str]:
+    return [_hmac(s, message).hex() for s in secrets]
+
+
 def _fresh(timestamp: str, now: float, tolerance: int | None) -> bool:
     """A whole-seconds timestamp within ``tolerance`` of now, past or future."""
     return bool(_TIMESTAMP.match(timestamp)) and abs(now - int(timestamp)) <= (tolerance or 0)
@@ -257,7 +261,7 @@ def plain_ok(channel: Channel, headers: Headers) -> bool:
     list is accepted.  A channel with nothing plain to check passes (its
     signature, if any, is checked by :func:`signature_ok` once the body is in).
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not scheme.plain or not channel.secrets:
         return True
     value = _header(headers, scheme.header)
@@ -278,7 +282,7 @@ def _verify_hmac(scheme: Scheme, channel: Channel, headers: Headers, body: bytes
         given = channel.extract_template.render(raw=raw) if channel.extract_template else raw
     except TemplateError:
         return False
-    return _equals_any(given.lower(), (_hmac(s, body).hex() for s in channel.secrets))
+    return _equals_any(given.lower(), _hex_hmacs(channel.secrets, body))
 
 
 def _verify_sha256_prefixed(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
@@ -287,7 +291,7 @@ def _verify_sha256_prefixed(scheme: Scheme, channel: Channel, headers: Headers, 
     prefix, _, hex_digest = value.partition("=")
     if prefix != "sha256" or not _HEX_SHA256.match(hex_digest):
         return False
-    return _equals_any(hex_digest.lower(), (_hmac(s, body).hex() for s in channel.secrets))
+    return _equals_any(hex_digest.lower(), _hex_hmacs(channel.secrets, body))
 
 
 def _verify_shopify(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
@@ -295,6 +299,10 @@ def _verify_shopify(scheme: Scheme, channel: Channel, headers: Headers, body: by
     if not value:
         return False
     return _equals_any(value, (base64.b64encode(_hmac(s, body)).decode() for s in channel.secrets))
+
+
+def _stripe_content(timestamp: str, body: bytes) -> bytes:
+    return f"{int(timestamp)}.".encode() + body
 
 
 def _verify_stripe(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
@@ -308,9 +316,12 @@ def _verify_stripe(scheme: Scheme, channel: Channel, headers: Headers, body: byt
             signatures.append(value.lower())
     if timestamp is None or not signatures or not _fresh(timestamp, now, scheme.tolerance):
         return False
-    signed = f"{int(timestamp)}.".encode() + body
-    expected = [_hmac(s, signed).hex() for s in channel.secrets]
+    expected = _hex_hmacs(channel.secrets, _stripe_content(timestamp, body))
     return any([_equals_any(given, expected) for given in signatures])
+
+
+def _slack_content(timestamp: str, body: bytes) -> bytes:
+    return f"v0:{timestamp}:".encode() + body
 
 
 def _verify_slack(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
@@ -320,8 +331,7 @@ def _verify_slack(scheme: Scheme, channel: Channel, headers: Headers, body: byte
     version, _, hex_digest = value.partition("=")
     if version != "v0" or not _HEX_SHA256.match(hex_digest) or not _fresh(timestamp, now, scheme.tolerance):
         return False
-    signed = f"v0:{timestamp}:".encode() + body
-    return _equals_any(hex_digest.lower(), (_hmac(s, signed).hex() for s in channel.secrets))
+    return _equals_any(hex_digest.lower(), _hex_hmacs(channel.secrets, _slack_content(timestamp, body)))
 
 
 def _standard_webhooks_key(secret: str) -> bytes | None:
@@ -381,7 +391,7 @@ def signature_ok(channel: Channel, headers: Headers, body: bytes, now: float) ->
     the tolerance in either direction.  A signed scheme without any secret
     refuses everything: there is no key to check against.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     verifier = _VERIFIERS.get(scheme.kind)
     if verifier is None:
         return True
@@ -400,7 +410,7 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     ``event_id`` of an event_callback).  Meta and channels without a provider
     have none.  An empty id, or one longer than 256 characters, is None.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     value: Any = None
     if scheme.delivery_header:
         value = _header(headers, scheme.delivery_header)
@@ -445,7 +455,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
     another second is another message (and not taken for a redelivery).
     Raises :class:`NotSigned` for a channel without an HMAC scheme or secret.
     """
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not scheme.signed or not channel.secrets or not scheme.header:
         raise NotSigned(f"channel {channel.name!r} does not verify an HMAC signature")
     secret = channel.secrets[0]
@@ -453,20 +463,20 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
     extra: dict[str, str] = {}
     if scheme.kind == "hmac":
         signature = _hmac(secret, body).hex()
-        value = channel.sign_template.render(signature=signature) if channel.sign_template else signature
+        value = sign_forward(channel.sign_template, secret, body)
     elif scheme.kind in ("github", "meta"):
         signature = _hmac(secret, body).hex()
         value = f"sha256={signature}"
     elif scheme.kind == "shopify":
         signature = value = base64.b64encode(_hmac(secret, body)).decode()
     elif scheme.kind == "stripe":
-        signature = _hmac(secret, f"{timestamp}.".encode() + body).hex()
+        signature = _hmac(secret, _stripe_content(timestamp, body)).hex()
         value = f"t={timestamp},v1={signature}"
     elif scheme.kind == "slack":
-        signature = _hmac(secret, f"v0:{timestamp}:".encode() + body).hex()
+        signature = _hmac(secret, _slack_content(timestamp, body)).hex()
         value = f"v0={signature}"
         extra["X-Slack-Request-Timestamp"] = timestamp
-    else:
+    elif scheme.kind == "standard-webhooks":
         key = _standard_webhooks_key(secret)
         if key is None:
             raise NotSigned(f"channel {channel.name!r}: the webhook secret is not base64")
@@ -475,6 +485,8 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
         signature = base64.b64encode(_hmac(key, _standard_webhooks_content(msg_id, timestamp, body))).decode()
         value = f"v1,{signature}"
         extra.update({"webhook-id": msg_id, "webhook-timestamp": timestamp})
+    else:
+        raise ValueError(f"channel {channel.name!r}: cannot sign for scheme {scheme.kind!r}")
     return Signed(signature, scheme.header, value, {scheme.header: value, **extra})
 
 
@@ -484,7 +496,7 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
     with the channel's first secret.  Empty for a channel that checks nothing."""
     if secret is not None:
         channel = replace(channel, secrets=(secret,))
-    scheme = scheme_for(channel)
+    scheme = channel.scheme
     if not channel.secrets or not scheme.header:
         return {}
     if scheme.plain:

@@ -4,7 +4,16 @@ import ipaddress
 
 import pytest
 
-from kwp.config import DEFAULT_BODY_LIMIT, ConfigError, load_config, parse_config, redacted
+from kwp.config import (
+    DEFAULT_BODY_LIMIT,
+    Channel,
+    ConfigError,
+    Forward,
+    Server,
+    load_config,
+    parse_config,
+    redacted,
+)
 
 
 def errors_of(data) -> list[str]:
@@ -24,6 +33,12 @@ def test_minimal_channel_defaults():
     assert config.body_limit(ch) == DEFAULT_BODY_LIMIT
     assert config.server.admin_token is None and config.server.metrics is False
     assert config.channel("other") is None
+
+
+def test_unset_keys_take_the_dataclass_defaults():
+    config = parse_config({"channels": [channel(forward={"url": "http://x"})]})
+    assert config.server == Server()
+    assert config.channel("ch") == Channel("ch", "tok", forward=Forward("http://x"))
 
 
 def test_rust_project_channel_loads_unchanged(tmp_path):
@@ -61,6 +76,13 @@ channels:
     assert signed.extract_template.render(raw="sha256=ab") == "ab"
     assert signed.sign_template.render(signature="ff") == "sha256=ff"
 
+
+def test_derived_values_leave_equality_alone():
+    data = {"channels": [channel(provider="github", **{"webhook-secret": "s", "secret-header": "X-Sig"})]}
+    used, fresh = parse_config(data), parse_config(data)
+    assert used.channel("ch").scheme.header == "X-Sig" and used.largest_body_limit == DEFAULT_BODY_LIMIT
+    assert used == fresh and hash(used.channel("ch")) == hash(fresh.channel("ch"))
+    assert used.channel("ch").scheme is used.channel("ch").scheme
 
 def test_secret_list_and_networks():
     config = parse_config(

@@ -34,6 +34,9 @@ class Outcome:
 DUPLICATE = Outcome("duplicate")
 QUEUE_FULL = Outcome("queue_full")
 
+PENDING = "pending"
+DEAD = "dead"
+
 
 @dataclass(frozen=True)
 class NewWebhook:
@@ -67,7 +70,7 @@ class ForwardItem:
     last_attempt_at: float | None = None
     last_error: str | None = None
     next_attempt_at: float | None = None
-    state: str = "pending"
+    state: str = PENDING
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,6 @@ class ChannelState:
     last_success_at: float | None = None
     last_error_at: float | None = None
     last_error_message: str | None = None
-
-
-PENDING = "pending"
-DEAD = "dead"
 
 
 class IStorage(Interface):
