@@ -16,6 +16,7 @@ import treq
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 
 from kwp.config import parse_config
 from kwp.storage.sqlite import SQLiteStorage
@@ -108,6 +109,14 @@ def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:
         for sample in family.samples:
             result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return result
+
+
+def scrape(metrics) -> dict[str, dict[tuple, float]]:
+    """metric_samples of metrics.scrape(), whose storage answers at once."""
+    done = []
+    Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
+    assert done, "the scrape did not finish"
+    return metric_samples(done[0])
 
 
 def free_port() -> int:

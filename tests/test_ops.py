@@ -22,7 +22,8 @@ from kwp.config import Channel, ConfigError, parse_config, redacted
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage import sqlite as sqlite_storage
-from tests.support import body_json, metric_samples
+from tests.fakes import FakeStorage
+from tests.support import body_json, metric_samples, scrape
 
 CONFIG = {
     "server": {"admin-token": "admin-secret-token", "metrics": True},
@@ -39,27 +40,9 @@ CONFIG = {
 }
 
 
-class FakeStorage:
-    def __init__(self, stats=None):
-        self.stats = stats or {}
-
-    def queue_stats(self):
-        if isinstance(self.stats, Exception):
-            return fail(self.stats)
-        return succeed(dict(self.stats))
-
-
 class Holder:
     def __init__(self, config):
         self.config = config
-
-
-def scrape(metrics) -> dict:
-    """The parsed scrape; the fake storage answers at once, so it is done."""
-    done = []
-    Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
-    assert done, "the scrape did not finish"
-    return metric_samples(done[0])
 
 
 def make_metrics(config_data=CONFIG, stats=None, now=1000.0):
