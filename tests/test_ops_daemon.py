@@ -77,7 +77,9 @@ async def test_metrics_count_what_was_sent(daemon):
         (("channel", "_unknown"), ("status", "channel_not_found")): 6,
     }
     assert samples["kwp_queue_depth"] == {(("channel", "github"),): 7, (("channel", "open"),): 3}
-    assert all(age >= 0 for age in samples["kwp_queue_oldest_age_seconds"].values())
+    ages = samples["kwp_queue_oldest_age_seconds"]
+    assert set(ages) == {(("channel", "github"),), (("channel", "open"),)}
+    assert all(age >= 0 for age in ages.values())
     assert samples["kwp_channel_security_config"][(("channel", "github"), ("feature", "secret"))] == 1
     assert "quiet" not in str(samples) and "guess" not in str(samples)
 
