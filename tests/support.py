@@ -125,6 +125,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def daemon_env(**extra: str) -> dict[str, str]:
+    """The environment twistd runs kwp in: this one, with this checkout on
+    PYTHONPATH (where twistd finds the kwp plugin), and extra."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+
+
 class Daemon:
     """``twistd -n kwp`` as a user starts it, in its own working directory."""
 
@@ -133,7 +139,7 @@ class Daemon:
         self.config_path = config_path
         self.db_path = db_path
         self.extra_args = list(extra_args)
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.env = daemon_env(**(env or {}))
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "kwp.log"
