@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent
 
 from kwp.config import parse_config
 from kwp.storage.sqlite import SQLiteStorage
@@ -117,6 +118,19 @@ def scrape(metrics) -> dict[str, dict[tuple, float]]:
     Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
     assert done, "the scrape did not finish"
     return metric_samples(done[0])
+
+
+class LogCapture:
+    """A twisted.logger observer that keeps the events it sees."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+
+    def text(self) -> str:
+        return "\n".join(formatEvent(e) for e in self.events)
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
 
 from kwp import ops
 from kwp.auth import authorize_admin
@@ -148,25 +147,6 @@ def test_security_features_of_providers():
 
 
 # --- reload ------------------------------------------------------------------
-
-
-class LogCapture:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
-
-
-@pytest.fixture
-def captured_log():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 def test_reload_swaps_the_config_and_calls_the_hooks(captured_log):
