@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 
 from tests.forward_support import Target
-from tests.support import Daemon, LocalKwp, write_config
+from tests.support import Daemon, LocalKwp, LogCapture, write_config
 
 BASIC_CONFIG = {
     "server": {"admin-token": "admin-secret-token"},
@@ -68,3 +69,12 @@ def daemon(tmp_path):
     yield start
     for d in started:
         d.kill()
+
+
+@pytest.fixture
+def captured_log():
+    """What this process logs during the test: captured_log.events, .text()."""
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    yield capture
+    globalLogPublisher.removeObserver(capture)

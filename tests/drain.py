@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kwp.storage.sqlite import SQLiteStorage
-from tests.support import Daemon, write_config
+from tests.support import Daemon
 
 CHANNEL = "bulk"
 TOKEN = "bulk-token"
@@ -84,8 +84,3 @@ def drain(daemon: Daemon, stall: float, timeout: float) -> Drained:
     body = b"".join(chunks)
     items = json.loads(body)
     return Drained(seconds, [item["payload"]["n"] for item in items], before, peak, len(body))
-
-
-def start_daemon(workdir: Path, db_path: Path) -> Daemon:
-    config_path = write_config(workdir / "config.yml", CONFIG)
-    return Daemon(workdir, config_path, db_path).start()

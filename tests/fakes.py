@@ -1,12 +1,13 @@
 """Threadless stand-ins for tests on a task.Clock: an in-memory IStorage with
-the claim/lease/ack semantics of kwp.storage.sqlite, and the part of a
-twisted.web Request that kwp.pull.Puller uses."""
+the claim/lease/ack semantics of kwp.storage.sqlite, a storage that only
+answers queue_stats, and the part of a twisted.web Request that
+kwp.pull.Puller uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -87,6 +88,19 @@ class MemoryStorage:
 
     def ping(self):
         return succeed(None)
+
+
+class FakeStorage:
+    """Answers queue_stats at once with stats ({channel: (depth, oldest
+    received_at)}), or fails with it when it is an exception."""
+
+    def __init__(self, stats=None):
+        self.stats = stats or {}
+
+    def queue_stats(self):
+        if isinstance(self.stats, Exception):
+            return fail(self.stats)
+        return succeed(dict(self.stats))
 
 
 class _Transport:

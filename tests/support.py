@@ -16,6 +16,8 @@ import treq
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent
 
 from kwp.config import parse_config
 from kwp.storage.sqlite import SQLiteStorage
@@ -110,10 +112,37 @@ def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:
     return result
 
 
+def scrape(metrics) -> dict[str, dict[tuple, float]]:
+    """metric_samples of metrics.scrape(), whose storage answers at once."""
+    done = []
+    Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
+    assert done, "the scrape did not finish"
+    return metric_samples(done[0])
+
+
+class LogCapture:
+    """A twisted.logger observer that keeps the events it sees."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+
+    def text(self) -> str:
+        return "\n".join(formatEvent(e) for e in self.events)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    """The environment twistd runs kwp in: this one, with this checkout on
+    PYTHONPATH (where twistd finds the kwp plugin), and extra."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
 
 
 class Daemon:
@@ -124,7 +153,7 @@ class Daemon:
         self.config_path = config_path
         self.db_path = db_path
         self.extra_args = list(extra_args)
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.env = daemon_env(**(env or {}))
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "kwp.log"

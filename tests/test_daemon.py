@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from kwp.tap import Options, bind_address_endpoint
 from tests.conftest import BASIC_CONFIG
-from tests.support import CLEAN_EXIT, ROOT, TWISTD, Daemon, free_port, write_config
+from tests.support import CLEAN_EXIT, ROOT, TWISTD, daemon_env, free_port, write_config
 
 
 
@@ -76,7 +76,7 @@ def test_bad_config_stops_startup_with_a_clear_line_before_binding(tmp_path):
     result = subprocess.run(
         [TWISTD, "--pidfile=", "-n", "kwp", "-c", str(config), "-l", f"tcp:{port}:interface=127.0.0.1",
          "-d", str(tmp_path / "k.db")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=Daemon(tmp_path, config, tmp_path).env,
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=daemon_env(),
     )
     assert result.returncode != 0
     assert "channels[0] (x): key 'api-read-tokn': unknown key (did you mean 'api-read-token'?)" in result.stderr
@@ -100,7 +100,7 @@ def test_startup_failures_exit_non_zero(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = subprocess.run(
         [TWISTD, "--pidfile=", "-n", "kwp", *base, *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=Daemon(tmp_path, config, tmp_path).env,
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=daemon_env(),
     )
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
@@ -140,8 +140,7 @@ def test_text_logs_one_line_per_request_as_the_logger_prints_them(daemon):
 def test_environment_configures_the_tac_file(tmp_path):
     config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
     port = free_port()
-    env = dict(
-        Daemon(tmp_path, config, tmp_path).env,
+    env = daemon_env(
         KWP_CONFIG=str(config),
         BIND_ADDRESS=f"127.0.0.1:{port}",
         DATABASE_URL=f"sqlite:///{tmp_path}/tac.db",

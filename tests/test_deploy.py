@@ -20,7 +20,8 @@ from twisted.internet.task import Clock
 
 from kwp.config import parse_config
 from kwp.ops import Metrics
-from tests.support import ROOT, free_port
+from tests.fakes import FakeStorage
+from tests.support import ROOT, free_port, scrape
 
 DEPLOY = ROOT / "deploy"
 VENV = Path(sys.executable).parent.parent
@@ -61,12 +62,14 @@ def test_supervisord_program_parses(tmp_path):
 
 
 def _exposed_names() -> set[str]:
+    """The sample names of a scrape with a webhook received, forwarded and queued."""
     config = parse_config({"server": {"metrics": True}, "channels": [{"name": "a", "token": "t"}]})
-    metrics = Metrics(lambda: config, None, Clock())
+    clock = Clock()
+    clock.advance(1000.0)
+    metrics = Metrics(lambda: config, FakeStorage({"a": (1, 900.0)}), clock)
     metrics.received(config, "a", "ok", 0.1)
     metrics.forward_outcome("a", "ok", 0.1)
-    names = {s.name for family in metrics.registry.collect() for s in family.samples}
-    return names | {"kwp_channel_security_config", "kwp_database_up", "kwp_queue_depth", "kwp_queue_oldest_age_seconds"}
+    return set(scrape(metrics))
 
 
 def test_alert_rules_use_metrics_that_exist():

@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from tests.drain import drain, fill, start_daemon
-from tests.support import CLEAN_EXIT
+from tests.drain import CONFIG, drain, fill
+from tests.support import CLEAN_EXIT, daemon_in
 
 COUNT = 100_000
 
@@ -18,7 +18,7 @@ COUNT = 100_000
 def test_a_100k_backlog_streams_in_flat_memory(tmp_path):
     db_path = tmp_path / "kwp.db"
     fill(db_path, COUNT, payload_size=1000)
-    daemon = start_daemon(tmp_path, db_path)
+    daemon = daemon_in(tmp_path, CONFIG)
     try:
         result = drain(daemon, stall=2.0, timeout=90)
         assert result.body_bytes > 100 * 2**20

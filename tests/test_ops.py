@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
 
 from kwp import ops
 from kwp.auth import authorize_admin
@@ -22,7 +21,8 @@ from kwp.config import Channel, ConfigError, parse_config, redacted
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage import sqlite as sqlite_storage
-from tests.support import body_json, metric_samples
+from tests.fakes import FakeStorage
+from tests.support import body_json, metric_samples, scrape
 
 CONFIG = {
     "server": {"admin-token": "admin-secret-token", "metrics": True},
@@ -39,27 +39,9 @@ CONFIG = {
 }
 
 
-class FakeStorage:
-    def __init__(self, stats=None):
-        self.stats = stats or {}
-
-    def queue_stats(self):
-        if isinstance(self.stats, Exception):
-            return fail(self.stats)
-        return succeed(dict(self.stats))
-
-
 class Holder:
     def __init__(self, config):
         self.config = config
-
-
-def scrape(metrics) -> dict:
-    """The parsed scrape; the fake storage answers at once, so it is done."""
-    done = []
-    Deferred.fromCoroutine(metrics.scrape()).addCallback(done.append)
-    assert done, "the scrape did not finish"
-    return metric_samples(done[0])
 
 
 def make_metrics(config_data=CONFIG, stats=None, now=1000.0):
@@ -165,25 +147,6 @@ def test_security_features_of_providers():
 
 
 # --- reload ------------------------------------------------------------------
-
-
-class LogCapture:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
-
-
-@pytest.fixture
-def captured_log():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 def test_reload_swaps_the_config_and_calls_the_hooks(captured_log):

@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.support import metric_samples, write_config
+from tests.support import metric_samples, until, write_config
 
 KWP = str(Path(sys.executable).with_name("kwp"))
 
@@ -39,14 +39,6 @@ async def post(d, channel: str, body: bytes = b"{}", headers=None) -> int:
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for_log(d, text: str, count: int = 1, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if d.log().count(text) >= count:
-            return
-        await sleep(0.05)
-    raise AssertionError(f"{text!r} not logged {count} time(s):\n{d.log()}")
 
 
 @pytest_twisted.ensureDeferred
@@ -77,7 +69,9 @@ async def test_metrics_count_what_was_sent(daemon):
         (("channel", "_unknown"), ("status", "channel_not_found")): 6,
     }
     assert samples["kwp_queue_depth"] == {(("channel", "github"),): 7, (("channel", "open"),): 3}
-    assert all(age >= 0 for age in samples["kwp_queue_oldest_age_seconds"].values())
+    ages = samples["kwp_queue_oldest_age_seconds"]
+    assert set(ages) == {(("channel", "github"),), (("channel", "open"),)}
+    assert all(age >= 0 for age in ages.values())
     assert samples["kwp_channel_security_config"][(("channel", "github"), ("feature", "secret"))] == 1
     assert "quiet" not in str(samples) and "guess" not in str(samples)
 
@@ -104,20 +98,18 @@ async def test_sighup_adds_a_channel_without_a_failed_request(daemon, tmp_path):
     for _ in range(10):
         d.signal(signal.SIGHUP)
         await sleep(0.01)
-    added = None
-    for _ in range(200):
-        added = await post(d, "added")
-        if added == 200:
-            break
-        await sleep(0.05)
-    assert added == 200
+
+    async def added_answers() -> bool:
+        return await post(d, "added") == 200
+
+    await until(added_answers, 10, "the added channel answers")
     await sleep(0.3)
     stop.append(True)
     results = await loads
     codes = [code for codes in results for code in codes]
     assert len(codes) > 20
     assert set(codes) == {200}
-    await wait_for_log(d, "config reloaded")
+    await until(lambda: "config reloaded" in d.log(), 10, "config reloaded logged")
     assert "added: added" in d.log()
     assert 1 <= d.log().count("config reloaded") <= 10
     assert d.proc.poll() is None
@@ -131,14 +123,14 @@ async def test_a_broken_file_is_refused_and_the_old_channels_keep_working(daemon
     broken["channels"][0]["secret-type"] = "rot13"
     write_config(tmp_path / "config.yml", broken)
     d.signal(signal.SIGHUP)
-    await wait_for_log(d, "config reload refused")
+    await until(lambda: "config reload refused" in d.log(), 10, "a refused reload logged")
     log = d.log()
     assert "max-qeueu" in log and "rot13" in log
     assert await post(d, "github", b"{}", GH) == 200
     assert await post(d, "added") == 404
     (tmp_path / "config.yml").write_text("channels: [unclosed\n")
     d.signal(signal.SIGHUP)
-    await wait_for_log(d, "config reload refused", count=2)
+    await until(lambda: d.log().count("config reload refused") >= 2, 10, "a second refused reload logged")
     assert await post(d, "github", b"{}", GH) == 200
     assert d.proc.poll() is None
 

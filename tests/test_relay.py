@@ -232,7 +232,6 @@ def test_stop_during_a_backoff_leaves_the_webhook_unacked():
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter():
-    assert [Backoff(1, 8, lambda: 1.0).next() for _ in range(1)] == [1]
     b = Backoff(1, 8, lambda: 1.0)
     assert [b.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
     b.reset()

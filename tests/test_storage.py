@@ -176,7 +176,8 @@ async def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_runs(st
     results = await gatherResults(
         [storage.insert(hook(1)).addErrback(lambda f: "failed"), storage.insert(bad).addErrback(lambda f: "failed")]
     )
-    assert results[1] == "failed"
+    assert results == ["failed", "failed"]
+    assert await storage.list("a", 10) == []
     assert isinstance(await storage.insert(hook(2)), int)
 
 
