@@ -180,7 +180,12 @@ class KwpRequest(Request):
         self.content = _Discard()
         # No "100 Continue" for a request that is refused already.
         self.requestHeaders.removeHeader(b"expect")
+        self._last_on_its_connection()
+
+    def _last_on_its_connection(self) -> None:
+        """Answer with Connection: close, and close after the answer."""
         self.setHeader(b"connection", b"close")
+        self.channel.persistent = False
 
     def handleContentChunk(self, data):
         super().handleContentChunk(data)
@@ -222,8 +227,7 @@ class KwpRequest(Request):
         True when all of the response reached the kernel before it closed,
         False when the connection was lost first.  Call before the first
         write."""
-        self.setHeader(b"connection", b"close")
-        self.channel.persistent = False
+        self._last_on_its_connection()
         return self.channel.closed()
 
     def requestReceived(self, command, path, version):

@@ -155,6 +155,8 @@ def test_environment_configures_the_tac_file(tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
+        else:
+            raise AssertionError("twistd -ny kwp.tac did not answer within 15s")
         assert (status, json.loads(body)) == (200, {"status": "ok"})
         assert (tmp_path / "tac.db").exists()
     finally:

@@ -748,3 +748,22 @@ async def test_a_body_over_every_limit_is_refused_on_the_other_routes_too(local_
     answer = await _in_thread(_raw_exchange, kwp.port.getHost().port, request)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"payload_too_large"' in answer
+
+
+def _exchange_until_closed(port: int, request: bytes) -> bytes:
+    """Everything the server sends before it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        chunks = []
+        while data := s.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_request_is_the_last_on_its_connection(local_kwp):
+    kwp = local_kwp()
+    request = b"POST /api/webhook/github HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    answer = await _in_thread(_exchange_until_closed, kwp.port.getHost().port, request)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert b"connection: close" in answer.lower()
