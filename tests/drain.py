@@ -35,16 +35,6 @@ def fill(db_path: Path, count: int, payload_size: int) -> None:
     connection.close()
 
 
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, in KiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0])
-    return values
-
-
 @dataclass
 class Drained:
     seconds: float
@@ -62,7 +52,7 @@ def drain(daemon: Daemon, stall: float, timeout: float) -> Drained:
     """GET the whole backlog in one response.  The client reads nothing for
     `stall` seconds first, so a server that ignores backpressure would have
     buffered the backlog in memory by then."""
-    before = memory_kib(daemon.proc.pid)["VmRSS"]
+    before = daemon.memory_kib("VmRSS")
     started = time.monotonic()
     connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
     connection.request("GET", f"/api/webhook/{CHANNEL}", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -80,7 +70,7 @@ def drain(daemon: Daemon, stall: float, timeout: float) -> Drained:
         raise TimeoutError(f"drain not finished within {timeout}s")
     seconds = time.monotonic() - started
     connection.close()
-    peak = memory_kib(daemon.proc.pid)["VmHWM"]
+    peak = daemon.memory_kib("VmHWM")
     body = b"".join(chunks)
     items = json.loads(body)
     return Drained(seconds, [item["payload"]["n"] for item in items], before, peak, len(body))

@@ -197,6 +197,11 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def memory_kib(self, key: str) -> int:
+        """A memory figure of the process (VmRSS, VmHWM for the peak), in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(f"{key}:"))
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

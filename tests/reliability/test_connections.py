@@ -15,11 +15,6 @@ IDLE = 1000
 SLOW = 50
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def open_sockets(port: int, count: int) -> list[socket.socket]:
     sockets = []
     for n in range(count):
@@ -48,7 +43,7 @@ def test_idle_and_slowloris_clients_are_cut_off_while_webhooks_flow(daemon):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * IDLE), hard))
     d = daemon(extra_args=["--receive-timeout", "5", "--idle-timeout", "3"])
     assert post(d.port, "open", {"warm": "up"})[0] == 200
-    rss_before = rss_kib(d.proc.pid)
+    rss_before = d.memory_kib("VmRSS")
 
     idle = open_sockets(d.port, IDLE)
     slow = open_sockets(d.port, SLOW)
@@ -78,7 +73,7 @@ def test_idle_and_slowloris_clients_are_cut_off_while_webhooks_flow(daemon):
             assert status == 200
             n += 1
             time.sleep(0.02)
-        peak = rss_kib(d.proc.pid)
+        peak = d.memory_kib("VmRSS")
         # Idle ones go after 3 s, trickling ones after 5 s; allow for a loaded machine.
         cut = time.monotonic() + 20
         while time.monotonic() < cut and not all(closed_by_server(s) for s in idle + slow):
