@@ -361,9 +361,9 @@ class Forwarder(Service):
             else:
                 max_attempts = self.forward.max_attempts
                 dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)
-                next_at = None if dead else now + self._delay(attempt, result.retry_after)
+                delay = None if dead else self._delay(attempt, result.retry_after)
                 await self._storage.forward_failed(
-                    self.name, item.id, now, result.error, next_at, DEAD if dead else PENDING
+                    self.name, item.id, now, result.error, None if dead else now + delay, DEAD if dead else PENDING
                 )
                 if not dead:
                     log.info(
@@ -372,7 +372,7 @@ class Forwarder(Service):
                         id=item.id,
                         n=attempt,
                         error=result.error,
-                        delay=next_at - now,
+                        delay=delay,
                     )
                 elif item.state != DEAD:
                     log.warn(
