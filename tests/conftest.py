@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -23,52 +25,53 @@ BASIC_CONFIG = {
 }
 
 
+def _tracked(make, stop):
+    """The body of a fixture whose value starts things: make(...) each time
+    the test calls it, stop(thing) for each of them at teardown."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(make(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for thing in started:
+        stop(thing)
+
+
+def _blockon_stop(thing) -> None:
+    pytest_twisted.blockon(defer.ensureDeferred(thing.stop()))
+
+
 @pytest.fixture
 def local_kwp(tmp_path):
     """Start kwp's Site in this process: local_kwp(config_dict=BASIC_CONFIG,
     receive_timeout=..., idle_timeout=...)."""
-    started = []
+    databases = itertools.count()
 
-    def start(config_data=BASIC_CONFIG, **site_options):
-        kwp = LocalKwp(config_data, tmp_path / f"kwp{len(started)}.db", **site_options)
+    def make(config_data=BASIC_CONFIG, **site_options):
+        kwp = LocalKwp(config_data, tmp_path / f"kwp{next(databases)}.db", **site_options)
         kwp.start()
-        started.append(kwp)
         return kwp
 
-    yield start
-    for kwp in started:
-        pytest_twisted.blockon(defer.ensureDeferred(kwp.stop()))
+    yield from _tracked(make, _blockon_stop)
 
 
 @pytest.fixture
 def target():
     """A local forward target on 127.0.0.1: target(port=0)."""
-    targets = []
-
-    def start(port=0):
-        t = Target().listen(port)
-        targets.append(t)
-        return t
-
-    yield start
-    for t in targets:
-        pytest_twisted.blockon(defer.ensureDeferred(t.stop()))
+    yield from _tracked(lambda port=0: Target().listen(port), _blockon_stop)
 
 
 @pytest.fixture
 def daemon(tmp_path):
     """Start the real `twistd -n kwp`: daemon(config_dict, extra_args=...)."""
-    started = []
 
-    def start(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name="kwp.db"):
+    def make(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name="kwp.db"):
         config_path = write_config(tmp_path / "config.yml", config_data)
-        d = Daemon(tmp_path, config_path, tmp_path / db_name, extra_args, env).start()
-        started.append(d)
-        return d
+        return Daemon(tmp_path, config_path, tmp_path / db_name, extra_args, env).start()
 
-    yield start
-    for d in started:
-        d.kill()
+    yield from _tracked(make, Daemon.kill)
 
 
 @pytest.fixture
