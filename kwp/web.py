@@ -392,11 +392,9 @@ class KwpSite(Site):
 
     def log(self, request):
         now = self.reactor.seconds()
-        method = request.method.decode("latin-1")
-        path = request.path.decode("latin-1")
         fields = {
-            "method": method,
-            "path": path,
+            "method": request.method.decode("latin-1"),
+            "path": request.path.decode("latin-1"),
             "status": request.code,
             "size": request.sentLength,
             "duration_ms": (now - getattr(request, "kwp_started", now)) * 1000,
