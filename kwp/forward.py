@@ -34,7 +34,7 @@ from twisted.web.http_headers import Headers
 from kwp import verify
 from kwp.config import Channel, Config
 from kwp.receive import stored_headers
-from kwp.storage import DEAD, PENDING, ChannelState, ForwardItem
+from kwp.storage import DEAD, PENDING, QueueState, ForwardItem
 
 log = Logger()
 
@@ -317,7 +317,7 @@ class Forwarder(Service):
         # Listen before reading, so an insert during the read is not missed.
         self._listen()
         if self._paused is None:
-            self._paused = (await self._storage.channel_state(self.name)).paused
+            self._paused = (await self._storage.queue_state(self.name)).paused
         limit = self.forward.concurrency
         if self._paused or len(self._in_flight) >= limit:
             return None
@@ -468,7 +468,7 @@ def _timestamp(value: float | None):
     return None if value is None else round(value, 3)
 
 
-def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> bytes:
+def encode_queue(state: QueueState, size: int, items: list[ForwardItem]) -> bytes:
     """The body of GET .../queue; stored payloads are valid JSON, spliced as is."""
     status = json.dumps(
         {

@@ -15,7 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from kwp.storage import PENDING, ChannelState, ForwardItem
+from kwp.storage import PENDING, ForwardItem, QueueState
 
 
 class MemoryStorage:
@@ -23,7 +23,7 @@ class MemoryStorage:
 
     def __init__(self):
         self.rows: dict[int, tuple[str, ForwardItem]] = {}
-        self.states: dict[str, ChannelState] = {}
+        self.states: dict[str, QueueState] = {}
         self._next_id = 1
 
     def add(self, channel: str, body: bytes = b'{"n": 1}', headers: dict | None = None, at: float = 0.0) -> int:
@@ -41,7 +41,7 @@ class MemoryStorage:
         return [item for c, item in sorted(self.rows.values(), key=lambda r: r[1].id) if c == channel]
 
     def _note(self, channel: str, **values) -> None:
-        self.states[channel] = replace(self.states.get(channel, ChannelState()), **values)
+        self.states[channel] = replace(self.states.get(channel, QueueState()), **values)
 
     def forward_window(self, channel, limit, now):
         return succeed([i for i in self._items(channel) if i.state == PENDING][:limit])
@@ -73,7 +73,7 @@ class MemoryStorage:
         return succeed(None)
 
     def channel_state(self, channel):
-        return succeed(self.states.get(channel, ChannelState()))
+        return succeed(self.states.get(channel, QueueState()))
 
     def set_paused(self, channel, paused):
         self._note(channel, paused=paused)
@@ -81,7 +81,7 @@ class MemoryStorage:
 
     def queue(self, channel, limit, after):
         items = self._items(channel)
-        state = self.states.get(channel, ChannelState())
+        state = self.states.get(channel, QueueState())
         return succeed((state, len(items), [i for i in items if i.id > after][:limit]))
 
     def clear(self, channel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageError, open_storage
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, QueueStats, Route, StorageError, open_storage
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 
 
@@ -27,7 +28,9 @@ def storage(tmp_path):
     s.stopService()
 
 
-def hook(n=0, channel="a", **kwargs):
+def hook(n=0, channel="a", max_queue=None, **kwargs):
+    if max_queue is not None:
+        kwargs["routes"] = (Route(max_queue=max_queue),)
     return NewWebhook(channel, '{"x":"1"}', b'{"n":%d}' % n, 1000.0 + n, **kwargs)
 
 
@@ -72,9 +75,9 @@ async def test_concurrent_inserts_commit_in_batches(storage):
     ids = await gatherResults([storage.insert(hook(i)) for i in range(50)])
     assert ids == sorted(ids) and len(set(ids)) == 50
     # Inserts within the commit window share one transaction.
-    assert transactions.count("_insert_batch") == 1
+    assert transactions.count("insert_batch") == 1
     await gatherResults([storage.insert(hook(i)) for i in range(50, 53)])
-    assert transactions.count("_insert_batch") == 2
+    assert transactions.count("insert_batch") == 2
     rows = await storage.list("a", 100, 0)
     assert [r.body for r in rows] == [b'{"n":%d}' % i for i in range(53)]
 
@@ -118,7 +121,7 @@ async def test_claims_are_exclusive_and_settle(storage):
     second = await storage.claim("a", "c2", 10, 2000.0, None)
     assert [r.id for r in first] == [1, 2, 3] and [r.id for r in second] == [4, 5]
     await storage.release_claim("c1")
-    await storage.finish_claim("c2")
+    await storage.finish_claim("c2", 2000.0)
     assert [r.id for r in await storage.list("a", 10, 0)] == [1, 2, 3]
     assert [r.deliveries for r in await storage.claim("a", "c3", 10, 2000.0, None)] == [1, 1, 1]
 
@@ -131,9 +134,9 @@ async def test_leases_expire_and_ack_deletes(storage):
     assert await storage.claim("a", "c2", 10, 2029.0, 30) == []
     again = await storage.claim("a", "c2", 10, 2030.0, 30)
     assert [r.deliveries for r in again] == [2, 2]
-    assert await storage.ack("b", [r.id for r in leased]) == 0
-    assert await storage.ack("a", [leased[0].id, 999]) == 1
-    assert await storage.ack("a", [leased[0].id]) == 0
+    assert await storage.ack("b", [r.id for r in leased], 2031.0) == 0
+    assert await storage.ack("a", [leased[0].id, 999], 2031.0) == 1
+    assert await storage.ack("a", [leased[0].id], 2031.0) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -157,7 +160,7 @@ async def test_dedup_window_and_queue_limit(storage):
     first = await storage.insert(hook(1, delivery_id="d1", dedup_window=60))
     assert isinstance(first, int)
     assert await storage.insert(hook(2, delivery_id="d1", dedup_window=60)) is DUPLICATE
-    await storage.delete("a", first)
+    await storage.delete("a", first, 1001.0)
     assert await storage.insert(hook(3, delivery_id="d1", dedup_window=60)) is DUPLICATE
     assert isinstance(await storage.insert(hook(70, delivery_id="d1", dedup_window=60)), int)
     assert isinstance(await storage.insert(hook(80, channel="b", delivery_id="d1", dedup_window=60)), int)
@@ -166,7 +169,7 @@ async def test_dedup_window_and_queue_limit(storage):
     assert isinstance(await storage.insert(hook(2, channel="q", max_queue=2)), int)
     assert await storage.insert(hook(3, channel="q", max_queue=2, delivery_id="dq")) is QUEUE_FULL
     # A refused webhook's delivery id is not remembered: its retry can get in.
-    await storage.delete("q", oldest)
+    await storage.delete("q", oldest, 1003.0)
     assert isinstance(await storage.insert(hook(4, channel="q", max_queue=2, delivery_id="dq")), int)
 
 
@@ -196,7 +199,7 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
     path = str(tmp_path / "kwp.db")
     s = started(path)
     ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
-    await s.delete("a", ids[-1])
+    await s.delete("a", ids[-1], 2000.0)
     await s.stopService()
     # A row written by another program meanwhile (as the benchmark fills one).
     connection = sqlite3.connect(path)
@@ -207,7 +210,7 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
     s = started(path)
     try:
         assert await s.insert(hook(5)) == 11
-        await s.delete("a", 11)
+        await s.delete("a", 11, 2000.0)
         assert await s.insert(hook(6, delivery_id="d")) == 12
     finally:
         await s.stopService()
@@ -217,4 +220,77 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
 async def test_queue_stats_count_each_channel_and_give_its_oldest_arrival(storage):
     for channel, at in [("a", 30.0), ("b", 10.0), ("a", 40.0), ("b", 20.0), ("b", 50.0)]:
         await storage.insert(NewWebhook(channel, "{}", b"{}", at))
-    assert await storage.queue_stats() == {"a": (2, 30.0), "b": (3, 10.0)}
+    assert await storage.queue_stats() == {
+        ("a", "default"): QueueStats(2, 30.0, 0),
+        ("b", "default"): QueueStats(3, 10.0, 0),
+    }
+
+
+def routed(n, *consumers, channel="a", **kwargs):
+    return hook(n, channel=channel, routes=tuple(Route(c) for c in consumers), **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_of_the_first_release_keeps_every_queue_lease_dead_letter_and_pause(tmp_path):
+    """tests/data/kwp-v3.db was written by the storage of release 0.1.0:
+    channel "pull" with webhooks 1-5 (1 and 2 leased for ever, 3 pulled),
+    duplicate ids d0-d4; channel "push" with 6 dead, 7 failed once and due
+    at 9999, 8 forwarded, and its forwarding paused."""
+    path = tmp_path / "kwp.db"
+    path.write_bytes((Path(__file__).parent / "data" / "kwp-v3.db").read_bytes())
+    s = started(path)
+    try:
+        assert [r.id for r in await s.list("pull", 10)] == [1, 2, 4, 5]
+        assert [(r.id, r.deliveries) for r in await s.claim("pull", "new", 10, 3000.0, None)] == [(4, 1), (5, 1)]
+        assert await s.ack("pull", [1, 2], 3001.0) == 2
+        state, size, items = await s.queue("push", 10)
+        assert state.paused and state.last_success_at == 3003.0 and state.last_error_message == "network down"
+        assert size == 2
+        assert [(i.id, i.state, i.forward_attempts, i.last_error) for i in items] == [
+            (6, "dead", 1, "unexpected status 500"),
+            (7, "pending", 1, "network down"),
+        ]
+        assert [(i.id, i.next_attempt_at) for i in await s.forward_window("push", 5, 3000.0)] == [(7, 9999.0)]
+        again = NewWebhook("pull", "{}", b"{}", 1500.0, delivery_id="d0", dedup_window=86400)
+        assert await s.insert(again) is DUPLICATE
+        assert await s.insert(hook(9)) == 9
+    finally:
+        await s.stopService()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_consumer_has_its_own_queue_claims_and_acks(storage):
+    for i in range(3):
+        await storage.insert(routed(i, "ci", "chat"))
+    ci = await storage.claim("a", "c1", 2, 2000.0, 30, consumer="ci")
+    assert [r.id for r in ci] == [1, 2]
+    assert [r.id for r in await storage.claim("a", "c2", 10, 2000.0, 30, consumer="chat")] == [1, 2, 3]
+    assert await storage.ack("a", [1, 2], 2001.0, consumer="ci") == 2
+    assert [r.id for r in await storage.list("a", 10, consumer="ci")] == [3]
+    assert [r.id for r in await storage.list("a", 10, consumer="chat")] == [1, 2, 3]
+    assert await storage.list("a", 10) == []
+    assert await storage.delete("a", 3, 2002.0, consumer="chat")
+    assert not await storage.delete("a", 3, 2002.0, consumer="chat")
+    assert await storage.clear("a", 2003.0, consumer="ci") == 1
+    stats = await storage.queue_stats()
+    assert stats == {("a", "chat"): QueueStats(2, 1000.0, 0)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_consumer_refuses_the_webhook_for_every_consumer(storage):
+    full = (Route("ci", max_queue=1), Route("chat"))
+    assert isinstance(await storage.insert(hook(1, routes=full)), int)
+    assert await storage.insert(hook(2, routes=full, delivery_id="x", dedup_window=60)) is QUEUE_FULL
+    assert [r.id for r in await storage.list("a", 10, consumer="chat")] == [1]
+    # Not remembered as seen: the sender's retry gets in once there is room.
+    await storage.ack("a", [r.id for r in await storage.claim("a", "c", 1, 2000.0, 5, consumer="ci")], 2000.0, consumer="ci")
+    assert isinstance(await storage.insert(hook(3, routes=full, delivery_id="x", dedup_window=60)), int)
+
+
+@pytest_twisted.ensureDeferred
+async def test_paused_and_outcomes_are_per_consumer(storage):
+    await storage.set_paused("a", True, consumer="chat")
+    assert (await storage.queue_state("a", consumer="chat")).paused
+    assert not (await storage.queue_state("a", consumer="ci")).paused
+    assert not (await storage.queue_state("a")).paused

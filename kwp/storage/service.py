@@ -1,0 +1,202 @@
+"""The storage service over adbapi: group commit of inserts, and every other
+call as one transaction of kwp.storage.queries.
+
+Inserts that arrive while a transaction runs wait in a queue and are written
+together in the next one: one commit per batch, and each caller's Deferred
+fires only after the commit that holds its webhook.  A backend subclass
+gives the connection pool, the SQL dialect and what counts as "cannot write
+now".
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kwp.storage import DEFAULT_CONSUMER, IStorage, NewWebhook, Retention, StorageError, StorageUnavailable
+from kwp.storage import queries as q
+
+log = Logger()
+
+# How long the first webhook of a batch waits for others.  Each transaction
+# hands the GIL between the reactor thread and the writer thread a dozen
+# times, which under load costs the reactor thread far more than the insert
+# itself; a short window makes batches larger and those hand-overs rarer.
+COMMIT_WINDOW = 0.002
+
+
+@implementer(IStorage)
+class AdbapiStorage(Service):
+    name = "storage"
+    dialect: q.Dialect
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._pool: adbapi.ConnectionPool | None = None
+        self._queue: list[tuple[NewWebhook, Deferred]] = []
+        self._writing = False
+        self._flush: IDelayedCall | None = None
+        self._pending: set[Deferred] = set()
+        self.retention = Retention()
+
+    # --- what a backend provides -----------------------------------------------
+
+    def _connection_pool(self) -> adbapi.ConnectionPool:
+        raise NotImplementedError
+
+    def _unavailable(self, error: BaseException) -> StorageUnavailable | None:
+        """StorageUnavailable when error means that nothing can be written
+        now (and what is stored is intact), else None."""
+        return None
+
+    # --- the service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = self._connection_pool()
+        self._pool.start()
+        self._run(q.release_orphans).addErrback(lambda f: log.failure("releasing unfinished pulls", f))
+
+    def stopService(self) -> Deferred:
+        """Close the pool once the transactions already asked for are done."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._write_next()
+        super().stopService()
+        pool, self._pool = self._pool, None
+
+        def close(_):
+            if pool is not None:
+                pool.close()
+
+        return DeferredList(list(self._pending)).addCallback(close)
+
+    def _run(self, txn_function, *args) -> Deferred:
+        if self._pool is None or not self.running:
+            return fail(StorageError("the storage service is not running"))
+        d = self._pool.runInteraction(txn_function, *args)
+        self._pending.add(d)
+
+        def settled(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(settled)
+
+    # --- receive ---------------------------------------------------------------
+
+    def insert(self, webhook: NewWebhook) -> Deferred:
+        d = Deferred()
+        self._queue.append((webhook, d))
+        self._schedule()
+        return d
+
+    def _schedule(self) -> None:
+        """Write the queue COMMIT_WINDOW from now, unless a write is under way
+        or planned already: the end of the running batch plans the next."""
+        if not self._writing and self._flush is None:
+            self._flush = self._reactor.callLater(COMMIT_WINDOW, self._write_next)
+
+    def _write_next(self) -> None:
+        self._flush = None
+        batch, self._queue = self._queue, []
+        self._writing = True
+        done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
+
+        def committed(results):
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure):
+            unavailable = self._unavailable(failure.value)
+            if unavailable is not None:
+                log.warn("cannot store webhooks: {reason}", reason=unavailable)
+                unavailable.__cause__ = failure.value
+                failure = Failure(unavailable)
+            for _, d in batch:
+                d.errback(failure)
+
+        def next_batch(outcome):
+            self._writing = False
+            if self._queue:
+                self._schedule()
+            return outcome
+
+        done.addBoth(next_batch).addCallbacks(committed, failed)
+
+    # --- pull ------------------------------------------------------------------
+
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+
+    def finish_claim(self, claim_id, now) -> Deferred:
+        return self._run(q.finish_claim, claim_id, now, self.retention)
+
+    def release_claim(self, claim_id) -> Deferred:
+        return self._run(q.release_claim, claim_id)
+
+    def ack(self, channel, ids, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.ack, channel, consumer, ids, now, self.retention)
+
+    def list(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.list_queue, channel, consumer, limit, after)
+
+    def delete(self, channel, webhook_id, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.delete, channel, consumer, webhook_id, now, self.retention)
+
+    def clear(self, channel, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.clear, channel, consumer, now, self.retention)
+
+    # --- push ------------------------------------------------------------------
+
+    def forward_window(self, channel, limit, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.forward_window, channel, consumer, limit, now)
+
+    def forward_get(self, channel, webhook_id, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.forward_get, channel, consumer, webhook_id)
+
+    def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.forward_succeeded, channel, consumer, webhook_id, attempt, self.retention)
+
+    def forward_failed(self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER):
+        return self._run(q.forward_failed, channel, consumer, webhook_id, attempt, next_attempt_at, state)
+
+    def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.queue_state, channel, consumer)
+
+    def set_paused(self, channel, paused, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.set_paused, channel, consumer, paused)
+
+    def queue(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.queue, channel, consumer, limit, after)
+
+    def queue_stats(self) -> Deferred:
+        return self._run(q.queue_stats)
+
+    # --- history ---------------------------------------------------------------
+
+    def events(self, channel, query, limit) -> Deferred:
+        return self._run(q.events, channel, query, limit)
+
+    def event(self, channel, webhook_id) -> Deferred:
+        return self._run(q.event, channel, webhook_id)
+
+    def events_after(self, channel, after, limit, consumer=None) -> Deferred:
+        return self._run(q.events_after, channel, after, limit, consumer)
+
+    def replay(self, channel, ids, consumers, now, state=None) -> Deferred:
+        return self._run(q.replay, self.dialect, channel, ids, consumers, now, state)
+
+    def purge(self, channel, webhook_id) -> Deferred:
+        return self._run(q.purge, channel, webhook_id)
+
+    def prune(self, now, batch) -> Deferred:
+        return self._run(q.prune, self.retention, now, batch)
+
+    def ping(self) -> Deferred:
+        return self._run(q.ping)
