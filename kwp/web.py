@@ -451,7 +451,7 @@ class KwpApp:
 
     def _authorize(self, request, name: str):
         request.kwp_channel = name
-        return authorize(self._config(request), name, _authorization(request))
+        return authorize(self._config(request), name, _authorization(request)).channel
 
     def _authorize_forward(self, request, name: str):
         channel = self._authorize(request, name)
