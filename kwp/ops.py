@@ -180,8 +180,8 @@ class Metrics:
         return generate_latest(_Scrape(self.registry, self._config(), stats, self._clock.seconds()))
 
 
-def _queues(config: Config) -> set[str]:
-    return {f"{ch.name}/{c.name}" for ch in config.channels for c in ch.consumers}
+def _queues(config: Config, channels) -> set[str]:
+    return {f"{ch.name}/{c.name}" for ch in config.channels if ch.name in channels for c in ch.consumers}
 
 
 def describe_change(old: Config, new: Config) -> str:
@@ -189,13 +189,14 @@ def describe_change(old: Config, new: Config) -> str:
     their consumers.  A removed consumer's webhooks stay stored."""
     before = {c.name: c for c in old.channels}
     after = {c.name: c for c in new.channels}
+    kept = after.keys() & before.keys()
     parts = [f"{len(new.channels)} channels"]
     for label, names in (
         ("added", after.keys() - before.keys()),
         ("removed", before.keys() - after.keys()),
-        ("changed", {n for n in after.keys() & before.keys() if after[n] != before[n]}),
-        ("consumers added", _queues(new) - _queues(old)),
-        ("consumers removed (their webhooks stay, for the admin token with ?consumer=)", _queues(old) - _queues(new)),
+        ("changed", {n for n in kept if after[n] != before[n]}),
+        ("consumers added", _queues(new, kept) - _queues(old, kept)),
+        ("consumers removed (their webhooks stay, for the admin token with ?consumer=)", _queues(old, kept) - _queues(new, kept)),
     ):
         if names:
             parts.append(f"{label}: {', '.join(sorted(names))}")

@@ -50,14 +50,16 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
         outcomes=[],
     )
     kit.config = config(forward, **channel)
+    channel = kit.config.channel("ch")
     kit.forwarder = Forwarder(
-        kit.config.channel("ch"),
+        channel,
+        channel.consumers[0],
         frozenset({"x-ignored"}),
         kit.storage,
         kit.notifier,
         clock,
         kit.client,
-        report=lambda name, outcome, seconds: kit.outcomes.append((name, outcome)),
+        report=lambda name, consumer, outcome, seconds: kit.outcomes.append((name, outcome)),
         randomness=randomness,
         grace=5,
     )
@@ -65,7 +67,7 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
 
     def post(body=b'{"n": 1}', headers=None):
         webhook_id = kit.storage.add("ch", body, headers)
-        kit.notifier.fire("ch")
+        kit.notifier.fire(("ch", "default"))
         return webhook_id
 
     kit.post = post
@@ -111,7 +113,7 @@ def test_delivers_at_once_on_insert_with_stored_headers_and_own_headers():
     assert sent.kwargs["allow_redirects"] is False
     sent.respond(200)
     assert kit.storage.item(webhook_id) is None
-    assert kit.storage.states["ch"].last_success_at == 0
+    assert kit.storage.states["ch", "default"].last_success_at == 0
     assert kit.outcomes == [("ch", "ok")]
 
 
@@ -401,7 +403,7 @@ def test_queue_encodes_status_and_items():
     forwarders = Forwarders(config({"max-attempts": 1}), storage, Notifier(), clock, FakeClient(clock, [500]))
     storage.add("ch", b'{"a": [1.50]}', {"x-a": "1"}, at=12.7)
     forwarders.startService()
-    body = json.loads(ensureDeferred(forwarders.queue("ch", 100, 0)).result)
+    body = json.loads(ensureDeferred(forwarders.queue("ch", "default", 100, 0)).result)
     assert body == {
         "status": {
             "paused": False,
@@ -424,7 +426,7 @@ def test_queue_encodes_status_and_items():
             }
         ],
     }
-    assert ensureDeferred(forwarders.clear("ch")).result == 1
+    assert ensureDeferred(forwarders.clear("ch", "default")).result == 1
     ensureDeferred(forwarders.stopService())
 
 
@@ -444,3 +446,36 @@ def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
     for hook in service.on_reload:
         hook(config({"url": "http://elsewhere.invalid/"}))
     assert forwarders.get("ch").forward.url == "http://elsewhere.invalid/"
+
+
+def test_each_push_consumer_has_its_own_forwarder_pause_and_log():
+    clock = Clock()
+    storage = MemoryStorage()
+    client = FakeClient(clock)
+    notifier = Notifier()
+    consumers = [
+        {"name": "ci", "forward": {"url": URL, "interval-seconds": 1}},
+        {"name": "chat", "forward": {"url": URL + "/chat", "interval-seconds": 1}},
+        {"name": "pull", "token": "pull-token"},
+    ]
+    cfg = parse_config({"channels": [{"name": "ch", "token": "t", "consumers": consumers}]})
+    outcomes = []
+    forwarders = Forwarders(cfg, storage, notifier, clock, client, report=lambda *o: outcomes.append(o[:3]))
+    forwarders.startService()
+    assert sorted(f.name for f in forwarders) == ["ch/chat", "ch/ci"]
+    ensureDeferred(forwarders.set_paused("ch", "chat", True))
+    for consumer in ("ci", "chat"):
+        storage.add("ch", b'{"n": 1}', consumer=consumer)
+        notifier.fire(("ch", consumer))
+    [sent] = client.sent
+    assert sent.url == URL and sent.header("x-kwp-delivery-id") == "ch.ci-1"
+    clock.advance(0.25)
+    sent.respond(502, b"bad gateway " * 200)
+    assert outcomes == [("ch", "ci", "unexpected_status")]
+    [(webhook_id, consumer, attempt)] = storage.attempts
+    assert (webhook_id, consumer, attempt.status_code, attempt.duration_ms) == (1, "ci", 502, 250.0)
+    assert attempt.error.startswith("unexpected status 502") and attempt.response_excerpt.startswith("bad gateway")
+    ensureDeferred(forwarders.set_paused("ch", "chat", False))
+    assert [s.url for s in client.sent] == [URL, URL + "/chat"]
+    assert client.sent[1].header("x-kwp-delivery-id") == "ch.chat-2"
+    ensureDeferred(forwarders.stopService())

@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
+from kwp.storage import Attempt
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
 from tests.support import free_port, metric_samples, until
 
@@ -273,15 +274,15 @@ async def test_v1_database_is_migrated_with_its_webhooks(tmp_path):
     try:
         [item] = await storage.forward_window("push", 10, 0)
         assert (item.body, item.state, item.forward_attempts, item.next_attempt_at) == (b"{}", "pending", 0, None)
-        await storage.forward_failed("push", item.id, 6, "boom", None, "dead")
+        await storage.forward_failed("push", item.id, Attempt(6, error="boom"), None, "dead")
         assert await storage.forward_window("push", 10, 0) == []
         state, size, [dead] = await storage.queue("push", 10, 0)
         assert (size, dead.state, dead.forward_attempts, state.last_error_message) == (1, "dead", 1, "boom")
         await storage.set_paused("push", True)
-        assert (await storage.channel_state("push")).paused is True
-        assert (await storage.channel_state("push")).last_error_at == 6
-        await storage.forward_succeeded("push", item.id, 7)
+        assert (await storage.queue_state("push")).paused is True
+        assert (await storage.queue_state("push")).last_error_at == 6
+        await storage.forward_succeeded("push", item.id, Attempt(7, 200))
         assert await storage.forward_get("push", item.id) is None
-        assert (await storage.channel_state("push")).last_success_at == 7
+        assert (await storage.queue_state("push")).last_success_at == 7
     finally:
         storage.stopService()
