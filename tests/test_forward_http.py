@@ -60,10 +60,10 @@ async def test_attempts_are_counted_in_the_metrics(local_kwp, target):
     await until(lambda: _empty(kwp))
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
     assert samples["kwp_webhook_forward_total"] == {
-        (("channel", "push"), ("status", "unexpected_status")): 1,
-        (("channel", "push"), ("status", "ok")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "unexpected_status")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "ok")): 1,
     }
-    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"),): 2}
+    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"), ("consumer", "default")): 2}
 
 
 @pytest_twisted.ensureDeferred
