@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 
 from kwp import verify
 from kwp.config import Channel, Config
+from kwp.headers import passed_on
 from kwp.receive import stored_headers
 from kwp.storage import DEAD, PENDING, ChannelState, ForwardItem
 
@@ -100,27 +101,30 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 
 
 def delivery_id(channel: str, webhook_id: int) -> str:
+    """The X-Kwp-Delivery-Id of a webhook, from the forwarder and the relay alike."""
     return f"{channel}-{webhook_id}"
 
 
-def outgoing_headers(channel: Channel, ignored: frozenset[str], item: ForwardItem, attempt: int) -> Headers:
-    """The stored headers minus hop-by-hop and ignored ones, re-signed when
-    the channel says so, plus the delivery id and the attempt number."""
+def outgoing_headers(
+    channel: Channel, ignored: frozenset[str], item: ForwardItem, attempt: int, now: float
+) -> tuple[Headers, list[str]]:
+    """The headers of one attempt: the stored ones that are passed on (see
+    kwp.headers, minus ``ignored``), signed at ``now`` when the channel says
+    so, plus the delivery id and the attempt number; and the names of stored
+    headers left out because they cannot be sent."""
     forward = channel.forward
-    drop = set(OWN_HEADERS)
-    if forward.sign_header:
-        drop.add(forward.sign_header.lower())
+    replaced = OWN_HEADERS | verify.forward_signature_names(forward)
+    stored = stored_headers(json.loads(item.headers_json), ignored | replaced)
+    kept, unsendable = passed_on(stored, forward.headers)
     headers = Headers()
-    for name, value in stored_headers(json.loads(item.headers_json), ignored).items():
-        if name not in drop:
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    if forward.sign_header:
-        secret = forward.sign_secret or channel.secrets[0]
-        signature = verify.sign_forward(forward.sign_template, secret, item.body)
-        headers.addRawHeader(forward.sign_header.encode("latin-1"), signature.encode("latin-1"))
-    headers.addRawHeader(b"X-Kwp-Delivery-Id", delivery_id(channel.name, item.id).encode())
+    for name, value in kept.items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    webhook = delivery_id(channel.name, item.id)
+    for name, value in verify.forward_signature(forward, item.body, webhook, now).items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    headers.addRawHeader(b"X-Kwp-Delivery-Id", webhook.encode())
     headers.addRawHeader(b"X-Kwp-Attempt", str(attempt).encode())
-    return headers
+    return headers, unsendable
 
 
 def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -132,14 +136,16 @@ def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
     return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
 
 
-class _CappedBody(Protocol):
-    """Keeps the first ``limit`` bytes of a response body and then hangs up,
-    so a huge or endless body costs neither memory nor time."""
+class CappedBody(Protocol):
+    """Keeps the first ``limit`` bytes of a response body and then hangs up
+    (``truncated`` tells), so a huge or endless body costs neither memory
+    nor time."""
 
     def __init__(self, limit: int):
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+        self.truncated = False
         self.done = Deferred(lambda _: self._hang_up())
 
     def _hang_up(self) -> None:
@@ -152,6 +158,7 @@ class _CappedBody(Protocol):
             self._parts.append(data[:room])
             self._size += min(room, len(data))
         if len(data) > room:
+            self.truncated = True
             self._hang_up()
 
     def connectionLost(self, reason) -> None:
@@ -400,10 +407,17 @@ class Forwarder(Service):
 
     async def _attempt(self, item: ForwardItem, attempt: int) -> AttemptResult:
         try:
-            headers = outgoing_headers(self.channel, self._ignored, item, attempt)
+            headers, unsendable = outgoing_headers(self.channel, self._ignored, item, attempt, self._clock.seconds())
         except Exception:
             log.failure("forwarder {channel}: cannot build the request for webhook {id}", channel=self.name, id=item.id)
             return AttemptResult(False, INTERNAL_ERROR, error="internal error: cannot build the request")
+        if unsendable:
+            log.warn(
+                "forwarder {channel}: webhook {id}: headers {names} are not valid HTTP; sent without them",
+                channel=self.name,
+                id=item.id,
+                names=unsendable,
+            )
         exchange = ensureDeferred(self._post(item.body, headers))
         timed_out = []
 
@@ -437,7 +451,7 @@ class Forwarder(Service):
         response = await self._client.request(
             "POST", self._url, data=body, headers=headers, auth=self._auth, allow_redirects=False, unbuffered=True
         )
-        reader = _CappedBody(MAX_BODY_KEPT)
+        reader = CappedBody(MAX_BODY_KEPT)
         response.deliverBody(reader)
         content = await reader.done
         retry_after = response.headers.getRawHeaders(b"retry-after")
@@ -499,7 +513,7 @@ def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> by
 
 def _identity(channel: Channel, ignored: frozenset[str]) -> tuple:
     """What a forwarder is built from; a reload that changes it replaces it."""
-    return channel.forward, channel.secrets, ignored
+    return channel.forward, ignored
 
 
 class Forwarders(MultiService):
