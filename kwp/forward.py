@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 
 from kwp import verify
 from kwp.config import DEFAULT_CONSUMER, Channel, Config, Consumer
+from kwp.headers import passed_on
 from kwp.receive import stored_headers
 from kwp.storage import DEAD, PENDING, Attempt, ForwardItem, QueueState
 
@@ -100,34 +101,33 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 
 
 def delivery_id(channel: str, webhook_id: int, consumer: str = DEFAULT_CONSUMER) -> str:
-    """The X-Kwp-Delivery-Id of a webhook to a consumer: the same for every
-    attempt and replay."""
+    """The X-Kwp-Delivery-Id of a webhook to a consumer, from the forwarder
+    and the relay alike: the same for every attempt and replay."""
     if consumer == DEFAULT_CONSUMER:
         return f"{channel}-{webhook_id}"
     return f"{channel}.{consumer}-{webhook_id}"
 
 
 def outgoing_headers(
-    channel: Channel, consumer: Consumer, ignored: frozenset[str], item: ForwardItem, attempt: int
-) -> Headers:
-    """The stored headers minus hop-by-hop and ignored ones, re-signed when
-    the consumer's forward says so, plus the delivery id and the attempt
-    number."""
+    channel: Channel, consumer: Consumer, ignored: frozenset[str], item: ForwardItem, attempt: int, now: float
+) -> tuple[Headers, list[str]]:
+    """The headers of one attempt: the stored ones that are passed on (see
+    kwp.headers, minus ``ignored``), signed at ``now`` when the consumer's
+    forward says so, plus the delivery id and the attempt number; and the
+    names of stored headers left out because they cannot be sent."""
     forward = consumer.forward
-    drop = set(OWN_HEADERS)
-    if forward.sign_header:
-        drop.add(forward.sign_header.lower())
+    replaced = OWN_HEADERS | verify.forward_signature_names(forward)
+    stored = stored_headers(json.loads(item.headers_json), ignored | replaced)
+    kept, unsendable = passed_on(stored, forward.headers)
     headers = Headers()
-    for name, value in stored_headers(json.loads(item.headers_json), ignored).items():
-        if name not in drop:
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    if forward.sign_header:
-        secret = forward.sign_secret or channel.secrets[0]
-        signature = verify.sign_forward(forward.sign_template, secret, item.body)
-        headers.addRawHeader(forward.sign_header.encode("latin-1"), signature.encode("latin-1"))
-    headers.addRawHeader(b"X-Kwp-Delivery-Id", delivery_id(channel.name, item.id, consumer.name).encode())
+    for name, value in kept.items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    webhook = delivery_id(channel.name, item.id, consumer.name)
+    for name, value in verify.forward_signature(forward, item.body, webhook, now).items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    headers.addRawHeader(b"X-Kwp-Delivery-Id", webhook.encode())
     headers.addRawHeader(b"X-Kwp-Attempt", str(attempt).encode())
-    return headers
+    return headers, unsendable
 
 
 def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -139,14 +139,16 @@ def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
     return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
 
 
-class _CappedBody(Protocol):
-    """Keeps the first ``limit`` bytes of a response body and then hangs up,
-    so a huge or endless body costs neither memory nor time."""
+class CappedBody(Protocol):
+    """Keeps the first ``limit`` bytes of a response body and then hangs up
+    (``truncated`` tells), so a huge or endless body costs neither memory
+    nor time."""
 
     def __init__(self, limit: int):
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+        self.truncated = False
         self.done = Deferred(lambda _: self._hang_up())
 
     def _hang_up(self) -> None:
@@ -159,6 +161,7 @@ class _CappedBody(Protocol):
             self._parts.append(data[:room])
             self._size += min(room, len(data))
         if len(data) > room:
+            self.truncated = True
             self._hang_up()
 
     def connectionLost(self, reason) -> None:
@@ -412,12 +415,21 @@ class Forwarder(Service):
 
     async def _attempt(self, item: ForwardItem, attempt: int) -> AttemptResult:
         try:
-            headers = outgoing_headers(self.channel, self.consumer, self._ignored, item, attempt)
+            headers, unsendable = outgoing_headers(
+                self.channel, self.consumer, self._ignored, item, attempt, self._clock.seconds()
+            )
         except Exception:
             log.failure(
                 "forwarder {forwarder}: cannot build the request for webhook {id}", forwarder=self.name, id=item.id
             )
             return AttemptResult(False, INTERNAL_ERROR, error="internal error: cannot build the request")
+        if unsendable:
+            log.warn(
+                "forwarder {forwarder}: webhook {id}: headers {names} are not valid HTTP; sent without them",
+                forwarder=self.name,
+                id=item.id,
+                names=unsendable,
+            )
         exchange = ensureDeferred(self._post(item.body, headers))
         timed_out = []
 
@@ -451,7 +463,7 @@ class Forwarder(Service):
         response = await self._client.request(
             "POST", self._url, data=body, headers=headers, auth=self._auth, allow_redirects=False, unbuffered=True
         )
-        reader = _CappedBody(MAX_BODY_KEPT)
+        reader = CappedBody(MAX_BODY_KEPT)
         response.deliverBody(reader)
         content = await reader.done
         retry_after = response.headers.getRawHeaders(b"retry-after")
@@ -513,7 +525,7 @@ def encode_queue(state: QueueState, size: int, items: list[ForwardItem]) -> byte
 
 def _identity(channel: Channel, consumer: Consumer, ignored: frozenset[str]) -> tuple:
     """What a forwarder is built from; a reload that changes it replaces it."""
-    return consumer.forward, channel.secrets, ignored
+    return consumer.forward, ignored
 
 
 def forwarder_name(channel: str, consumer: str) -> str:

@@ -181,7 +181,8 @@ class FakeClient:
 
 class Target(Resource):
     """A webhook receiver on 127.0.0.1 in this process.  ``status`` is what it
-    answers (``None``: never answers); every request is kept in ``received``."""
+    answers (``None``: never answers), unless ``judge(body, headers)`` gives
+    another status; every request is kept in ``received``."""
 
     isLeaf = True
 
@@ -193,6 +194,7 @@ class Target(Resource):
         self.status = 200
         self.body = b"ok"
         self.delay = 0.0
+        self.judge = None
         self.received: list[dict] = []
         self._waiters: list[tuple[int, Deferred]] = []
         self._protocols: set = set()
@@ -228,23 +230,23 @@ class Target(Resource):
         return f"http://127.0.0.1:{self.port.getHost().port}/hook"
 
     def render_POST(self, request):
-        self.received.append(
-            {
-                "body": request.content.read(),
-                "headers": {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
-                "at": time.monotonic(),
-                "status": self.status,
-            }
-        )
+        body = request.content.read()
+        headers = {
+            k.decode().lower(): b", ".join(v).decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        status = self.status
+        if self.judge is not None:
+            status = self.judge(body, headers) or status
+        self.received.append({"body": body, "headers": headers, "at": time.monotonic(), "status": status})
         for waiter in [w for w in self._waiters if len(self.received) >= w[0]]:
             self._waiters.remove(waiter)
             waiter[1].callback(None)
-        if self.status is None:
+        if status is None:
             return NOT_DONE_YET
 
         def answer():
             if not request._disconnected:
-                request.setResponseCode(self.status)
+                request.setResponseCode(status)
                 request.write(self.body)
                 request.finish()
 

@@ -3,14 +3,18 @@ storage: schedule, Retry-After, dead letters, pause, order, concurrency."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import re
+import time
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -325,31 +329,131 @@ def test_expected_status_is_the_only_success():
     assert kit.storage.item(webhook_id) is None
 
 
-def test_re_signs_with_sign_header_and_first_webhook_secret():
+def test_re_signs_with_sign_header_and_sign_secret_replacing_the_senders_header():
     kit = make(
-        {"sign-header": "X-Hub-Signature-256", "sign-template": "sha256={{ signature }}"},
+        {"sign-header": "X-Hub-Signature-256", "sign-secret": "forward-key", "sign-template": "sha256={{ signature }}"},
         **{"webhook-secret": ["new-secret", "old-secret"], "secret-header": "X-Hub-Signature-256"},
     )
     body = b'{"action": "opened"}'
-    kit.post(body, {"content-type": "application/json", "x-hub-signature-256": "new-secret"})
-    expected = "sha256=" + hmac.new(b"new-secret", body, hashlib.sha256).hexdigest()
+    kit.post(body, {"content-type": "application/json", "x-hub-signature-256": "sha256=from-the-sender"})
+    expected = "sha256=" + hmac.new(b"forward-key", body, hashlib.sha256).hexdigest()
     sent = kit.client.sent[0]
     assert sent.headers.getRawHeaders(b"x-hub-signature-256") == [expected.encode()]
 
 
-def test_sign_secret_wins_over_webhook_secret():
-    kit = make(
-        {"sign-header": "X-Sig", "sign-secret": "forward-key"}, **{"webhook-secret": "in", "secret-header": "X-In"}
-    )
-    kit.post(b"{}")
-    assert kit.client.sent[0].header("x-sig") == hmac.new(b"forward-key", b"{}", hashlib.sha256).hexdigest()
-
-
-def test_sign_header_without_any_secret_is_a_config_error():
-    with pytest.raises(ConfigError, match="sign-header needs sign-secret"):
-        config({"sign-header": "X-Sig"})
+def test_sign_header_needs_its_own_sign_secret():
+    # The webhook-secret verifies what comes in; it never signs what goes out.
+    with pytest.raises(ConfigError) as error:
+        config({"sign-header": "X-Sig"}, **{"webhook-secret": "in", "secret-header": "X-In"})
+    assert error.value.errors == [
+        "config.yml: channels[0] (ch): forward: key 'sign-secret': is required with sign-header "
+        "(the webhook-secret never signs what kwp forwards)"
+    ]
     with pytest.raises(ConfigError, match="forward: key 'url'"):
         config({"url": "ftp://nope"})
+
+
+def test_headers_that_are_never_passed_on():
+    kit = make(**{"webhook-secret": "tg-secret", "secret-header": "X-Telegram-Bot-Api-Secret-Token"})
+    never = {
+        "cookie": "session=1",
+        "authorization": "Bearer inside-token",
+        "forwarded": "for=10.0.0.1",
+        "x-forwarded-for": "10.0.0.1",
+        "x-forwarded-host": "kwp.example",
+        "x-forwarded-proto": "https",
+        "x-real-ip": "10.0.0.1",
+        "x-http-method-override": "DELETE",
+        "x-method-override": "DELETE",
+        "x-http-method": "DELETE",
+        "expect": "100-continue",
+        "content-encoding": "gzip",
+    }
+    kit.post(b"{}", {"content-type": "application/json", "x-telegram-bot-api-secret-token": "tg-secret", **never})
+    sent = kit.client.sent[0]
+    assert {name: sent.header(name) for name in never} == dict.fromkeys(never)
+    # A plain channel's secret header is passed on: the app behind may check it.
+    assert sent.header("x-telegram-bot-api-secret-token") == "tg-secret"
+    assert sent.header("content-type") == "application/json"
+
+
+def test_headers_allowlist_passes_only_those_and_kwps_own():
+    kit = make({"headers": ["X-GitHub-Event", "x-github-delivery", "Cookie-Free"], "sign-header": "X-Sig",
+                "sign-secret": "k"})
+    kit.post(b"{}", {"content-type": "application/json", "x-github-event": "push", "x-github-delivery": "d-1",
+                     "x-github-hook-id": "7", "user-agent": "GitHub-Hookshot"})
+    sent = kit.client.sent[0]
+    names = sorted(name.decode().lower() for name, _ in sent.headers.getAllRawHeaders())
+    assert names == ["content-type", "x-github-delivery", "x-github-event", "x-kwp-attempt", "x-kwp-delivery-id",
+                     "x-sig"]
+
+
+def test_headers_allowlist_cannot_name_a_header_that_is_never_passed_on():
+    with pytest.raises(ConfigError, match=r"forward: key 'headers': 'x-forwarded-for' is never passed on"):
+        config({"headers": ["X-GitHub-Event", "X-Forwarded-For"]})
+
+
+def test_a_stored_header_that_is_not_valid_http_is_left_out_and_the_rest_goes():
+    kit = make()
+    webhook_id = kit.post(b"{}", {"content-type": "application/json", "x bad name": "1", "x-control": "a\x01b",
+                                  "x-wide": "\u20ac", "x-fine": "caf\xe9\tok"})
+    sent = kit.client.sent[0]
+    names = {name.decode().lower() for name, _ in sent.headers.getAllRawHeaders()}
+    assert names == {"content-type", "x-fine", "x-kwp-attempt", "x-kwp-delivery-id"}
+    assert sent.headers.getRawHeaders(b"x-fine") == [b"caf\xe9\tok"]
+    sent.respond(200)
+    assert kit.storage.item(webhook_id) is None
+
+
+WHSEC = "whsec_" + base64.b64encode(b"forward signing key 0123456").decode()
+
+
+def test_standard_webhooks_signs_each_attempt_afresh():
+    # The first attempt is made at the receive; the retry 400 s later, when a
+    # signature made at the receive is refused by the official library.
+    received_at = time.time() - 400
+    kit = make({"sign-scheme": "standard-webhooks", "sign-secret": WHSEC, "interval-seconds": 400})
+    kit.clock.advance(received_at)
+    body = b'{"type": "invoice.paid", "n": 1.50}'
+    kit.post(body, {"content-type": "application/json", "webhook-id": "msg_sender", "webhook-timestamp": "1",
+                    "webhook-signature": "v1,c2VuZGVy", "svix-id": "msg_s", "svix-timestamp": "1",
+                    "svix-signature": "v1,c3ZpeA=="})
+    kit.client.sent[0].respond(500)
+    kit.clock.advance(400)
+    first, second = kit.client.sent
+    wh = Webhook(WHSEC)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        wh.verify(body, single_headers(first))
+    assert wh.verify(body, single_headers(second)) == {"type": "invoice.paid", "n": 1.5}
+    for sent in (first, second):
+        headers = single_headers(sent)
+        assert headers["webhook-id"] == headers["x-kwp-delivery-id"] == "ch-1"
+        assert not {"svix-id", "svix-timestamp", "svix-signature"} & headers.keys()
+    assert int(single_headers(second)["webhook-timestamp"]) == int(received_at + 400)
+
+
+def single_headers(sent) -> dict[str, str]:
+    """The headers of a request as a dict; fails when one is sent twice."""
+    headers = {}
+    for name, values in sent.headers.getAllRawHeaders():
+        assert len(values) == 1, (name, values)
+        headers[name.decode().lower()] = values[0].decode("latin-1")
+    return headers
+
+
+@pytest.mark.parametrize(
+    "forward, error",
+    [
+        ({}, "key 'sign-secret': is required with sign-scheme 'standard-webhooks'"),
+        ({"sign-secret": "plain-text"}, "key 'sign-secret': must be a Standard Webhooks secret"),
+        ({"sign-secret": "whsec_not base64!"}, "key 'sign-secret': must be a Standard Webhooks secret"),
+        ({"sign-secret": WHSEC, "sign-header": "X-Sig"}, "key 'sign-header': is not used with sign-scheme"),
+        ({"sign-secret": WHSEC, "sign-template": "{{ signature }}"}, "key 'sign-template': is not used"),
+    ],
+)
+def test_standard_webhooks_config_errors(forward, error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        config({"sign-scheme": "standard-webhooks", **forward})
 
 
 def test_stop_waits_for_attempts_in_flight_then_cancels_them():
