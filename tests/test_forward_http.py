@@ -340,5 +340,5 @@ async def test_a_stored_header_that_is_not_valid_http_does_not_block_the_channel
     assert [r["headers"].get("x-fine") for r in t.received] == ["yes", "too"]
     assert not any("x-control" in r["headers"] or "x bad name" in r["headers"] for r in t.received)
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
-    assert samples["kwp_webhook_forward_total"] == {(("channel", "push"), ("status", "ok")): 2}
+    assert samples["kwp_webhook_forward_total"] == {(("channel", "push"), ("consumer", "default"), ("status", "ok")): 2}
     assert "headers ['x-control'] are not valid HTTP; sent without them" in captured_log.text()
