@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 import pytest_twisted
@@ -45,6 +47,29 @@ def test_prepare_creates_parents_sets_wal_and_migrates(tmp_path):
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     SQLiteStorage(str(path), reactor).prepare()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_database_and_the_directories_kwp_creates_are_private_whatever_the_umask(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    path = shared / "new" / "deeper" / "kwp.db"
+    umask = os.umask(0)
+    try:
+        s = started(path)
+        await s.insert(hook(1))
+        modes = {p.name: _mode(p) for p in (shared, path.parent.parent, path.parent)}
+        files = {name: _mode(path.parent / name) for name in ("kwp.db", "kwp.db-wal", "kwp.db-shm")}
+        await s.stopService()
+    finally:
+        os.umask(umask)
+    assert modes == {"shared": 0o755, "new": 0o700, "deeper": 0o700}
+    assert files == {"kwp.db": 0o600, "kwp.db-wal": 0o600, "kwp.db-shm": 0o600}
 
 
 def test_unopenable_and_newer_databases_are_refused(tmp_path):

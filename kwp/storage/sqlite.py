@@ -381,6 +381,32 @@ def _unavailable(error: BaseException) -> StorageUnavailable | None:
     return StorageUnavailable(reason) if reason else None
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600, and the directories above it that are
+    missing 0700, whatever the umask.  SQLite gives the -wal and -shm files
+    it creates later the permissions of the database file.  What exists is
+    left as it is."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def _ping(txn) -> None:
     txn.execute("SELECT 1")
 
@@ -404,8 +430,7 @@ class SQLiteStorage(Service):
         if self.path == ":memory:":
             return
         try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            _create_private(self.path)
             connection = sqlite3.connect(self.path)
             try:
                 _configure(connection)
