@@ -97,6 +97,7 @@ class Server:
     ignored_headers: frozenset[str] = frozenset()
     admin_token: str | None = None
     metrics: bool = False
+    max_waiters_per_token: int = 100
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,14 @@ def _url(value: Any) -> str:
     return url
 
 
-SERVER_KEYS = ("default-body-limit", "trusted-proxies", "ignored-headers", "admin-token", "metrics")
+SERVER_KEYS = (
+    "default-body-limit",
+    "trusted-proxies",
+    "ignored-headers",
+    "admin-token",
+    "metrics",
+    "max-waiters-per-token",
+)
 CHANNEL_KEYS = (
     "name",
     "api-read-token",
@@ -314,6 +322,7 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             ignored_headers=r.get("ignored-headers", _header_names),
             admin_token=r.get("admin-token", _string),
             metrics=r.get("metrics", _boolean),
+            max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
         )
     )
 

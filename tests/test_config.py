@@ -186,3 +186,11 @@ def test_redaction_hides_every_secret():
     for secret in ("ADMIN", "RT1", "S1", "S2", "T2", "S3", "'V'"):
         assert secret not in text
     assert redacted(config)["channels"][0]["secret-header"] == "X-S"
+
+
+
+def test_long_poll_cap():
+    assert Server().max_waiters_per_token == 100
+    assert parse_config({"server": {"max-waiters-per-token": 5}, "channels": [channel()]}).server.max_waiters_per_token == 5
+    errors = errors_of({"server": {"max-waiters-per-token": 0}, "channels": [channel()]})
+    assert "c.yml: server: key 'max-waiters-per-token': must be at least 1, got 0" in errors

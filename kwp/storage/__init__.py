@@ -95,7 +95,7 @@ class IStorage(Interface):
         whose response was written)."""
 
     def release_claim(claim_id: str):
-        """Deferred: give back every webhook held by claim_id."""
+        """Deferred number of webhooks held by claim_id, given back."""
 
     def ack(channel: str, ids: list[int]):
         """Deferred number of handed-out webhooks of channel deleted."""

@@ -240,11 +240,12 @@ def _finish_claim(txn, claim_id) -> None:
     txn.execute("DELETE FROM webhooks WHERE claim = ?", (claim_id,))
 
 
-def _release_claim(txn, claim_id) -> None:
+def _release_claim(txn, claim_id) -> int:
     txn.execute(
         "UPDATE webhooks SET claim = NULL, lease_until = NULL, deliveries = deliveries - 1 WHERE claim = ?",
         (claim_id,),
     )
+    return txn.rowcount
 
 
 def _release_orphans(txn) -> None:
