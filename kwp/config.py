@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
+DEFAULT_DEDUP_WINDOW = 86400
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 SECRET_TYPES = ("plain", "hmac-sha256")
@@ -74,7 +75,7 @@ class Channel:
     sign_template: Template | None = None
     provider: str | None = None
     verify_token: str | None = None
-    dedup_window_seconds: int = 86400
+    dedup_window_seconds: int = DEFAULT_DEDUP_WINDOW
     max_queue: int | None = None
     max_body_size: int | None = None
     allowed_ips: tuple[Network, ...] = ()
