@@ -98,6 +98,7 @@ class Server:
     ignored_headers: frozenset[str] = frozenset()
     admin_token: str | None = None
     metrics: bool = False
+    metrics_token: str | None = None
     max_waiters_per_token: int = 100
 
 
@@ -280,6 +281,7 @@ SERVER_KEYS = (
     "ignored-headers",
     "admin-token",
     "metrics",
+    "metrics-token",
     "max-waiters-per-token",
 )
 CHANNEL_KEYS = (
@@ -323,6 +325,7 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             ignored_headers=r.get("ignored-headers", _header_names),
             admin_token=r.get("admin-token", _string),
             metrics=r.get("metrics", _boolean),
+            metrics_token=r.get("metrics-token", _string),
             max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
         )
     )
@@ -443,7 +446,11 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
             )
         elif channel.token == server.admin_token:
             errors.append(f"{where}: key 'api-read-token': the same token is used as server.admin-token")
+        elif channel.token == server.metrics_token:
+            errors.append(f"{where}: key 'api-read-token': the same token is used as server.metrics-token")
         seen_tokens[channel.token] = channel.name
+    if server.metrics_token is not None and server.metrics_token == server.admin_token:
+        errors.append(f"{path}: server: key 'metrics-token': the same token is used as admin-token")
     if errors:
         raise ConfigError(errors)
     return Config(server=server, channels=tuple(channels), path=path)
@@ -497,7 +504,11 @@ def redacted(config: Config) -> dict:
             return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
         return obj
 
-    server = replace(config.server, admin_token=REDACTED if config.server.admin_token else None)
+    server = replace(
+        config.server,
+        admin_token=REDACTED if config.server.admin_token else None,
+        metrics_token=REDACTED if config.server.metrics_token else None,
+    )
     channels = []
     for c in config.channels:
         forward = c.forward
