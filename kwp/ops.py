@@ -105,11 +105,10 @@ class Metrics:
     ``config`` returns the running config; recording functions are cheap
     and never touch the database."""
 
-    def __init__(self, config: Callable[[], Config], storage, clock, stats_max_age: float = QUEUE_STATS_MAX_AGE):
+    def __init__(self, config: Callable[[], Config], storage, clock):
         self._config = config
         self._storage = storage
         self._clock = clock
-        self._stats_max_age = stats_max_age
         self._stats: dict | None = None
         self._stats_at: float | None = None
         self._reading = False
@@ -170,15 +169,15 @@ class Metrics:
     def queue_stats(self) -> Deferred:
         """Deferred queue statistics, None when the database could not give
         them.  They are read (on the database's thread) at most once in
-        ``stats_max_age`` seconds; scrapes that come while a read runs share
+        QUEUE_STATS_MAX_AGE seconds; scrapes that come while a read runs share
         it, and one that is cancelled leaves it to the others."""
-        if self._stats_at is not None and self._clock.seconds() - self._stats_at < self._stats_max_age:
+        if self._stats_at is not None and self._clock.seconds() - self._stats_at < QUEUE_STATS_MAX_AGE:
             return succeed(self._stats)
         reader = Deferred(self._readers.remove)
         self._readers.append(reader)
         if not self._reading:
             self._reading = True
-            self._storage.queue_stats().addBoth(self._read)
+            maybeDeferred(self._storage.queue_stats).addBoth(self._read)
         return reader
 
     def _read(self, result) -> None:

@@ -29,6 +29,8 @@ MAX_LIMIT = 10000
 MAX_WAIT = 60
 MAX_LEASE = 3600
 MAX_ID = 2**63 - 1
+# Seconds a long-poll refused for its token's cap is told to wait.
+WAITERS_RETRY_AFTER = 5
 
 
 def int_arg(args: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -113,10 +115,6 @@ class _Throttle:
 
     def writable(self) -> Deferred | None:
         return self._paused
-
-
-# Seconds a long-poll refused for its token's cap is told to wait.
-WAITERS_RETRY_AFTER = 5
 
 
 class Puller:
