@@ -339,6 +339,20 @@ def _verify_slack(scheme: Scheme, channel: Channel, headers: Headers, body: byte
     return _equals_any(hex_digest.lower(), _hex_hmacs(channel.secrets, _slack_content(timestamp, body)))
 
 
+# Svix, and the senders built on it (Clerk, Resend), spell the Standard
+# Webhooks headers with their own prefix; the official svix library reads both.
+_SVIX_SPELLING = {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp", "webhook-signature": "svix-signature"}
+
+
+def _standard_header(headers: Headers, name: str | None) -> str | None:
+    """A Standard Webhooks header, else the same header in Svix's spelling."""
+    value = _header(headers, name)
+    if value is None and name:
+        alias = _SVIX_SPELLING.get(name.lower())
+        value = headers.get(alias) if alias else None
+    return value
+
+
 def _standard_webhooks_key(secret: str) -> bytes | None:
     """The HMAC key of a ``whsec_``-prefixed (or bare) base64 secret, as the
     reference library decodes it; None when it is not base64."""
@@ -352,20 +366,6 @@ def _standard_webhooks_key(secret: str) -> bytes | None:
 
 def _standard_webhooks_content(msg_id: str, timestamp: str, body: bytes) -> bytes:
     return _bytes(f"{msg_id}.{timestamp}.") + body
-
-
-# Svix, and the senders built on it (Clerk, Resend), spell the Standard
-# Webhooks headers with their own prefix; the official svix library reads both.
-_SVIX_SPELLING = {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp", "webhook-signature": "svix-signature"}
-
-
-def _standard_header(headers: Headers, name: str | None) -> str | None:
-    """A Standard Webhooks header, else the same header in Svix's spelling."""
-    value = _header(headers, name)
-    if value is None and name:
-        alias = _SVIX_SPELLING.get(name.lower())
-        value = headers.get(alias) if alias else None
-    return value
 
 
 def _verify_standard_webhooks(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
