@@ -60,3 +60,14 @@ def authorize_admin(config: Config, authorization: str | None) -> None:
     is_admin, _ = _identify(config, authorization)
     if not is_admin:
         raise ApiError(403, "forbidden", "only the admin token gives access to this endpoint")
+
+
+def authorize_metrics(config: Config, authorization: str | None) -> None:
+    """Raise 401 unless the Authorization header carries server.metrics-token
+    (when one is set)."""
+    expected = config.server.metrics_token
+    if expected is None:
+        return
+    token = bearer_token(authorization)
+    if token is None or not _same(token, expected):
+        raise ApiError(401, "unauthorized", "/api/metrics needs 'Authorization: Bearer' with server.metrics-token")

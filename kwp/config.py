@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
+DEFAULT_DEDUP_WINDOW = 86400
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 SECRET_TYPES = ("plain", "hmac-sha256")
@@ -80,7 +81,7 @@ class Channel:
     sign_template: Template | None = None
     provider: str | None = None
     verify_token: str | None = None
-    dedup_window_seconds: int = 86400
+    dedup_window_seconds: int = DEFAULT_DEDUP_WINDOW
     max_queue: int | None = None
     max_body_size: int | None = None
     allowed_ips: tuple[Network, ...] = ()
@@ -103,6 +104,8 @@ class Server:
     ignored_headers: frozenset[str] = frozenset()
     admin_token: str | None = None
     metrics: bool = False
+    metrics_token: str | None = None
+    max_waiters_per_token: int = 100
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,15 @@ def _url(value: Any) -> str:
     return url
 
 
-SERVER_KEYS = ("default-body-limit", "trusted-proxies", "ignored-headers", "admin-token", "metrics")
+SERVER_KEYS = (
+    "default-body-limit",
+    "trusted-proxies",
+    "ignored-headers",
+    "admin-token",
+    "metrics",
+    "metrics-token",
+    "max-waiters-per-token",
+)
 CHANNEL_KEYS = (
     "name",
     "api-read-token",
@@ -342,6 +353,8 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             ignored_headers=r.get("ignored-headers", _header_names),
             admin_token=r.get("admin-token", _string),
             metrics=r.get("metrics", _boolean),
+            metrics_token=r.get("metrics-token", _string),
+            max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
         )
     )
 
@@ -470,7 +483,11 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
             )
         elif channel.token == server.admin_token:
             errors.append(f"{where}: key 'api-read-token': the same token is used as server.admin-token")
+        elif channel.token == server.metrics_token:
+            errors.append(f"{where}: key 'api-read-token': the same token is used as server.metrics-token")
         seen_tokens[channel.token] = channel.name
+    if server.metrics_token is not None and server.metrics_token == server.admin_token:
+        errors.append(f"{path}: server: key 'metrics-token': the same token is used as admin-token")
     if errors:
         raise ConfigError(errors)
     return Config(server=server, channels=tuple(channels), path=path)
@@ -524,7 +541,11 @@ def redacted(config: Config) -> dict:
             return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
         return obj
 
-    server = replace(config.server, admin_token=REDACTED if config.server.admin_token else None)
+    server = replace(
+        config.server,
+        admin_token=REDACTED if config.server.admin_token else None,
+        metrics_token=REDACTED if config.server.metrics_token else None,
+    )
     channels = []
     for c in config.channels:
         forward = c.forward

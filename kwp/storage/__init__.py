@@ -95,7 +95,7 @@ class IStorage(Interface):
         whose response was written)."""
 
     def release_claim(claim_id: str):
-        """Deferred: give back every webhook held by claim_id."""
+        """Deferred number of webhooks held by claim_id, given back."""
 
     def ack(channel: str, ids: list[int]):
         """Deferred number of handed-out webhooks of channel deleted."""
@@ -130,9 +130,18 @@ class IStorage(Interface):
 
     def clear(channel: str):
         """Deferred number of webhooks of channel deleted."""
+
     def queue_stats():
         """Deferred dict: channel name -> (number stored, received_at of the
-        oldest), for the channels that have anything stored."""
+        oldest), for the channels that have anything stored; cheap whatever
+        the number of webhooks stored."""
+
+    def seen_channels():
+        """Deferred list of the channels that have delivery ids remembered."""
+
+    def prune_seen(channel: str, before: float, limit: int):
+        """Deferred number of delivery ids of channel seen before ``before``
+        forgotten, at most ``limit`` in one short transaction."""
 
     def ping():
         """Deferred that fires when the database answers."""

@@ -103,8 +103,29 @@ def _v3(cursor) -> None:
     )
 
 
+def _v4(cursor) -> None:
+    """Figures that cost no walk over the table: the number of webhooks of
+    each channel, kept by triggers (so every way a row comes or goes counts,
+    whoever writes), for the metrics; and an index on the age of delivery
+    ids, so that pruning them reads only the rows it deletes."""
+    cursor.execute("CREATE TABLE queue_sizes (channel TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_up AFTER INSERT ON webhooks BEGIN
+            INSERT INTO queue_sizes (channel, size) VALUES (new.channel, 1)
+            ON CONFLICT (channel) DO UPDATE SET size = size + 1;
+        END"""
+    )
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_down AFTER DELETE ON webhooks BEGIN
+            UPDATE queue_sizes SET size = size - 1 WHERE channel = old.channel;
+        END"""
+    )
+    cursor.execute("INSERT INTO queue_sizes (channel, size) SELECT channel, COUNT(*) FROM webhooks GROUP BY channel")
+    cursor.execute("CREATE INDEX seen_deliveries_age ON seen_deliveries (channel, seen_at)")
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2, _v3]
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -240,11 +261,12 @@ def _finish_claim(txn, claim_id) -> None:
     txn.execute("DELETE FROM webhooks WHERE claim = ?", (claim_id,))
 
 
-def _release_claim(txn, claim_id) -> None:
+def _release_claim(txn, claim_id) -> int:
     txn.execute(
         "UPDATE webhooks SET claim = NULL, lease_until = NULL, deliveries = deliveries - 1 WHERE claim = ?",
         (claim_id,),
     )
+    return txn.rowcount
 
 
 def _release_orphans(txn) -> None:
@@ -354,15 +376,40 @@ def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardI
 def _clear(txn, channel) -> int:
     txn.execute("DELETE FROM webhooks WHERE channel = ?", (channel,))
     return txn.rowcount
+
+
 def _queue_stats(txn) -> dict[str, tuple[int, float]]:
-    # Counting walks the (channel, id) index only; ids grow with receive
-    # time, so the oldest row of a channel is the one with its smallest id.
+    # The sizes are kept by triggers; ids grow with receive time, so the
+    # oldest row of a channel is the first of its (channel, id) index.
     txn.execute(
-        "SELECT c.channel, c.n, w.received_at FROM"
-        " (SELECT channel, COUNT(*) AS n, MIN(id) AS first FROM webhooks GROUP BY channel) AS c"
-        " JOIN webhooks AS w ON w.id = c.first"
+        "SELECT q.channel, q.size,"
+        " (SELECT w.received_at FROM webhooks AS w WHERE w.channel = q.channel ORDER BY w.id LIMIT 1)"
+        " FROM queue_sizes AS q WHERE q.size > 0"
     )
-    return {channel: (count, oldest) for channel, count, oldest in txn.fetchall()}
+    return {channel: (size, oldest) for channel, size, oldest in txn.fetchall()}
+
+
+def _seen_channels(txn) -> list[str]:
+    # One index seek per channel, however many ids each has.
+    channels: list[str] = []
+    while True:
+        txn.execute(
+            "SELECT channel FROM seen_deliveries WHERE channel > ? ORDER BY channel LIMIT 1",
+            (channels[-1] if channels else "",),
+        )
+        row = txn.fetchone()
+        if row is None:
+            return channels
+        channels.append(row[0])
+
+
+def _prune_seen(txn, channel, before, limit) -> int:
+    txn.execute(
+        "DELETE FROM seen_deliveries WHERE rowid IN"
+        " (SELECT rowid FROM seen_deliveries WHERE channel = ? AND seen_at < ? LIMIT ?)",
+        (channel, before, limit),
+    )
+    return txn.rowcount
 
 
 # SQLite result codes that mean "cannot write now" rather than "broken".
@@ -379,6 +426,32 @@ def _unavailable(error: BaseException) -> StorageUnavailable | None:
         code = next((c for text, c in _UNAVAILABLE_MESSAGES.items() if text in str(error)), None)
     reason = _UNAVAILABLE_CODES.get(code & 0xFF) if code is not None else None
     return StorageUnavailable(reason) if reason else None
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600, and the directories above it that are
+    missing 0700, whatever the umask.  SQLite gives the -wal and -shm files
+    it creates later the permissions of the database file.  What exists is
+    left as it is."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _ping(txn) -> None:
@@ -404,8 +477,7 @@ class SQLiteStorage(Service):
         if self.path == ":memory:":
             return
         try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            _create_private(self.path)
             connection = sqlite3.connect(self.path)
             try:
                 _configure(connection)
@@ -537,6 +609,12 @@ class SQLiteStorage(Service):
 
     def queue_stats(self) -> Deferred:
         return self._run(_queue_stats)
+
+    def seen_channels(self) -> Deferred:
+        return self._run(_seen_channels)
+
+    def prune_seen(self, channel, before, limit) -> Deferred:
+        return self._run(_prune_seen, channel, before, limit)
 
     def ping(self) -> Deferred:
         return self._run(_ping)
