@@ -24,6 +24,7 @@ setup(
             "supervisor>=4.2",
             "slack_sdk>=3.26",
             "standardwebhooks>=1.0",
+            "svix>=1.0",
             "stripe>=7.0",
             "schemathesis>=4.0",
         ],

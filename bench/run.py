@@ -17,6 +17,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -57,7 +58,9 @@ TARGETS = {
     "longpoll": "long-poll wake p50 < 20 ms",
     "forward": "forward p50 < 50 ms",
     "pending": "receive with 1M pending >= 0.9x empty",
+    "scrape": "receive p99 with 4 scrapers and 400k pending <= 2x unscraped",
 }
+SCRAPERS = 4
 
 
 def free_port() -> int:
@@ -183,8 +186,9 @@ class Kwp(Server):
         ]
 
 
-def write_config(path: Path, forward_url: str | None = None) -> Path:
-    lines = ["channels:", f"  - name: {CHANNEL}", f"    token: {TOKEN}"]
+def write_config(path: Path, forward_url: str | None = None, metrics: bool = False) -> Path:
+    lines = ["server:", "  metrics: true"] if metrics else []
+    lines += ["channels:", f"  - name: {CHANNEL}", f"    token: {TOKEN}"]
     if forward_url is not None:
         lines += ["    forward:", f"      url: {forward_url!r}", "      interval-seconds: 1"]
     path.write_text("\n".join(lines) + "\n")
@@ -520,7 +524,84 @@ def bench_forward(args, work: Path, report: Report) -> None:
     report.judge("forward", None if args.quick else p50 < 50, f"p50 {p50:.1f} ms")
 
 
-SECTIONS = {"receive": bench_receive, "drain": bench_drain, "longpoll": bench_longpoll, "forward": bench_forward}
+class Scraper(threading.Thread):
+    """GET /api/metrics every ``interval`` seconds until stopped, as a
+    Prometheus server does."""
+
+    def __init__(self, port: int, interval: float):
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval * random.random() if not self.scrapes else self.interval):
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                connection.request("GET", "/api/metrics")
+                response = connection.getresponse()
+                response.read()
+                self.scrapes += 1
+                self.failures += response.status != 200
+            except OSError:
+                self.failures += 1
+            finally:
+                connection.close()
+
+
+def bench_scrape(args, work: Path, report: Report) -> None:
+    """Receive under wrk with a backlog, with and without SCRAPERS clients
+    scraping /api/metrics, in alternating order."""
+    report.say(
+        f"== receive while scraped: {args.scrape_pending:,} pending, {SCRAPERS} scrapers every "
+        f"{args.scrape_interval:g}s, "
+        f"{args.scrape_rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections}"
+    )
+    config = write_config(work / "scrape.yml", metrics=True)
+    template = work / "scrape-template.db"
+    create_db(template, args.scrape_pending)
+    p99: dict[str, list[float]] = {"quiet": [], "scraped": []}
+    for round_no in range(args.scrape_rounds):
+        for kind in ("quiet", "scraped") if round_no % 2 == 0 else ("scraped", "quiet"):
+            db = work / f"scrape-{round_no}-{kind}.db"
+            shutil.copyfile(template, db)
+            kwp = Kwp(work, config, db).start()
+            scrapers = [Scraper(kwp.port, args.scrape_interval) for _ in range(SCRAPERS if kind == "scraped" else 0)]
+            try:
+                time.sleep(args.settle)
+                for scraper in scrapers:
+                    scraper.start()
+                result = run_wrk(kwp.url(f"/api/webhook/{CHANNEL}"), args.seconds, args.connections)
+            finally:
+                for scraper in scrapers:
+                    scraper.stop.set()
+                for scraper in scrapers:
+                    scraper.join(15)
+                kwp.stop()
+            p99[kind].append(result.p99_ms)
+            scrapes = sum(s.scrapes for s in scrapers)
+            failures = sum(s.failures for s in scrapers)
+            report.say(
+                f"  round {round_no + 1} {kind:8s} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                f"p99 {result.p99_ms:6.1f} ms  scrapes {scrapes} ({failures} failed)   load {load()}"
+            )
+            report.honest &= failures == 0
+            honesty(report, kind, result, count_rows(db) - args.scrape_pending)
+            db.unlink()
+    template.unlink()
+    ratio = median([s / q for s, q in zip(p99["scraped"], p99["quiet"])])
+    report.judge("scrape", None if args.quick else ratio <= 2, f"p99 {ratio:.2f}x (median of rounds)")
+
+
+SECTIONS = {
+    "receive": bench_receive,
+    "drain": bench_drain,
+    "longpoll": bench_longpoll,
+    "forward": bench_forward,
+    "scrape": bench_scrape,
+}
 
 
 def parse_args(argv):
@@ -534,12 +615,16 @@ def parse_args(argv):
     parser.add_argument("--drain-rounds", type=int, default=3)
     parser.add_argument("--drain-timeout", type=float, default=120, help="seconds a drain may take at most")
     parser.add_argument("--polls", type=int, default=50, help="long-poll wakes and forwards measured (50)")
+    parser.add_argument("--scrape-pending", type=int, default=400_000, help="webhooks pending while scraped (400,000)")
+    parser.add_argument("--scrape-rounds", type=int, default=3, help="rounds of receive with and without scrapers (3)")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between one scraper's scrapes (1)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between start and the idle RSS reading")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.connections = 1, 1, 8
         args.pending, args.drain, args.drain_rounds, args.polls, args.settle = 2000, 1000, 1, 5, 0.3
+        args.scrape_pending, args.scrape_rounds, args.scrape_interval = 2000, 1, 0.2
     return args
 
 

@@ -129,3 +129,14 @@ def authorize_admin(config: Config, authorization: str | None) -> None:
 
 def unknown_consumer(channel: Channel, name: str) -> ApiError:
     return not_found(f"channel {channel.name!r} has no consumer {name!r}")
+
+
+def authorize_metrics(config: Config, authorization: str | None) -> None:
+    """Raise 401 unless the Authorization header carries server.metrics-token
+    (when one is set)."""
+    expected = config.server.metrics_token
+    if expected is None:
+        return
+    token = bearer_token(authorization)
+    if token is None or not _same(token, expected):
+        raise ApiError(401, "unauthorized", "/api/metrics needs 'Authorization: Bearer' with server.metrics-token")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
+DEFAULT_DEDUP_WINDOW = 86400
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # The one consumer of a channel without ``consumers``.
@@ -100,7 +101,7 @@ class Channel:
     sign_template: Template | None = None
     provider: str | None = None
     verify_token: str | None = None
-    dedup_window_seconds: int = 86400
+    dedup_window_seconds: int = DEFAULT_DEDUP_WINDOW
     max_queue: int | None = None
     max_body_size: int | None = None
     allowed_ips: tuple[Network, ...] = ()
@@ -141,6 +142,8 @@ class Server:
     metrics: bool = False
     retention_hours: float = DEFAULT_RETENTION_HOURS
     history_max: int = DEFAULT_HISTORY_MAX
+    metrics_token: str | None = None
+    max_waiters_per_token: int = 100
 
 
 @dataclass(frozen=True)
@@ -344,6 +347,8 @@ SERVER_KEYS = (
     "metrics",
     "retention-hours",
     "history-max",
+    "metrics-token",
+    "max-waiters-per-token",
 )
 CHANNEL_KEYS = (
     "name",
@@ -394,6 +399,8 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             metrics=r.get("metrics", _boolean),
             retention_hours=r.get("retention-hours", _hours),
             history_max=r.get("history-max", _integer(1)),
+            metrics_token=r.get("metrics-token", _string),
+            max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
         )
     )
 
@@ -582,7 +589,11 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
                 errors.append(f"{where}: {place}: the same token is used by {owners[token]}")
             elif token == server.admin_token:
                 errors.append(f"{where}: {place}: the same token is used as server.admin-token")
+            elif token == server.metrics_token:
+                errors.append(f"{where}: {place}: the same token is used as server.metrics-token")
             owners.setdefault(token, owner)
+    if server.metrics_token is not None and server.metrics_token == server.admin_token:
+        errors.append(f"{path}: server: key 'metrics-token': the same token is used as admin-token")
     if errors:
         raise ConfigError(errors)
     return Config(server=server, channels=tuple(channels), path=path)
@@ -636,7 +647,11 @@ def redacted(config: Config) -> dict:
             return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
         return obj
 
-    server = replace(config.server, admin_token=REDACTED if config.server.admin_token else None)
+    server = replace(
+        config.server,
+        admin_token=REDACTED if config.server.admin_token else None,
+        metrics_token=REDACTED if config.server.metrics_token else None,
+    )
     channels = []
     for c in config.channels:
         forward = c.forward

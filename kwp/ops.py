@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kwp import verify
 from kwp.config import Channel, Config, ConfigError
@@ -25,6 +26,9 @@ log = Logger()
 # and it keeps the names that strangers post to out of the series.
 UNKNOWN_CHANNEL = "_unknown"
 FORWARD_STATUSES = frozenset({"ok", "network_error", "unexpected_status", "internal_error"})
+# The queue figures are read from the database at most once in this many
+# seconds, whatever the number of scrapers.
+QUEUE_STATS_MAX_AGE = 5.0
 RECEIVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FORWARD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -112,6 +116,10 @@ class Metrics:
         self._config = config
         self._storage = storage
         self._clock = clock
+        self._stats: dict | None = None
+        self._stats_at: float | None = None
+        self._reading = False
+        self._readers: list[Deferred] = []
         self.registry = CollectorRegistry()
         self._received = Counter(
             "kwp_webhook_receive",
@@ -170,14 +178,35 @@ class Metrics:
             self._filter_errors.labels(channel, consumer).inc()
 
     async def scrape(self) -> bytes:
-        """The Prometheus text exposition, with queue statistics read from the
-        database (on its thread) for this scrape."""
-        try:
-            stats = await self._storage.queue_stats()
-        except Exception:
-            log.failure("metrics: cannot read the queue statistics")
-            stats = None
+        """The Prometheus text exposition, with the queue statistics of
+        :meth:`queue_stats`."""
+        stats = await self.queue_stats()
         return generate_latest(_Scrape(self.registry, self._config(), stats, self._clock.seconds()))
+
+    def queue_stats(self) -> Deferred:
+        """Deferred queue statistics, None when the database could not give
+        them.  They are read (on the database's thread) at most once in
+        QUEUE_STATS_MAX_AGE seconds; scrapes that come while a read runs share
+        it, and one that is cancelled leaves it to the others."""
+        if self._stats_at is not None and self._clock.seconds() - self._stats_at < QUEUE_STATS_MAX_AGE:
+            return succeed(self._stats)
+        reader = Deferred(self._readers.remove)
+        self._readers.append(reader)
+        if not self._reading:
+            self._reading = True
+            maybeDeferred(self._storage.queue_stats).addBoth(self._read)
+        return reader
+
+    def _read(self, result) -> None:
+        self._reading = False
+        if isinstance(result, Failure):
+            log.failure("metrics: cannot read the queue statistics", result)
+            result = None
+        else:
+            self._stats, self._stats_at = result, self._clock.seconds()
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.callback(result)
 
 
 def _queues(config: Config, channels) -> set[str]:

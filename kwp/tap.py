@@ -28,6 +28,7 @@ from kwp.forward import Forwarders, http_client
 from kwp.notify import Notifier
 from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage
+from kwp.storage.prune import Pruner
 from kwp.web import IDLE_TIMEOUT, RECEIVE_TIMEOUT, KwpApp, KwpSite
 
 log = Logger()
@@ -180,9 +181,10 @@ def make_log_observer(log_format: str, level: str, stream=None):
 
 
 class KwpService(MultiService):
-    """The storage, the forwarders, the listeners, and a stop in a fixed
-    order: stop listening, let requests in flight finish (bounded), let
-    forward attempts in flight finish (bounded), then close the database."""
+    """The storage, the forwarders, the pruner of delivery ids, the
+    listeners, and a stop in a fixed order: stop listening, let requests in
+    flight finish (bounded), let forward attempts in flight finish (bounded),
+    let a pruning batch finish, then close the database."""
 
     def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
@@ -197,6 +199,8 @@ class KwpService(MultiService):
         self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)
+        self.pruner = Pruner(app.storage, lambda: app.config, clock)
+        self.pruner.setServiceParent(self)
         self.listeners = []
         for endpoint in listeners:
             listener = StreamServerEndpointService(endpoint, site)
@@ -240,6 +244,7 @@ class KwpService(MultiService):
             except defer.TimeoutError:
                 log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
         yield defer.maybeDeferred(self.app.forwarders.stopService)
+        yield defer.maybeDeferred(self.pruner.stopService)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
 

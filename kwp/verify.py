@@ -153,7 +153,9 @@ class Scheme:
     a provider name.  ``header`` is the header carrying the secret or the
     signature, spelled for display (look it up lower-cased).  A delivery id,
     when the sender gives one, is in ``delivery_header`` or in the top-level
-    ``delivery_field`` of the JSON body.  Timestamped schemes read
+    ``delivery_field`` of the JSON body; when ``delivery_scope`` names a
+    header, its value is part of the id (several GitHub hooks send one event
+    with one delivery id, each with its own hook id).  Timestamped schemes read
     ``timestamp_header`` (Stripe puts its timestamp inside the signature
     header) and refuse anything more than ``tolerance`` seconds away from now.
     """
@@ -162,6 +164,7 @@ class Scheme:
     header: str | None = None
     delivery_header: str | None = None
     delivery_field: str | None = None
+    delivery_scope: str | None = None
     timestamp_header: str | None = None
     tolerance: int | None = None
 
@@ -179,7 +182,9 @@ class Scheme:
 NONE = Scheme("none")
 
 PRESETS: Mapping[str, Scheme] = {
-    "github": Scheme("github", "X-Hub-Signature-256", delivery_header="X-GitHub-Delivery"),
+    "github": Scheme(
+        "github", "X-Hub-Signature-256", delivery_header="X-GitHub-Delivery", delivery_scope="X-GitHub-Hook-ID"
+    ),
     "gitlab": Scheme("gitlab", "X-Gitlab-Token", delivery_header="X-Gitlab-Event-UUID"),
     "telegram": Scheme("telegram", "X-Telegram-Bot-Api-Secret-Token", delivery_field="update_id"),
     "stripe": Scheme("stripe", "Stripe-Signature", delivery_field="id", tolerance=TOLERANCE_SECONDS),
@@ -336,6 +341,20 @@ def _verify_slack(scheme: Scheme, channel: Channel, headers: Headers, body: byte
     return _equals_any(hex_digest.lower(), _hex_hmacs(channel.secrets, _slack_content(timestamp, body)))
 
 
+# Svix, and the senders built on it (Clerk, Resend), spell the Standard
+# Webhooks headers with their own prefix; the official svix library reads both.
+_SVIX_SPELLING = {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp", "webhook-signature": "svix-signature"}
+
+
+def _standard_header(headers: Headers, name: str | None) -> str | None:
+    """A Standard Webhooks header, else the same header in Svix's spelling."""
+    value = _header(headers, name)
+    if value is None and name:
+        alias = _SVIX_SPELLING.get(name.lower())
+        value = headers.get(alias) if alias else None
+    return value
+
+
 def _standard_webhooks_key(secret: str) -> bytes | None:
     """The HMAC key of a ``whsec_``-prefixed (or bare) base64 secret, as the
     reference library decodes it; None when it is not base64."""
@@ -356,13 +375,14 @@ def _standard_webhooks_signature(key: bytes, msg_id: str, timestamp: str, body: 
 
 
 def _verify_standard_webhooks(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
-    """webhook-id, webhook-timestamp and space-separated ``v1,BASE64`` signatures."""
-    msg_id = _header(headers, scheme.delivery_header)
-    timestamp = _header(headers, scheme.timestamp_header) or ""
+    """webhook-id, webhook-timestamp and space-separated ``v1,BASE64`` signatures
+    (or svix-id, svix-timestamp, svix-signature)."""
+    msg_id = _standard_header(headers, scheme.delivery_header)
+    timestamp = _standard_header(headers, scheme.timestamp_header) or ""
     if not msg_id or not _fresh(timestamp, now, scheme.tolerance):
         return False
     signatures = []
-    for item in (_header(headers, scheme.header) or "").split(" "):
+    for item in (_standard_header(headers, scheme.header) or "").split(" "):
         version, _, encoded = item.partition(",")
         if version == "v1":
             try:
@@ -411,15 +431,23 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     """The sender's id for this delivery, the same on its retries; None if none.
 
     From a header (GitHub X-GitHub-Delivery, GitLab X-Gitlab-Event-UUID,
-    Shopify X-Shopify-Webhook-Id, Standard Webhooks webhook-id) or from the
-    body (Telegram ``update_id``, the Stripe event ``id``, Slack's
-    ``event_id`` of an event_callback).  Meta and channels without a provider
-    have none.  An empty id, or one longer than 256 characters, is None.
+    Shopify X-Shopify-Webhook-Id, Standard Webhooks webhook-id or svix-id) or
+    from the body (Telegram ``update_id``, the Stripe event ``id``, Slack's
+    ``event_id`` of an event_callback).  GitHub's is prefixed with the
+    X-GitHub-Hook-ID that sent it, when there is one.  Meta and channels
+    without a provider have none.  An empty id, or one longer than 256
+    characters, is None.
     """
     scheme = channel.scheme
     value: Any = None
     if scheme.delivery_header:
-        value = _header(headers, scheme.delivery_header)
+        if scheme.kind == "standard-webhooks":
+            value = _standard_header(headers, scheme.delivery_header)
+        else:
+            value = _header(headers, scheme.delivery_header)
+        scope = _header(headers, scheme.delivery_scope)
+        if value and scope:
+            value = f"{scope}/{value}"
     elif scheme.delivery_field and isinstance(body_json, dict):
         value = body_json.get(scheme.delivery_field)
     if isinstance(value, int) and not isinstance(value, bool):

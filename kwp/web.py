@@ -19,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
-from kwp.auth import Access, authorize, authorize_admin, unknown_consumer
+from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, unknown_consumer
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
 from kwp.ops import Metrics
@@ -559,7 +559,9 @@ class KwpApp:
             # writes: a pull would delete (or lease) webhooks nobody received.
             request.setHeader(b"content-type", b"application/json")
             return b""
-        return await self.puller.take(request, channel.name, consumer, query)
+        config = self._config(request)
+        token = bearer_token(_authorization(request))
+        return await self.puller.take(request, channel.name, consumer, query, token, config.server.max_waiters_per_token)
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
     def sign(self, request, name):
@@ -680,8 +682,10 @@ class KwpApp:
 
     @app.route("/api/metrics", methods=["GET"])
     async def metrics_text(self, request):
-        if not self._config(request).server.metrics:
+        config = self._config(request)
+        if not config.server.metrics:
             raise not_found("metrics are off (server.metrics)")
+        authorize_metrics(config, _authorization(request))
         body = await self.metrics.scrape()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return body

@@ -61,11 +61,13 @@ class MemoryStorage:
         return succeed(None)
 
     def release_claim(self, claim_id):
+        released = 0
         for row in self.rows.values():
             if row.claim == claim_id:
                 row.claim = row.lease_until = None
                 row.deliveries -= 1
-        return succeed(None)
+                released += 1
+        return succeed(released)
 
     def ack(self, channel, ids):
         acked = 0

@@ -22,7 +22,7 @@ def test_quick_benchmark_runs_and_checks_itself():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for section in ("== durable receive", "== drain", "== long-poll wake", "== forward"):
+    for section in ("== durable receive", "== drain", "== long-poll wake", "== forward", "== receive while scraped"):
         assert section in out
     assert "kwp/baseline" in out and "honesty kwp: " in out and "MISMATCH" not in out
     assert "PASS  honesty" in out

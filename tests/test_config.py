@@ -175,7 +175,7 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path, text):
 def test_redaction_hides_every_secret():
     config = parse_config(
         {
-            "server": {"admin-token": "ADMIN"},
+            "server": {"admin-token": "ADMIN", "metrics-token": "METRICS"},
             "channels": [
                 channel(**{"api-read-token": "RT1", "webhook-secret": ["S1", "S2"], "secret-header": "X-S"}),
                 {"name": "m", "token": "T2", "provider": "meta", "webhook-secret": "S3", "verify-token": "V"},
@@ -183,7 +183,7 @@ def test_redaction_hides_every_secret():
         }
     )
     text = repr(redacted(config))
-    for secret in ("ADMIN", "RT1", "S1", "S2", "T2", "S3", "'V'"):
+    for secret in ("ADMIN", "METRICS", "RT1", "S1", "S2", "T2", "S3", "'V'"):
         assert secret not in text
     assert redacted(config)["channels"][0]["secret-header"] == "X-S"
 
@@ -257,3 +257,18 @@ def test_retention_keys():
     assert config.channel("ch").retention_hours == 0 and config.channel("b").retention_hours is None
     assert parse_config({"channels": [channel()]}).server.retention_hours == 72
     assert any("must be a number of hours" in e for e in errors_of({"channels": [channel(**{"retention-hours": -1})]}))
+
+
+def test_metrics_token_and_long_poll_cap():
+    assert (Server().metrics_token, Server().max_waiters_per_token) == (None, 100)
+    server = parse_config(
+        {"server": {"metrics-token": "m", "max-waiters-per-token": 5}, "channels": [channel()]}
+    ).server
+    assert (server.metrics_token, server.max_waiters_per_token) == ("m", 5)
+    errors = errors_of(
+        {"server": {"admin-token": "a", "metrics-token": "a", "max-waiters-per-token": 0}, "channels": [channel()]}
+    )
+    assert "c.yml: server: key 'max-waiters-per-token': must be at least 1, got 0" in errors
+    assert "c.yml: server: key 'metrics-token': the same token is used as admin-token" in errors
+    errors = errors_of({"server": {"metrics-token": "tok"}, "channels": [channel()]})
+    assert "c.yml: channel 'ch': key 'api-read-token': the same token is used as server.metrics-token" in errors

@@ -92,6 +92,27 @@ def test_alert_rules_pass_promtool():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_prometheus_scrape_job_sends_the_metrics_token_and_loads_the_rules(tmp_path):
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert (job["job_name"], job["metrics_path"]) == ("kwp", "/api/metrics")
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    assert config["rule_files"] == ["kwp-alerts.yml"]
+    assert 'up{job="kwp"}' in (DEPLOY / "kwp-alerts.yml").read_text()
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    token = tmp_path / "kwp-metrics-token"
+    token.write_text("scraper-token\n")
+    shutil.copy(DEPLOY / "kwp-alerts.yml", tmp_path / "kwp-alerts.yml")
+    text = (DEPLOY / "prometheus.yml").read_text().replace("/etc/prometheus/kwp-metrics-token", str(token))
+    (tmp_path / "prometheus.yml").write_text(text)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

@@ -10,7 +10,7 @@ from ipaddress import ip_network
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
@@ -114,6 +114,43 @@ def test_a_database_failure_still_answers_the_scrape():
     assert samples["kwp_database_up"] == {(): 0}
     assert "kwp_queue_depth" not in samples
     assert samples["kwp_webhook_receive_total"][(("channel", "github"), ("status", "ok"))] == 1
+
+
+class SlowStats:
+    """queue_stats answers with a Deferred that the test fires; counts reads."""
+
+    def __init__(self):
+        self.reads: list[Deferred] = []
+
+    def queue_stats(self):
+        self.reads.append(Deferred())
+        return self.reads[-1]
+
+
+def test_queue_figures_are_read_once_for_concurrent_scrapes_and_kept_a_few_seconds():
+    holder = Holder(parse_config(CONFIG))
+    clock = Clock()
+    clock.advance(1000)
+    storage = SlowStats()
+    metrics = ops.Metrics(lambda: holder.config, storage, clock)
+    scrapes = [Deferred.fromCoroutine(metrics.scrape()) for _ in range(4)]
+    scrapes[1].addErrback(lambda f: f.trap(CancelledError))
+    scrapes[1].cancel()
+    assert len(storage.reads) == 1 and not any(s.called for s in scrapes if s is not scrapes[1])
+    storage.reads[0].callback({"open": (5, 940.0)})
+    for scrape_ in scrapes[:1] + scrapes[2:]:
+        assert metric_samples(scrape_.result)["kwp_queue_depth"][(("channel", "open"),)] == 5
+    clock.advance(ops.QUEUE_STATS_MAX_AGE - 0.1)
+    assert scrape(metrics)["kwp_queue_oldest_age_seconds"][(("channel", "open"),)] == pytest.approx(64.9)
+    assert len(storage.reads) == 1
+    clock.advance(0.1)
+    again = Deferred.fromCoroutine(metrics.scrape())
+    assert len(storage.reads) == 2
+    storage.reads[1].errback(RuntimeError("disk on fire"))
+    assert metric_samples(again.result)["kwp_database_up"] == {(): 0}
+    # A failure is not kept: the next scrape asks again.
+    Deferred.fromCoroutine(metrics.scrape())
+    assert len(storage.reads) == 3
 
 
 def test_series_follow_the_running_config():
@@ -310,6 +347,24 @@ async def test_metrics_count_every_receive_outcome(local_kwp):
     assert samples["kwp_queue_depth"] == {(("channel", "github"),): 3, (("channel", "open"),): 0}
     assert samples["kwp_webhook_receive_duration_seconds_count"][(("channel", "github"),)] == 6
     assert "quiet" not in str(samples)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_metrics_token_is_needed_when_one_is_set(local_kwp):
+    data = json.loads(json.dumps(CONFIG))
+    data["server"]["metrics-token"] = "scraper-token"
+    kwp = local_kwp(data)
+    for token in (None, "wrong", "admin-secret-token", "github-token"):
+        response = await kwp.get("/api/metrics", token)
+        body = await body_json(response)
+        assert (response.code, body["error"]) == (401, "unauthorized")
+        assert "scraper-token" not in body["message"]
+    response = await kwp.get("/api/metrics", "scraper-token")
+    assert response.code == 200
+    assert "kwp_queue_depth" in metric_samples(await response.content())
+    data["server"]["metrics"] = False
+    kwp.app.config = parse_config(data)
+    assert (await kwp.get("/api/metrics", "scraper-token")).code == 404
 
 
 @pytest_twisted.ensureDeferred

@@ -8,7 +8,7 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from kwp.notify import Notifier
 from kwp.pull import PAGE, Puller, PullQuery
@@ -171,6 +171,160 @@ def test_a_long_poll_answers_at_once_when_the_process_stops():
     request, d = pull.get(wait=60)
     pull.notifier.close()
     assert d.called and pull.items(request) == []
+
+
+# Wake-ups: one webhook, one long-poll.
+
+
+class CountingStorage(MemoryStorage):
+    """MemoryStorage that counts claims, and holds them back while ``hold``
+    is set (released by ``resolve``, which claims at that moment)."""
+
+    def __init__(self):
+        super().__init__()
+        self.claims = 0
+        self.hold = False
+        self.held = []
+
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None):
+        self.claims += 1
+        if not self.hold:
+            return super().claim(channel, claim_id, limit, now, lease_seconds)
+        d = Deferred()
+        self.held.append((d, (channel, claim_id, limit, now, lease_seconds)))
+        return d
+
+    def resolve(self):
+        held, self.held = self.held, []
+        for d, args in held:
+            d.callback(super().claim(*args).result)
+
+
+def counting_pull():
+    pull = Pull()
+    pull.storage = CountingStorage()
+    pull.puller = Puller(pull.storage, pull.notifier, pull.clock)
+    return pull
+
+
+def test_a_webhook_wakes_one_long_poll_whatever_the_number_waiting():
+    pull = counting_pull()
+    polls = [pull.get(wait=30) for _ in range(1000)]
+    assert pull.notifier.waiting("c") == 1000 and pull.storage.claims == 1000
+    pull.post(1)
+    assert pull.storage.claims == 1001
+    answered = [(request, d) for request, d in polls if d.called]
+    assert [pull.items(request)[0]["id"] for request, _ in answered] == [1]
+    # The oldest waiter got it.
+    assert answered[0][1] is polls[0][1]
+    assert pull.notifier.waiting("c") == 999
+    pull.post(2)
+    pull.post(3)
+    assert pull.storage.claims == 1003 and pull.notifier.waiting("c") == 997
+
+
+def test_a_long_poll_woken_for_a_webhook_another_took_waits_again_within_its_deadline():
+    pull = counting_pull()
+    request, d = pull.get(wait=30)
+    pull.clock.advance(10)
+    pull.storage.insert(webhook(1))
+    taker, _ = pull.get()
+    assert [i["id"] for i in pull.items(taker)] == [1]
+    pull.notifier.fire("c")
+    assert not d.called and pull.notifier.waiting("c") == 1
+    pull.clock.advance(10)
+    pull.post(2)
+    assert d.called and [i["id"] for i in pull.items(request)] == [2]
+
+    late, d = pull.get(wait=30)
+    pull.clock.advance(29)
+    pull.notifier.fire("c")
+    assert not d.called
+    pull.clock.advance(1)
+    assert d.called and pull.items(late) == []
+    assert pull.notifier.waiting("c") == 0 and pull.clock.getDelayedCalls() == []
+
+
+def test_a_wake_that_came_during_a_claim_and_was_not_used_goes_to_the_next_waiter():
+    pull = counting_pull()
+    pull.storage.hold = True
+    first, d1 = pull.get(wait=30, limit=1)
+    pull.storage.hold = False
+    second, d2 = pull.get(wait=30)
+    assert not d2.called and pull.notifier.waiting("c") == 2
+    # A webhook that reached the queue without a wake (another node, say),
+    # then one with a wake, which goes to the oldest waiter, whose claim is
+    # still running and takes the first one only.
+    pull.storage.insert(webhook(1))
+    pull.post(2)
+    pull.storage.resolve()
+    assert [i["id"] for i in pull.items(first)] == [1]
+    assert d2.called and [i["id"] for i in pull.items(second)] == [2]
+
+
+def test_leases_running_out_wake_as_many_long_polls():
+    pull = counting_pull()
+    for n in (1, 2):
+        pull.post(n)
+    leased, _ = pull.get(lease=20)
+    leased.finish()
+    polls = [pull.get(wait=60, lease=20, limit=1) for _ in range(3)]
+    claims = pull.storage.claims
+    pull.clock.advance(20)
+    assert pull.storage.claims == claims + 2
+    assert [[i["id"] for i in pull.items(request)] for request, d in polls if d.called] == [[1], [2]]
+    assert pull.notifier.waiting("c") == 1
+
+
+def test_a_dropped_pull_wakes_long_polls_for_what_it_gives_back():
+    pull = counting_pull()
+    pull.post(1)
+    dropped, _ = pull.get()
+    waiting, d = pull.get(wait=30)
+    assert not d.called
+    dropped.lose()
+    assert d.called and [(i["id"], i["payload"]) for i in pull.items(waiting)] == [(1, {"n": 1})]
+
+
+def test_long_polls_are_capped_per_token():
+    pull = counting_pull()
+    take = pull.puller.take
+
+    def poll(token, **query):
+        request = FakeRequest()
+        d = ensureDeferred(take(request, "c", PullQuery(**query), token, 2))
+        d.addCallback(request.write)
+        return request, d
+
+    first, d1 = poll("a", wait=30)
+    poll("a", wait=30)
+    refused = poll("a", wait=30)[1]
+    error = refused.result.value
+    refused.addErrback(lambda f: None)
+    assert (error.status, error.code, error.headers) == (429, "too_many_requests", {"Retry-After": "5"})
+    assert not poll("b", wait=30)[1].called
+    assert poll("a")[1].called
+    pull.post(1)
+    assert d1.called and [i["id"] for i in pull.items(first)] == [1]
+    assert not poll("a", wait=30)[1].called
+
+
+def test_the_notifier_wakes_every_watcher_and_one_waiter_per_item():
+    notifier = Notifier()
+    key = ("github", "ci")
+    watcher = notifier.wait(key)
+    takers = [notifier.wait_for_item(key) for _ in range(5)]
+    takers[1].addErrback(lambda f: f.trap(CancelledError))
+    takers[1].cancel()
+    assert notifier.waiting(key) == 5
+    notifier.fire(key, 2)
+    assert watcher.called
+    assert [t.called for t in takers] == [True, True, True, False, False]
+    assert notifier.waiting(key) == 2
+    notifier.fire(("github", "chat"))
+    assert notifier.waiting(key) == 2
+    notifier.close()
+    assert all(t.called for t in takers) and notifier.waiting(key) == 0
 
 
 # The storage semantics the Puller relies on, for the fake and for SQLite.

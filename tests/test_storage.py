@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.task import Clock
 
+from kwp.config import parse_config
 from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, QueueStats, Route, StorageError, open_storage
+from kwp.storage import Attempt, queries
+from kwp.storage.prune import Pruner
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
+from tests.support import until
 
 
 def started(path) -> SQLiteStorage:
@@ -48,6 +55,29 @@ def test_prepare_creates_parents_sets_wal_and_migrates(tmp_path):
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     SQLiteStorage(str(path), reactor).prepare()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_database_and_the_directories_kwp_creates_are_private_whatever_the_umask(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    path = shared / "new" / "deeper" / "kwp.db"
+    umask = os.umask(0)
+    try:
+        s = started(path)
+        await s.insert(hook(1))
+        modes = {p.name: _mode(p) for p in (shared, path.parent.parent, path.parent)}
+        files = {name: _mode(path.parent / name) for name in ("kwp.db", "kwp.db-wal", "kwp.db-shm")}
+        await s.stopService()
+    finally:
+        os.umask(umask)
+    assert modes == {"shared": 0o755, "new": 0o700, "deeper": 0o700}
+    assert files == {"kwp.db": 0o600, "kwp.db-wal": 0o600, "kwp.db-shm": 0o600}
 
 
 def test_unopenable_and_newer_databases_are_refused(tmp_path):
@@ -294,3 +324,176 @@ async def test_paused_and_outcomes_are_per_consumer(storage):
     assert (await storage.queue_state("a", consumer="chat")).paused
     assert not (await storage.queue_state("a", consumer="ci")).paused
     assert not (await storage.queue_state("a")).paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_stats_read_no_row_of_the_queues(tmp_path):
+    """The figures of every queue come from sizes kept by triggers and one
+    index seek per queue, not from a walk over the deliveries."""
+    path = tmp_path / "kwp.db"
+    s = started(path)
+    await s.insert(routed(1, "ci", "chat"))
+    await s.stopService()
+    connection = sqlite3.connect(path)
+    sqlite_queries = []
+    connection.set_trace_callback(sqlite_queries.append)
+    assert queries.queue_stats(connection.cursor()) == {
+        ("a", "ci"): QueueStats(1, 1001.0, 0),
+        ("a", "chat"): QueueStats(1, 1001.0, 0),
+    }
+    connection.set_trace_callback(None)
+    plans = [row[3] for query in sqlite_queries for row in connection.execute("EXPLAIN QUERY PLAN " + query)]
+    assert plans == ["SCAN queue_sizes"] + ["SEARCH deliveries USING INDEX deliveries_open (channel=? AND consumer=?)"] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_sizes_follow_every_way_a_webhook_comes_and_goes(storage):
+    for i in range(12):
+        await storage.insert(hook(i, channel="ab"[i % 2]))
+    await storage.insert(hook(99, channel="c"))
+    await storage.claim("a", "pull", 2, 2000.0)
+    await storage.finish_claim("pull", 2000.0)
+    leased = await storage.claim("a", "lease", 2, 2000.0, 60)
+    await storage.ack("a", [leased[0].id], 2000.0)
+    await storage.delete("b", (await storage.list("b", 1))[0].id, 2000.0)
+    await storage.forward_succeeded("b", (await storage.list("b", 1))[0].id, Attempt(2000.0, 200))
+    await storage.forward_failed("b", (await storage.list("b", 1))[0].id, Attempt(2000.0, 500), None, "dead")
+    await storage.clear("c", 2000.0)
+    await storage.replay("b", [2], None, 2001.0)
+    assert [len(await storage.list(channel, 100)) for channel in "abc"] == [3, 5, 0]
+    # a: 1006 (leased), 1008, 1010; b: 1005 (dead), 1007, 1009, 1011 and
+    # the replayed 1001 at the tail.
+    counted = {("a", "default"): QueueStats(3, 1006.0, 0), ("b", "default"): QueueStats(4, 1007.0, 1)}
+    assert await storage.queue_stats() == counted
+
+
+def test_the_migration_counts_what_an_older_database_holds(tmp_path):
+    path = tmp_path / "kwp.db"
+    connection = sqlite3.connect(path)
+    for number, migration in enumerate(MIGRATIONS[:3], start=1):
+        with connection:
+            migration(connection.cursor())
+            connection.execute(f"PRAGMA user_version = {number}")
+    with connection:
+        connection.executemany(
+            "INSERT INTO webhooks (channel, headers, body, received_at) VALUES (?, '{}', X'7B7D', ?)",
+            [("a", 10.0), ("b", 20.0), ("a", 30.0)],
+        )
+    connection.close()
+    SQLiteStorage(str(path), reactor).prepare()
+    connection = sqlite3.connect(path)
+    assert queries.queue_stats(connection.cursor()) == {
+        ("a", "default"): QueueStats(2, 10.0, 0),
+        ("b", "default"): QueueStats(1, 20.0, 0),
+    }
+
+
+# --- forgetting delivery ids ---------------------------------------------------
+
+
+def seen(path) -> dict[str, list[str]]:
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT channel, delivery_id FROM seen_deliveries ORDER BY channel, delivery_id")
+        result: dict[str, list[str]] = {}
+        for channel, delivery in rows:
+            result.setdefault(channel, []).append(delivery)
+        return result
+    finally:
+        connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_batches(tmp_path):
+    path = tmp_path / "kwp.db"
+    storage = started(path)
+    now = 1_000_000.0
+    ages = {"short": {"keep": 30, "drop": 90}, "long": {"keep": 1800, "drop": 7200},
+            "gone": {"keep": 80000, "drop": 90000}}
+    for channel, by_fate in ages.items():
+        for fate, age in by_fate.items():
+            for n in range(5):
+                await storage.insert(NewWebhook(channel, "{}", b"{}", now - age, f"{fate}-{n}", dedup_window=10**9))
+    config = parse_config({"channels": [
+        {"name": "short", "token": "t1", "dedup-window-seconds": 60},
+        {"name": "long", "token": "t2", "dedup-window-seconds": 3600},
+    ]})
+    batches = []
+    prune_seen = storage.prune_seen
+
+    def counting(channel, before, limit):
+        return prune_seen(channel, before, limit).addCallback(lambda n: batches.append((channel, n)) or n)
+
+    storage.prune_seen = counting
+    clock = Clock()
+    clock.advance(now - 60)
+    pruner = Pruner(storage, lambda: config, clock, interval=60, batch=2)
+    pruner.startService()
+    try:
+        clock.advance(59)
+        assert batches == []
+        clock.advance(1)
+        await until(lambda: not pruner._busy, what="the pruning run")
+    finally:
+        await pruner.stopService()
+        await storage.stopService()
+    kept = [f"keep-{n}" for n in range(5)]
+    assert seen(path) == {"gone": kept, "long": kept, "short": kept}
+    assert max(n for _, n in batches) == 2
+    assert [n for channel, n in batches if channel == "short"] == [2, 2, 1]
+    # Within its window an id is still a duplicate; after it, it is new.
+    storage = started(path)
+    try:
+        assert await storage.insert(NewWebhook("short", "{}", b"{}", now, "keep-0", 60)) is DUPLICATE
+        assert isinstance(await storage.insert(NewWebhook("short", "{}", b"{}", now, "drop-0", 60)), int)
+    finally:
+        await storage.stopService()
+
+
+class FlakyIds:
+    """seen_channels fails once, then names one channel whose prune_seen
+    answers with the Deferreds the test fires."""
+
+    def __init__(self):
+        self.calls = 0
+        self.batches: list[Deferred] = []
+
+    def seen_channels(self):
+        self.calls += 1
+        return fail(RuntimeError("database locked")) if self.calls == 1 else succeed(["a"])
+
+    def prune_seen(self, channel, before, limit):
+        self.batches.append(Deferred())
+        return self.batches[-1]
+
+
+def test_a_failed_run_is_logged_and_the_timer_goes_on_and_a_stop_waits_for_the_batch(captured_log):
+    ids = FlakyIds()
+    clock = Clock()
+    pruner = Pruner(ids, lambda: parse_config({"channels": [{"name": "a", "token": "t"}]}), clock, 60, batch=10)
+    pruner.startService()
+    clock.advance(60)
+    assert "pruning delivery ids failed" in captured_log.text()
+    clock.advance(60)
+    assert len(ids.batches) == 1
+    ids.batches[0].callback(10)
+    assert len(ids.batches) == 2
+    stopped = pruner.stopService()
+    assert not stopped.called
+    ids.batches[1].callback(10)
+    assert stopped.called and len(ids.batches) == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_daemon_prunes_with_the_running_config(tmp_path):
+    from kwp.tap import Options, makeService
+    from tests.support import write_config
+
+    path = write_config(tmp_path / "config.yml", {"channels": [{"name": "a", "token": "t"}]})
+    options = Options(environ={})
+    options.parseOptions(["-c", str(path), "-d", str(tmp_path / "kwp.db"), "-l", "tcp:0:interface=127.0.0.1"])
+    service = makeService(options, reactor=Clock())
+    children = list(service)
+    assert children.index(service.app.storage) < children.index(service.pruner) < children.index(service.listeners[0])
+    service.app.config = parse_config({"channels": [{"name": "b", "token": "t"}]})
+    assert [c.name for c in service.pruner._config().channels] == ["b"]

@@ -294,11 +294,33 @@ async def test_a_client_leaving_a_long_poll_frees_it_at_once(local_kwp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_long_poll_beyond_the_tokens_cap_is_refused_with_429(local_kwp):
+    kwp = local_kwp({**BASIC_CONFIG, "server": {**BASIC_CONFIG["server"], "max-waiters-per-token": 2}})
+    port = kwp.port.getHost().port
+    held = [_hold_long_poll(port) for _ in range(2)]
+    try:
+        await until(lambda: kwp.app.notifier.waiting("open") == 2)
+        refused = await kwp.get("/api/webhook/open?wait=5", "open-token")
+        await assert_error(refused, 429, "too_many_requests")
+        assert refused.headers.getRawHeaders("retry-after") == ["5"]
+        # A pull that does not wait, and another token, are not held back.
+        assert await body_json(await kwp.get("/api/webhook/open", "open-token")) == []
+        assert await body_json(await kwp.get("/api/webhook/open?wait=1", "admin-secret-token")) == []
+        held.pop().close()
+        await until(lambda: kwp.app.notifier.waiting("open") == 1)
+        assert await body_json(await kwp.get("/api/webhook/open?wait=1", "open-token")) == []
+    finally:
+        for s in held:
+            s.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
     import os
     import threading
 
-    kwp = local_kwp()
+    # One token may hold this many long-polls only when the config says so.
+    kwp = local_kwp({**BASIC_CONFIG, "server": {**BASIC_CONFIG["server"], "max-waiters-per-token": 1000}})
     threads = threading.active_count()
     port = kwp.port.getHost().port
     sockets = []

@@ -208,7 +208,7 @@ class IStorage(Interface):
         response was written) are delivered."""
 
     def release_claim(claim_id: str):
-        """Deferred: give back every delivery held by claim_id."""
+        """Deferred number of deliveries held by claim_id, given back."""
 
     def ack(channel: str, ids: list[int], now: float, consumer: str):
         """Deferred number of handed-out deliveries now delivered."""
@@ -250,7 +250,15 @@ class IStorage(Interface):
 
     def queue_stats():
         """Deferred dict: (channel, consumer) -> QueueStats, for the queues
-        that hold anything pending or dead."""
+        that hold anything pending or dead; cheap whatever the number of
+        webhooks stored."""
+
+    def seen_channels():
+        """Deferred list of the channels that have delivery ids remembered."""
+
+    def prune_seen(channel: str, before: float, limit: int):
+        """Deferred number of delivery ids of channel seen before ``before``
+        forgotten, at most ``limit`` in one short transaction."""
 
     def events(channel: str, query: EventQuery, limit: int):
         """Deferred list of Event of channel, newest first."""

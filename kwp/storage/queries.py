@@ -97,17 +97,17 @@ def _write(txn, d: Dialect, webhooks: list[NewWebhook]) -> list[int]:
     return ids
 
 
+def _open_count(txn, channel, consumer) -> int:
+    txn.execute("SELECT open FROM queue_sizes WHERE channel = ? AND consumer = ?", (channel, consumer))
+    row = txn.fetchone()
+    return row[0] if row is not None else 0
+
+
 def _queue_full(txn, w: NewWebhook) -> bool:
-    for route in w.routes:
-        if route.max_queue is None:
-            continue
-        txn.execute(
-            f"SELECT COUNT(*) FROM deliveries WHERE channel = ? AND consumer = ? AND state IN {_OPEN}",
-            (w.channel, route.consumer),
-        )
-        if txn.fetchone()[0] >= route.max_queue:
-            return True
-    return False
+    return any(
+        route.max_queue is not None and _open_count(txn, w.channel, route.consumer) >= route.max_queue
+        for route in w.routes
+    )
 
 
 def insert_batch(txn, d: Dialect, batch: list[NewWebhook]) -> list:
@@ -272,11 +272,12 @@ def finish_claim(txn, claim_id, now, retention) -> None:
     _close(txn, "claim = ?", (claim_id,), DELIVERED, now, retention)
 
 
-def release_claim(txn, claim_id) -> None:
+def release_claim(txn, claim_id) -> int:
     txn.execute(
         "UPDATE deliveries SET claim = NULL, lease_until = NULL, handouts = handouts - 1 WHERE claim = ?",
         (claim_id,),
     )
+    return txn.rowcount
 
 
 def release_orphans(txn) -> None:
@@ -440,11 +441,7 @@ def set_paused(txn, channel, consumer, paused) -> None:
 
 def queue(txn, channel, consumer, limit, after) -> tuple[QueueState, int, list[ForwardItem]]:
     state = queue_state(txn, channel, consumer)
-    txn.execute(
-        f"SELECT COUNT(*) FROM deliveries WHERE channel = ? AND consumer = ? AND state IN {_OPEN}",
-        (channel, consumer),
-    )
-    size = txn.fetchone()[0]
+    size = _open_count(txn, channel, consumer)
     txn.execute(
         f"SELECT {_FORWARD_COLUMNS} FROM deliveries AS d JOIN webhooks AS w ON w.id = d.webhook_id"
         f" WHERE d.channel = ? AND d.consumer = ? AND d.state IN {_OPEN} AND d.seq > ? ORDER BY d.seq LIMIT ?",
@@ -463,17 +460,15 @@ def holds(txn, channel, consumer) -> bool:
 
 def queue_stats(txn) -> dict[tuple[str, str], QueueStats]:
     """Pending and dead deliveries of every queue that has any, and when
-    the head of each was queued; counted on the index of open deliveries."""
-    txn.execute(
-        f"SELECT channel, consumer, COUNT(*), SUM(CASE WHEN state = '{DEAD}' THEN 1 ELSE 0 END)"
-        f" FROM deliveries WHERE state IN {_OPEN} GROUP BY channel, consumer"
-    )
+    the head of each was queued: the counts kept by triggers, then one index
+    seek per queue."""
+    txn.execute("SELECT channel, consumer, open, dead FROM queue_sizes WHERE open > 0")
     counts = txn.fetchall()
     stats = {}
     for channel, consumer, open_count, dead in counts:
         txn.execute(
-            f"SELECT queued_at FROM deliveries WHERE channel = ? AND consumer = ? AND state = '{PENDING}'"
-            " ORDER BY seq LIMIT 1",
+            f"SELECT queued_at FROM deliveries WHERE channel = ? AND consumer = ? AND state IN {_OPEN}"
+            f" AND state = '{PENDING}' ORDER BY seq LIMIT 1",
             (channel, consumer),
         )
         head = txn.fetchone()
@@ -614,6 +609,33 @@ def purge(txn, channel, webhook_id) -> bool:
         return False
     _drop_webhooks(txn, [webhook_id])
     return True
+
+
+def seen_channels(txn) -> list[str]:
+    # One index seek per channel, however many ids each has.
+    channels: list[str] = []
+    while True:
+        txn.execute(
+            "SELECT channel FROM seen_deliveries WHERE channel > ? ORDER BY channel LIMIT 1",
+            (channels[-1] if channels else "",),
+        )
+        row = txn.fetchone()
+        if row is None:
+            return channels
+        channels.append(row[0])
+
+
+def prune_seen(txn, channel, before, limit) -> int:
+    txn.execute(
+        "SELECT delivery_id FROM seen_deliveries WHERE channel = ? AND seen_at < ? LIMIT ?", (channel, before, limit)
+    )
+    ids = [row[0] for row in txn.fetchall()]
+    for chunk in _chunks(ids):
+        txn.execute(
+            f"DELETE FROM seen_deliveries WHERE channel = ? AND delivery_id IN ({_marks(len(chunk))})",
+            (channel, *chunk),
+        )
+    return len(ids)
 
 
 def ping(txn) -> None:

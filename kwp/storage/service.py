@@ -201,5 +201,11 @@ class AdbapiStorage(Service):
     def prune(self, now, batch) -> Deferred:
         return self._run(q.prune, self.retention, now, batch)
 
+    def seen_channels(self) -> Deferred:
+        return self._run(q.seen_channels)
+
+    def prune_seen(self, channel, before, limit) -> Deferred:
+        return self._run(q.prune_seen, channel, before, limit)
+
     def ping(self) -> Deferred:
         return self._run(q.ping)

@@ -86,6 +86,27 @@ def _v3(cursor) -> None:
 
 
 def _v4(cursor) -> None:
+    """Figures that cost no walk over the table: the number of webhooks of
+    each channel, kept by triggers (so every way a row comes or goes counts,
+    whoever writes), for the metrics; and an index on the age of delivery
+    ids, so that pruning them reads only the rows it deletes."""
+    cursor.execute("CREATE TABLE queue_sizes (channel TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_up AFTER INSERT ON webhooks BEGIN
+            INSERT INTO queue_sizes (channel, size) VALUES (new.channel, 1)
+            ON CONFLICT (channel) DO UPDATE SET size = size + 1;
+        END"""
+    )
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_down AFTER DELETE ON webhooks BEGIN
+            UPDATE queue_sizes SET size = size - 1 WHERE channel = old.channel;
+        END"""
+    )
+    cursor.execute("INSERT INTO queue_sizes (channel, size) SELECT channel, COUNT(*) FROM webhooks GROUP BY channel")
+    cursor.execute("CREATE INDEX seen_deliveries_age ON seen_deliveries (channel, seen_at)")
+
+
+def _v5(cursor) -> None:
     """Consumers and history: a webhook's body is stored once, and each
     consumer it is routed to has a delivery of it with its own queue
     position, claim, lease, attempts and state.  Every webhook of an older
@@ -123,7 +144,7 @@ def _v4(cursor) -> None:
     cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhooks'")
     sequence = cursor.fetchone()
     cursor.execute(
-        """CREATE TABLE webhooks_v4 (
+        """CREATE TABLE webhooks_v5 (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             channel TEXT NOT NULL,
             headers TEXT NOT NULL,
@@ -134,13 +155,14 @@ def _v4(cursor) -> None:
         )"""
     )
     cursor.execute(
-        "INSERT INTO webhooks_v4 (id, channel, headers, body, received_at, delivery_id)"
+        "INSERT INTO webhooks_v5 (id, channel, headers, body, received_at, delivery_id)"
         " SELECT id, channel, headers, body, received_at, delivery_id FROM webhooks"
     )
+    # Its triggers (queue_sizes of schema 4) go with it.
     cursor.execute("DROP TABLE webhooks")
-    cursor.execute("ALTER TABLE webhooks_v4 RENAME TO webhooks")
+    cursor.execute("ALTER TABLE webhooks_v5 RENAME TO webhooks")
     if sequence is not None:
-        cursor.execute("DELETE FROM sqlite_sequence WHERE name IN ('webhooks', 'webhooks_v4')")
+        cursor.execute("DELETE FROM sqlite_sequence WHERE name IN ('webhooks', 'webhooks_v5')")
         cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('webhooks', ?)", sequence)
     cursor.execute("CREATE INDEX webhooks_channel ON webhooks (channel, id)")
     cursor.execute("CREATE INDEX webhooks_done ON webhooks (channel, done_at) WHERE done_at IS NOT NULL")
@@ -188,10 +210,49 @@ def _v4(cursor) -> None:
         " SELECT channel, 'default', paused, last_success_at, last_error_at, last_error_message FROM channel_state"
     )
     cursor.execute("DROP TABLE channel_state")
+    # The figures of each queue, kept by triggers on every change of a
+    # delivery's state: open counts pending and dead deliveries.
+    cursor.execute("DROP TABLE queue_sizes")
+    cursor.execute(
+        """CREATE TABLE queue_sizes (
+            channel TEXT NOT NULL,
+            consumer TEXT NOT NULL,
+            open INTEGER NOT NULL,
+            dead INTEGER NOT NULL,
+            PRIMARY KEY (channel, consumer)
+        ) WITHOUT ROWID"""
+    )
+    add = """INSERT INTO queue_sizes (channel, consumer, open, dead) VALUES ({row}.channel, {row}.consumer, {open}, {dead})
+             ON CONFLICT (channel, consumer) DO UPDATE SET open = open + excluded.open, dead = dead + excluded.dead"""
+    is_open = "({row}.state IN ('pending', 'dead'))"
+    is_dead = "({row}.state = 'dead')"
+    cursor.execute(
+        "CREATE TRIGGER deliveries_queued AFTER INSERT ON deliveries BEGIN "
+        + add.format(row="new", open=is_open.format(row="new"), dead=is_dead.format(row="new"))
+        + "; END"
+    )
+    cursor.execute(
+        "CREATE TRIGGER deliveries_moved AFTER UPDATE OF state ON deliveries WHEN old.state != new.state BEGIN "
+        + add.format(
+            row="new",
+            open=f"{is_open.format(row='new')} - {is_open.format(row='old')}",
+            dead=f"{is_dead.format(row='new')} - {is_dead.format(row='old')}",
+        )
+        + "; END"
+    )
+    cursor.execute(
+        "CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries BEGIN "
+        + add.format(row="old", open=f"-{is_open.format(row='old')}", dead=f"-{is_dead.format(row='old')}")
+        + "; END"
+    )
+    cursor.execute(
+        "INSERT INTO queue_sizes (channel, consumer, open, dead) SELECT channel, consumer,"
+        " SUM(state IN ('pending', 'dead')), SUM(state = 'dead') FROM deliveries GROUP BY channel, consumer"
+    )
 
 
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -214,6 +275,32 @@ def _migrate(connection: sqlite3.Connection) -> None:
             cursor = connection.cursor()
             migration(cursor)
             cursor.execute(f"PRAGMA user_version = {number}")
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600, and the directories above it that are
+    missing 0700, whatever the umask.  SQLite gives the -wal and -shm files
+    it creates later the permissions of the database file.  What exists is
+    left as it is."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 class SQLiteDialect(Dialect):
@@ -249,8 +336,7 @@ class SQLiteStorage(AdbapiStorage):
         if self.path == ":memory:":
             return
         try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            _create_private(self.path)
             connection = sqlite3.connect(self.path)
             try:
                 _configure(connection)
