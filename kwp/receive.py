@@ -101,10 +101,12 @@ def parse_json(body: bytes) -> Any:
     """The JSON value of body; raises ApiError 422.
 
     Only UTF-8 text of strict JSON is taken (no NaN or Infinity), so the stored
-    bytes can be spliced unchanged into the JSON that pulls return."""
+    bytes can be spliced unchanged into the JSON that pulls return.  A value
+    nested deeper than the parser's recursion allows is refused like any other
+    bad body."""
     try:
         return _decoder.decode(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(422, "invalid_json", "the body is not valid UTF-8 JSON") from None
 
 

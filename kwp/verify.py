@@ -408,7 +408,9 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     Shopify X-Shopify-Webhook-Id, Standard Webhooks webhook-id) or from the
     body (Telegram ``update_id``, the Stripe event ``id``, Slack's
     ``event_id`` of an event_callback).  Meta and channels without a provider
-    have none.  An empty id, or one longer than 256 characters, is None.
+    have none.  An empty id, one longer than 256 characters, or one that is
+    not Unicode text (a lone surrogate, which JSON's ``\\u`` escapes allow),
+    is None.
     """
     scheme = channel.scheme
     value: Any = None
@@ -418,9 +420,17 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
         value = body_json.get(scheme.delivery_field)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH or not _is_text(value):
         return None
     return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- signing (§5.3 /sign and the forwarder) ----------------------------------
