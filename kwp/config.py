@@ -11,15 +11,12 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from kwp.templates import Template, TemplateError, compile_template
-
-if TYPE_CHECKING:
-    from kwp.verify import Scheme
 
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
@@ -81,13 +78,6 @@ class Channel:
     note: str | None = None
     monitoring_metrics: bool = True
     forward: Forward | None = None
-
-    @cached_property
-    def scheme(self) -> Scheme:
-        """How the channel's senders prove who they are: :func:`kwp.verify.scheme_for`."""
-        from kwp.verify import scheme_for
-
-        return scheme_for(self)
 
 
 @dataclass(frozen=True)
