@@ -22,6 +22,9 @@ MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# What Telegram's setWebhook accepts as secret_token.
+TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
+TELEGRAM_HEADER = "x-telegram-bot-api-secret-token"
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 PROVIDERS = (
@@ -382,6 +385,13 @@ def _check_verification(r: _Reader, channel: Channel) -> None:
             r.error("verify-token", "is required with provider 'meta' (the subscription handshake)")
     if channel.verify_token and channel.provider != "meta":
         r.error("verify-token", "is only used with provider 'meta'")
+    if channel.provider == "telegram" or (
+        channel.provider is None and (channel.secret_header or "").lower() == TELEGRAM_HEADER
+    ):
+        for index, secret in enumerate(channel.secrets):
+            if not TELEGRAM_SECRET.match(secret):
+                which = f"secret {index + 1}" if len(channel.secrets) > 1 else "the secret"
+                r.error("webhook-secret", f"{which} is not a Telegram secret token: 1 to 256 of A-Z a-z 0-9 _ -")
     if channel.provider is not None:
         return
     if channel.secrets and not channel.secret_header:

@@ -143,6 +143,23 @@ def test_verification_settings_that_would_check_less_than_they_seem():
                                  "secret-extract-template": "{{ raw }}"})]}))
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [{"provider": "telegram"}, {"secret-header": "X-Telegram-Bot-Api-Secret-Token"}],
+    ids=["provider", "secret-header"],
+)
+def test_a_telegram_secret_has_only_the_characters_telegram_allows(keys):
+    for good in ("a", "A-z_09", "x" * 256):
+        parse_config({"channels": [channel(**keys, **{"webhook-secret": good})]})
+    for bad, which in (("has space", "the secret"), ("x" * 257, "the secret"), (["ok", "p\u00e4ss"], "secret 2"),
+                       ("semi;colon", "the secret")):
+        errors = errors_of({"channels": [channel(**keys, **{"webhook-secret": bad})]})
+        assert errors == [f"c.yml: channels[0] (ch): key 'webhook-secret': {which} is not a Telegram secret token: "
+                          "1 to 256 of A-Z a-z 0-9 _ -"]
+    # Another plain header takes any secret.
+    parse_config({"channels": [channel(**{"secret-header": "X-Token", "webhook-secret": "has space"})]})
+
+
 def test_bad_templates_are_config_errors():
     base = {"webhook-secret": "s", "secret-header": "X", "secret-type": "hmac-sha256"}
     errors = errors_of({"channels": [channel(**base, **{"secret-extract-template": "{{ raw | explode }}"})]})
