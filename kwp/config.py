@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -473,37 +473,51 @@ def _redacted_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+# The config.yml keys that are not their field's name in kebab-case.
+_CHANNEL_KEYS = {
+    "token": "api-read-token",
+    "secrets": "webhook-secret",
+    "extract_template": "secret-extract-template",
+    "sign_template": "secret-sign-template",
+}
+# What a provider decides: config.yml refuses these keys beside one.
+_DECIDED_BY_PROVIDER = ("secret-type", "secret-extract-template", "secret-sign-template")
+
+
+def _is_secret(key: str) -> bool:
+    """Whether the values of key are credentials: api-read-token, webhook-secret,
+    admin-token, verify-token, sign-secret and whatever else ends so."""
+    return key.endswith(("-token", "-secret"))
+
+
+def _plain(key: str, value: Any) -> Any:
+    if isinstance(value, Template):
+        return value.source
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if isinstance(value, (tuple, list, frozenset)):
+        return [_plain(key, v) for v in (sorted(value) if isinstance(value, frozenset) else value)]
+    if hasattr(value, "__dataclass_fields__"):
+        return _section(value)
+    if isinstance(value, str) and _is_secret(key):
+        return REDACTED
+    return value
+
+
+def _section(obj: Any) -> dict:
+    renames = _CHANNEL_KEYS if isinstance(obj, Channel) else {}
+    data = {renames.get(f.name, f.name.replace("_", "-")): getattr(obj, f.name) for f in fields(obj)}
+    if isinstance(obj, Channel) and obj.provider is not None:
+        for key in _DECIDED_BY_PROVIDER:
+            del data[key]
+    if isinstance(obj, Forward):
+        data["url"] = _redacted_url(obj.url)
+    return {key: _plain(key, value) for key, value in data.items()}
+
+
 def redacted(config: Config) -> dict:
-    """The effective configuration as plain data, every secret and token replaced."""
-
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, Template):
-            return obj.source
-        if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            return str(obj)
-        if isinstance(obj, (tuple, list, frozenset)):
-            return [plain(v) for v in (sorted(obj) if isinstance(obj, frozenset) else obj)]
-        if hasattr(obj, "__dataclass_fields__"):
-            return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
-        return obj
-
-    server = replace(config.server, admin_token=REDACTED if config.server.admin_token else None)
-    channels = []
-    for c in config.channels:
-        forward = c.forward
-        if forward is not None:
-            forward = replace(
-                forward,
-                url=_redacted_url(forward.url),
-                sign_secret=REDACTED if forward.sign_secret else None,
-            )
-        channels.append(
-            replace(
-                c,
-                token=REDACTED,
-                secrets=tuple(REDACTED for _ in c.secrets),
-                verify_token=REDACTED if c.verify_token else None,
-                forward=forward,
-            )
-        )
-    return {"server": plain(server), "channels": [plain(c) for c in channels]}
+    """The effective configuration as plain data under config.yml's keys, with
+    the defaults filled in, every token and secret replaced, and forward URLs
+    without their credentials.  A provider channel shows its provider and not
+    the keys the provider decides."""
+    return {"server": _section(config.server), "channels": [_section(c) for c in config.channels]}
