@@ -22,6 +22,7 @@ from kwp import __version__, verify
 from kwp.auth import authorize, authorize_admin
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
+from kwp.logs import printable
 from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
@@ -425,18 +426,22 @@ class KwpSite(Site):
 
     def log(self, request):
         now = self.reactor.seconds()
+        # What the client wrote is escaped: a %0A in the channel name of the
+        # URL is a newline once decoded.
         fields = {
-            "method": request.method.decode("latin-1"),
-            "path": request.path.decode("latin-1"),
+            "method": printable(request.method.decode("latin-1")),
+            "path": printable(request.path.decode("latin-1")),
             "status": request.code,
             "size": request.sentLength,
-            "duration_ms": (now - getattr(request, "kwp_started", now)) * 1000,
-            "channel": request.kwp_channel,
+            "duration_ms": round((now - getattr(request, "kwp_started", now)) * 1000, 3),
+            "channel": printable(request.kwp_channel),
         }
         if self.access_log is not None:
             self.access_log(now, ACCESS_FORMAT.format_map(fields))
         else:
-            log.info(ACCESS_FORMAT, request_size=request.getHeader(b"content-length"), **fields)
+            length = request.getHeader(b"content-length")
+            request_size = int(length) if length and length.isdigit() else None
+            log.info(ACCESS_FORMAT, request_size=request_size, **fields)
 
 
 class KwpRoot(Resource):
