@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, threads
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
@@ -110,6 +111,26 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
+class StartupError(SystemExit, Exception):
+    """A start-up failure told in one line, once twistd has started: as a
+    SystemExit, Python writes its message (to the log, where twistd has sent
+    standard error by then) and exits with status 1, without a traceback; as
+    an Exception, twistd removes its pid file and passes the message to the
+    parent of a daemon, which prints it."""
+
+
+def _cannot_listen(error: CannotListenError) -> StartupError:
+    if error.interface:
+        where = f"{error.interface}:{error.port}"
+    else:
+        where = f"port {error.port}" if isinstance(error.port, int) else str(error.port)
+    reason = getattr(error.socketError, "strerror", None) or error.socketError
+    message = f"kwp: cannot listen on {where}: {reason}"
+    # Where the other start-up errors go (a daemon's is /dev/null).
+    sys.__stderr__.write(message + "\n")
+    return StartupError(message)
+
+
 class KwpService(MultiService):
     """The storage, the forwarders, the listeners, and a stop in a fixed
     order: stop listening, let requests in flight finish (bounded), let
@@ -149,6 +170,13 @@ class KwpService(MultiService):
 
     def _sighup(self, signum, frame):
         self._clock.callFromThread(self.reload)
+
+    def privilegedStartService(self):
+        # The listeners bind here (twistd calls it before dropping privileges).
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise _cannot_listen(e) from None
 
     def startService(self):
         # Before the listeners start: a SIGHUP sent once the port answers must

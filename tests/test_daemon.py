@@ -110,6 +110,31 @@ def test_startup_failures_exit_non_zero(tmp_path, args, message):
     assert message in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("foreground", [True, False], ids=["foreground", "daemonized"])
+def test_a_port_in_use_stops_startup_with_one_line(tmp_path, foreground):
+    config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
+    pidfile = tmp_path / "twistd.pid"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, "--pidfile", str(pidfile), *(["-n"] if foreground else []), "kwp", "-c", str(config),
+             "-l", f"tcp:{port}:interface=127.0.0.1", "-d", str(tmp_path / "k.db")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30, env=daemon_env(),
+        )
+    assert result.returncode == 1
+    message = f"kwp: cannot listen on 127.0.0.1:{port}: Address already in use"
+    if foreground:
+        assert result.stderr == message + "\n"
+    else:
+        # twistd's parent prints what the daemon told it, and points at the log.
+        assert message in result.stderr and len(result.stderr.splitlines()) == 2
+        assert message in (tmp_path / "twistd.log").read_text()
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not pidfile.exists()
+
+
 def test_json_logs_one_line_per_request_without_secrets(daemon):
     d = daemon(extra_args=["--log-format", "json", "--log-level", "info"])
     post(d, "github", {"private": "payload-text"}, {"X-Hub-Signature-256": "gh-secret"})
