@@ -457,6 +457,33 @@ def load_config(path: str) -> Config:
     return parse_config(data, path)
 
 
+PLACEHOLDER = "change-me"
+
+
+def unsafe_settings(config: Config) -> list[str]:
+    """What is valid but unsafe to serve: every token or secret that is
+    still a change-me placeholder (as in the example config.yml), and every
+    channel that verifies no secret."""
+    found = []
+
+    def placeholder(where: str, key: str, *values: str | None) -> None:
+        if any(value and PLACEHOLDER in value.lower() for value in values):
+            found.append(f"{where}: key '{key}' is still a '{PLACEHOLDER}' placeholder: set a secret of your own")
+
+    placeholder(f"{config.path}: server", "admin-token", config.server.admin_token)
+    for channel in config.channels:
+        where = f"{config.path}: channel '{channel.name}'"
+        placeholder(where, "api-read-token", channel.token)
+        placeholder(where, "webhook-secret", *channel.secrets)
+        placeholder(where, "verify-token", channel.verify_token)
+        if channel.forward is not None:
+            placeholder(f"{where}: forward", "sign-secret", channel.forward.sign_secret)
+        if not channel.secrets:
+            who = "any client in its allowed-ips" if channel.allowed_ips else "anyone who can reach kwp"
+            found.append(f"{where}: no webhook-secret, nothing is verified: {who} can post to it")
+    return found
+
+
 REDACTED = "<redacted>"
 
 

@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from kwp.config import ConfigError, load_config
+from kwp.config import ConfigError, load_config, unsafe_settings
 from kwp.forward import Forwarders, http_client
 from kwp.logs import LOG_LEVELS, log_stream, make_access_log, make_log_observer
 from kwp.notify import Notifier
@@ -258,6 +258,8 @@ def makeService(options, reactor=None):
         path=config.path,
         database=options["database"],
     )
+    for warning in unsafe_settings(config):
+        log.warn("{warning}", warning=warning)
     # Absolute: a daemonized twistd changes directory before any reload.
     path = os.path.abspath(options["config"])
 

@@ -13,6 +13,7 @@ from kwp.config import (
     load_config,
     parse_config,
     redacted,
+    unsafe_settings,
 )
 
 
@@ -203,3 +204,24 @@ def test_redaction_hides_every_secret():
     for secret in ("ADMIN", "RT1", "S1", "S2", "T2", "S3", "'V'"):
         assert secret not in text
     assert redacted(config)["channels"][0]["secret-header"] == "X-S"
+
+
+def test_unsafe_settings_name_every_placeholder_and_every_unverified_channel():
+    config = parse_config({
+        "server": {"admin-token": "real-admin"},
+        "channels": [
+            {"name": "m", "token": "Change-Me-1", "provider": "meta", "webhook-secret": ["ok", "x-change-me"],
+             "verify-token": "change-me", "forward": {"url": "http://t/", "sign-header": "X-S",
+                                                      "sign-secret": "change-me-sign"}},
+            {"name": "office", "token": "t2", "allowed-ips": ["10.0.0.0/8"]},
+            {"name": "safe", "token": "t3", "webhook-secret": "s", "secret-header": "X-S"},
+        ],
+    }, "c.yml")
+    suffix = "is still a 'change-me' placeholder: set a secret of your own"
+    assert unsafe_settings(config) == [
+        f"c.yml: channel 'm': key 'api-read-token' {suffix}",
+        f"c.yml: channel 'm': key 'webhook-secret' {suffix}",
+        f"c.yml: channel 'm': key 'verify-token' {suffix}",
+        f"c.yml: channel 'm': forward: key 'sign-secret' {suffix}",
+        "c.yml: channel 'office': no webhook-secret, nothing is verified: any client in its allowed-ips can post to it",
+    ]
