@@ -620,7 +620,11 @@ class KwpApp:
             raise bad_request('"secret" must be a string')
         body = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "user-agent": f"kwp-test-send/{__version__}"}
-        headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        try:
+            headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        except verify.NotSigned as e:
+            # A Standard Webhooks secret that is not base64.
+            raise bad_request(str(e)) from None
         check_headers(config, name, headers, None, len(body))
         received = await self.receiver.receive(config, channel, headers, body)
         request.setHeader(b"content-type", b"application/json")

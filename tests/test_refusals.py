@@ -29,6 +29,7 @@ CONFIG = {
         {"name": "tg", "token": "tg-token", "provider": "telegram", "webhook-secret": "tg-secret"},
         {"name": "full", "token": "full-token", "max-queue": 1},
         {"name": "gh", "token": "gh-token", "provider": "github", "webhook-secret": "gh-secret"},
+        {"name": "sw", "token": "sw-token", "provider": "standard-webhooks", "webhook-secret": "whsec_c2VjcmV0"},
     ],
 }
 
@@ -63,6 +64,18 @@ async def test_deep_bodies_on_the_other_routes_are_client_errors(local_kwp, capt
     gh = {"Authorization": "Bearer gh-token"}
     signed = await treq.post(kwp.url("/api/webhook/gh/sign"), data=DEEP_BODIES[1], headers=gh)
     assert signed.code == 200
+    assert _failures(captured_log) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_test_send_secret_that_cannot_sign_is_a_client_error(local_kwp, captured_log):
+    kwp = local_kwp(CONFIG)
+    auth = {"Authorization": "Bearer sw-token"}
+    for secret in ("not-base64!!", "whsec_!!!", "\u00e9", "\ud800", "\u0000"):
+        response = await treq.post(kwp.url("/api/webhook/sw/test-send"), json={"payload": {}, "secret": secret},
+                                   headers=auth)
+        body = await assert_error(response, 400, "bad_request")
+        assert secret not in body["message"]
     assert _failures(captured_log) == []
 
 
