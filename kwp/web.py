@@ -148,7 +148,10 @@ class KwpRequest(Request):
 
     For a POST to a channel the checks of steps 1-4 run in gotLength; a refused
     request has its body read into nothing and then gets the refusal.  Every
-    other request may not exceed the largest body limit of the config."""
+    other request may not exceed the largest body limit of the config.  A
+    body that passes its limit while it arrives (chunked), and a refused one
+    that declares more than DISCARD_LIMIT, are answered at once, without
+    reading the rest, and the connection closed."""
 
     kwp_config: Config | None = None
     kwp_headers: dict[str, str] | None = None
