@@ -29,7 +29,7 @@ test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
 
 # wrk comes from Debian's packages; BENCH_ARGS=--quick for a smoke run.
-bench: $(BIN)/twistd
+bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; } >/dev/null 2>&1 || true
 	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk is missing and could not be installed; run 'apt-get install -y wrk' as root" >&2; exit 1; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
