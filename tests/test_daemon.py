@@ -130,7 +130,12 @@ def test_a_port_in_use_stops_startup_with_one_line(tmp_path, foreground):
     else:
         # twistd's parent prints what the daemon told it, and points at the log.
         assert message in result.stderr and len(result.stderr.splitlines()) == 2
-        assert message in (tmp_path / "twistd.log").read_text()
+        # The daemon logs its failure as it exits, after its parent returned.
+        log = tmp_path / "twistd.log"
+        deadline = time.monotonic() + 10
+        while message not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert message in log.read_text()
     assert "Traceback" not in result.stdout + result.stderr
     assert not pidfile.exists()
 
