@@ -2,23 +2,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yml
+# make run serves this machine only; LISTEN=tcp:8080 opens it to the network.
+LISTEN ?= tcp:8080:interface=127.0.0.1
 
 .PHONY: run test install bench clean
 
 # Compat editable mode puts the repository root on sys.path, which is what lets
-# twistd find twisted/plugins/kwp_plugin.py from any directory.
+# twistd find twisted/plugins/kwp_plugin.py from any directory.  This installs
+# what running needs; the test extras come on top of it.
 $(BIN)/twistd: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/twistd
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
-install: $(BIN)/twistd
+install: $(VENV)/.test-deps
 
-run: install
-	$(BIN)/twistd -n kwp --config $(CONFIG)
+run: $(BIN)/twistd
+	$(BIN)/twistd -n kwp --config $(CONFIG) --listen $(LISTEN)
 
-test: install
+test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
 
 # wrk comes from Debian's packages; BENCH_ARGS=--quick for a smoke run.

@@ -11,9 +11,9 @@ import binascii
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -21,9 +21,6 @@ import yaml
 from kwp.headers import never_passed_on
 from kwp.routing import Filter, compile_filter
 from kwp.templates import Template, TemplateError, compile_template
-
-if TYPE_CHECKING:
-    from kwp.verify import Scheme
 
 MiB = 1024 * 1024
 DEFAULT_BODY_LIMIT = 256 * 1024
@@ -35,6 +32,9 @@ CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 DEFAULT_CONSUMER = "default"
 DEFAULT_RETENTION_HOURS = 72.0
 DEFAULT_HISTORY_MAX = 100_000
+# What Telegram's setWebhook accepts as secret_token.
+TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
+TELEGRAM_HEADER = "x-telegram-bot-api-secret-token"
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 SIGN_SCHEMES = ("hmac", "standard-webhooks")
@@ -124,13 +124,6 @@ class Channel:
 
     def consumer(self, name: str) -> Consumer | None:
         return next((c for c in self.consumers if c.name == name), None)
-
-    @cached_property
-    def scheme(self) -> Scheme:
-        """How the channel's senders prove who they are: :func:`kwp.verify.scheme_for`."""
-        from kwp.verify import scheme_for
-
-        return scheme_for(self)
 
 
 @dataclass(frozen=True)
@@ -543,6 +536,13 @@ def _check_verification(r: _Reader, channel: Channel) -> None:
             r.error("verify-token", "is required with provider 'meta' (the subscription handshake)")
     if channel.verify_token and channel.provider != "meta":
         r.error("verify-token", "is only used with provider 'meta'")
+    if channel.provider == "telegram" or (
+        channel.provider is None and (channel.secret_header or "").lower() == TELEGRAM_HEADER
+    ):
+        for index, secret in enumerate(channel.secrets):
+            if not TELEGRAM_SECRET.match(secret):
+                which = f"secret {index + 1}" if len(channel.secrets) > 1 else "the secret"
+                r.error("webhook-secret", f"{which} is not a Telegram secret token: 1 to 256 of A-Z a-z 0-9 _ -")
     if channel.provider is not None:
         return
     if channel.secrets and not channel.secret_header:
@@ -617,6 +617,33 @@ def load_config(path: str) -> Config:
     return parse_config(data, path)
 
 
+PLACEHOLDER = "change-me"
+
+
+def unsafe_settings(config: Config) -> list[str]:
+    """What is valid but unsafe to serve: every token or secret that is
+    still a change-me placeholder (as in the example config.yml), and every
+    channel that verifies no secret."""
+    found = []
+
+    def placeholder(where: str, key: str, *values: str | None) -> None:
+        if any(value and PLACEHOLDER in value.lower() for value in values):
+            found.append(f"{where}: key '{key}' is still a '{PLACEHOLDER}' placeholder: set a secret of your own")
+
+    placeholder(f"{config.path}: server", "admin-token", config.server.admin_token)
+    for channel in config.channels:
+        where = f"{config.path}: channel '{channel.name}'"
+        placeholder(where, "api-read-token", channel.token)
+        placeholder(where, "webhook-secret", *channel.secrets)
+        placeholder(where, "verify-token", channel.verify_token)
+        if channel.forward is not None:
+            placeholder(f"{where}: forward", "sign-secret", channel.forward.sign_secret)
+        if not channel.secrets:
+            who = "any client in its allowed-ips" if channel.allowed_ips else "anyone who can reach kwp"
+            found.append(f"{where}: no webhook-secret, nothing is verified: {who} can post to it")
+    return found
+
+
 REDACTED = "<redacted>"
 
 
@@ -633,41 +660,56 @@ def _redacted_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+# The config.yml keys that are not their field's name in kebab-case.
+_CHANNEL_KEYS = {
+    "token": "api-read-token",
+    "secrets": "webhook-secret",
+    "extract_template": "secret-extract-template",
+    "sign_template": "secret-sign-template",
+}
+# What a provider decides: config.yml refuses these keys beside one.
+_DECIDED_BY_PROVIDER = ("secret-type", "secret-extract-template", "secret-sign-template")
+
+
+def _is_secret(key: str) -> bool:
+    """Whether the values of key are credentials: api-read-token, webhook-secret,
+    admin-token, verify-token, sign-secret, a consumer's token and whatever
+    else ends so."""
+    return key == "token" or key.endswith(("-token", "-secret"))
+
+
+def _plain(key: str, value: Any) -> Any:
+    if isinstance(value, (Template, Filter)):
+        return value.source
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if isinstance(value, (tuple, list, frozenset)):
+        return [_plain(key, v) for v in (sorted(value) if isinstance(value, frozenset) else value)]
+    if hasattr(value, "__dataclass_fields__"):
+        return _section(value)
+    if isinstance(value, str) and _is_secret(key):
+        return REDACTED
+    return value
+
+
+def _section(obj: Any) -> dict:
+    renames = _CHANNEL_KEYS if isinstance(obj, Channel) else {}
+    data = {renames.get(f.name, f.name.replace("_", "-")): getattr(obj, f.name) for f in fields(obj)}
+    if isinstance(obj, Channel) and obj.provider is not None:
+        for key in _DECIDED_BY_PROVIDER:
+            del data[key]
+    if isinstance(obj, Channel) and not obj.named_consumers:
+        del data["consumers"]
+    if isinstance(obj, Consumer):
+        del data["implicit"]
+    if isinstance(obj, Forward):
+        data["url"] = _redacted_url(obj.url)
+    return {key: _plain(key, value) for key, value in data.items()}
+
+
 def redacted(config: Config) -> dict:
-    """The effective configuration as plain data, every secret and token replaced."""
-
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, Template):
-            return obj.source
-        if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            return str(obj)
-        if isinstance(obj, (tuple, list, frozenset)):
-            return [plain(v) for v in (sorted(obj) if isinstance(obj, frozenset) else obj)]
-        if hasattr(obj, "__dataclass_fields__"):
-            return {f.name.replace("_", "-"): plain(getattr(obj, f.name)) for f in fields(obj)}
-        return obj
-
-    server = replace(
-        config.server,
-        admin_token=REDACTED if config.server.admin_token else None,
-        metrics_token=REDACTED if config.server.metrics_token else None,
-    )
-    channels = []
-    for c in config.channels:
-        forward = c.forward
-        if forward is not None:
-            forward = replace(
-                forward,
-                url=_redacted_url(forward.url),
-                sign_secret=REDACTED if forward.sign_secret else None,
-            )
-        channels.append(
-            replace(
-                c,
-                token=REDACTED,
-                secrets=tuple(REDACTED for _ in c.secrets),
-                verify_token=REDACTED if c.verify_token else None,
-                forward=forward,
-            )
-        )
-    return {"server": plain(server), "channels": [plain(c) for c in channels]}
+    """The effective configuration as plain data under config.yml's keys, with
+    the defaults filled in, every token and secret replaced, and forward URLs
+    without their credentials.  A provider channel shows its provider and not
+    the keys the provider decides."""
+    return {"server": _section(config.server), "channels": [_section(c) for c in config.channels]}

@@ -105,10 +105,12 @@ def parse_json(body: bytes) -> Any:
     """The JSON value of body; raises ApiError 422.
 
     Only UTF-8 text of strict JSON is taken (no NaN or Infinity), so the stored
-    bytes can be spliced unchanged into the JSON that pulls return."""
+    bytes can be spliced unchanged into the JSON that pulls return.  A value
+    nested deeper than the parser's recursion allows is refused like any other
+    bad body."""
     try:
         return _decoder.decode(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(422, "invalid_json", "the body is not valid UTF-8 JSON") from None
 
 
@@ -177,11 +179,10 @@ class Receiver:
         try:
             result = await self._storage.insert(webhook)
         except StorageUnavailable as e:
-            # Not the contract's 500: a full disk or a read-only database is a
-            # refusal for now, and 503 with Retry-After makes senders retry
-            # later, as for queue_full (docs/OPERATIONS.md).
+            # A full disk or a read-only database is a refusal for now, not a
+            # bug: 503 with Retry-After makes senders retry later.
             message = f"the webhook could not be stored now: {e}"
-            raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
+            raise ApiError(503, "storage_unavailable", message, {"Retry-After": "60"}) from e
         except CancelledError:
             # The sender has gone; the storage keeps the webhook all the same.
             raise

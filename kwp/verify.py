@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -218,13 +219,21 @@ def scheme_for(channel: Channel) -> Scheme:
     ``secret-type`` and the secret templates apply only to channels without a
     provider.  Without a provider, ``secret-header`` selects "plain" or
     "hmac" by ``secret-type``; without either, nothing is checked.
+
+    Every check of a request asks for it, so it is computed once per
+    combination of the three keys.
     """
-    if channel.provider is not None:
-        preset = PRESETS[channel.provider]
-        return replace(preset, header=channel.secret_header) if channel.secret_header else preset
-    if channel.secret_header:
-        kind = "hmac" if channel.secret_type == "hmac-sha256" else "plain"
-        return Scheme(kind, channel.secret_header)
+    return _scheme(channel.provider, channel.secret_header, channel.secret_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _scheme(provider: str | None, secret_header: str | None, secret_type: str) -> Scheme:
+    if provider is not None:
+        preset = PRESETS[provider]
+        return replace(preset, header=secret_header) if secret_header else preset
+    if secret_header:
+        kind = "hmac" if secret_type == "hmac-sha256" else "plain"
+        return Scheme(kind, secret_header)
     return NONE
 
 
@@ -268,7 +277,7 @@ def plain_ok(channel: Channel, headers: Headers) -> bool:
     list is accepted.  A channel with nothing plain to check passes (its
     signature, if any, is checked by :func:`signature_ok` once the body is in).
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not scheme.plain or not channel.secrets:
         return True
     value = _header(headers, scheme.header)
@@ -417,7 +426,7 @@ def signature_ok(channel: Channel, headers: Headers, body: bytes, now: float) ->
     the tolerance in either direction.  A signed scheme without any secret
     refuses everything: there is no key to check against.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     verifier = _VERIFIERS.get(scheme.kind)
     if verifier is None:
         return True
@@ -435,10 +444,11 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     from the body (Telegram ``update_id``, the Stripe event ``id``, Slack's
     ``event_id`` of an event_callback).  GitHub's is prefixed with the
     X-GitHub-Hook-ID that sent it, when there is one.  Meta and channels
-    without a provider have none.  An empty id, or one longer than 256
-    characters, is None.
+    without a provider have none.  An empty id, one longer than 256
+    characters, or one that is not Unicode text (a lone surrogate, which
+    JSON's ``\\u`` escapes allow), is None.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     value: Any = None
     if scheme.delivery_header:
         if scheme.kind == "standard-webhooks":
@@ -452,9 +462,17 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
         value = body_json.get(scheme.delivery_field)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH or not _is_text(value):
         return None
     return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- signing (§5.3 /sign and the forwarder) ----------------------------------
@@ -489,7 +507,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
     another second is another message (and not taken for a redelivery).
     Raises :class:`NotSigned` for a channel without an HMAC scheme or secret.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not scheme.signed or not channel.secrets or not scheme.header:
         raise NotSigned(f"channel {channel.name!r} does not verify an HMAC signature")
     secret = channel.secrets[0]
@@ -530,7 +548,7 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
     with the channel's first secret.  Empty for a channel that checks nothing."""
     if secret is not None:
         channel = replace(channel, secrets=(secret,))
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not channel.secrets or not scheme.header:
         return {}
     if scheme.plain:

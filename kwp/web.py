@@ -22,6 +22,7 @@ from kwp import __version__, verify
 from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, unknown_consumer
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
+from kwp.logs import printable
 from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
@@ -36,6 +37,8 @@ IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
 # answer; a client that sends more is disconnected.
 DISCARD_LIMIT = 8 * 1024 * 1024
+# twisted.web sends "Unknown Status" for the codes it does not know.
+REASONS = {**http.RESPONSES, 422: b"Unprocessable Entity", 429: b"Too Many Requests"}
 # One line per request, written by KwpSite.log.
 ACCESS_FORMAT = "{method} {path} {status} {size}B {duration_ms:.1f}ms channel={channel}"
 
@@ -78,23 +81,32 @@ def _page(request) -> tuple[int, int]:
 
 
 def _error(request, error: ApiError) -> bytes:
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, REASONS.get(error.status, b"Error"))
     request.setHeader(b"content-type", b"application/json")
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())
     return error.body()
 
 
-def _failure_body(request, failure) -> bytes:
-    """The JSON error body of a failed request; what is not an ApiError, or
-    a 5xx with a cause, is logged for the operator."""
+def _api_error(failure) -> ApiError:
+    """What a failed request answers.  A body nested deeper than the JSON
+    parser's recursion allows is the client's doing: 400, as for any other
+    body a route cannot read.  What is not an ApiError, or a 5xx with a
+    cause, is logged for the operator."""
     error = failure.value
+    if isinstance(error, RecursionError):
+        return bad_request("the body is nested too deeply")
     if not isinstance(error, ApiError):
         log.failure("unexpected error", failure=failure)
-        error = ApiError(500, "internal_error", "internal error")
-    elif error.status >= 500 and error.__cause__ is not None:
+        return ApiError(500, "internal_error", "internal error")
+    if error.status >= 500 and error.__cause__ is not None:
         log.failure("request failed", failure=failure)
-    return _error(request, error)
+    return error
+
+
+def _failure_body(request, failure) -> bytes:
+    """The JSON error body of a failed request."""
+    return _error(request, _api_error(failure))
 
 
 def _finish(request, body: bytes) -> None:
@@ -136,7 +148,10 @@ class KwpRequest(Request):
 
     For a POST to a channel the checks of steps 1-4 run in gotLength; a refused
     request has its body read into nothing and then gets the refusal.  Every
-    other request may not exceed the largest body limit of the config."""
+    other request may not exceed the largest body limit of the config.  A
+    body that passes its limit while it arrives (chunked), and a refused one
+    that declares more than DISCARD_LIMIT, are answered at once, without
+    reading the rest, and the connection closed."""
 
     kwp_config: Config | None = None
     kwp_headers: dict[str, str] | None = None
@@ -144,6 +159,8 @@ class KwpRequest(Request):
     # The channel whose header checks passed in gotLength, if any.
     kwp_checked: Channel | None = None
     kwp_channel: str = "-"
+    # Answered before the end of its body (KwpRequest._answer_now).
+    kwp_answered = False
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
@@ -172,15 +189,22 @@ class KwpRequest(Request):
         super().gotLength(length)
 
     def _refuse(self, refusal: ApiError, length: int | None = None) -> None:
-        if length is not None and length > DISCARD_LIMIT:
-            # Too much to read and throw away: answer now and hang up.
-            self.channel.answer_and_close(refusal)
-            return
         self.kwp_refusal = refusal
         self.content = _Discard()
         # No "100 Continue" for a request that is refused already.
         self.requestHeaders.removeHeader(b"expect")
         self._last_on_its_connection()
+        if length is not None and length > DISCARD_LIMIT:
+            # Too much to read and throw away.
+            self._answer_now()
+
+    def _answer_now(self) -> None:
+        """Answer the refusal before the body has ended; the connection
+        closes after the answer and the rest of the body is not read."""
+        self.kwp_answered = True
+        channel = self.channel
+        channel.answered_early = True
+        self.requestReceived(channel._command, channel._path, channel._version)
 
     def _last_on_its_connection(self) -> None:
         """Answer with Connection: close, and close after the answer."""
@@ -188,13 +212,19 @@ class KwpRequest(Request):
         self.channel.persistent = False
 
     def handleContentChunk(self, data):
+        if self.kwp_answered:
+            # What was read with the chunk that passed the limit.
+            return
         super().handleContentChunk(data)
         if self.kwp_refusal is not None:
             if self.content.size > DISCARD_LIMIT:
                 self.channel.transport.abortConnection()
         elif self._limit is not None and self.content.tell() > self._limit:
+            # Only a chunked body gets here: a declared length over the
+            # limit was refused in gotLength.
             self.content.close()
             self._refuse(too_large(self._limit))
+            self._answer_now()
 
     def process(self):
         refusal = self._unroutable()
@@ -246,6 +276,9 @@ class KwpChannel(http.HTTPChannel):
     request line for ever."""
 
     _deadline = None
+    # Set when the request being received was answered before the end of
+    # its body: the end that may still arrive is no request.
+    answered_early = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -265,6 +298,10 @@ class KwpChannel(http.HTTPChannel):
         if self._deadline is None and data and not self._handlingRequest:
             self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def allContentReceived(self):
+        if not self.answered_early:
+            super().allContentReceived()
 
     def request_received(self) -> None:
         """The request being received is complete: stop its deadline."""
@@ -303,7 +340,7 @@ class KwpChannel(http.HTTPChannel):
         """Answer the request being received with error, without reading
         the rest of it, and close the connection."""
         body = error.body()
-        reason = http.RESPONSES.get(error.status, b"Error")
+        reason = REASONS.get(error.status, b"Error")
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (error.status, reason, len(body), body)
@@ -392,18 +429,22 @@ class KwpSite(Site):
 
     def log(self, request):
         now = self.reactor.seconds()
+        # What the client wrote is escaped: a %0A in the channel name of the
+        # URL is a newline once decoded.
         fields = {
-            "method": request.method.decode("latin-1"),
-            "path": request.path.decode("latin-1"),
+            "method": printable(request.method.decode("latin-1")),
+            "path": printable(request.path.decode("latin-1")),
             "status": request.code,
             "size": request.sentLength,
-            "duration_ms": (now - getattr(request, "kwp_started", now)) * 1000,
-            "channel": request.kwp_channel,
+            "duration_ms": round((now - getattr(request, "kwp_started", now)) * 1000, 3),
+            "channel": printable(request.kwp_channel),
         }
         if self.access_log is not None:
             self.access_log(now, ACCESS_FORMAT.format_map(fields))
         else:
-            log.info(ACCESS_FORMAT, request_size=request.getHeader(b"content-length"), **fields)
+            length = request.getHeader(b"content-length")
+            request_size = int(length) if length and length.isdigit() else None
+            log.info(ACCESS_FORMAT, request_size=request_size, **fields)
 
 
 class KwpRoot(Resource):
@@ -516,9 +557,9 @@ class KwpApp:
             if failure.check(CancelledError):
                 # A webhook already handed to the storage is stored all the same.
                 return failure
-            code = failure.value.code if isinstance(failure.value, ApiError) else "internal_error"
-            self.metrics.received(config, name, code, self.clock.seconds() - started)
-            return _failure_body(request, failure)
+            error = _api_error(failure)
+            self.metrics.received(config, name, error.code, self.clock.seconds() - started)
+            return _error(request, error)
 
         return d.addCallbacks(answered, failed)
 
@@ -600,7 +641,11 @@ class KwpApp:
             raise bad_request('"secret" must be a string')
         body = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "user-agent": f"kwp-test-send/{__version__}"}
-        headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        try:
+            headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        except verify.NotSigned as e:
+            # A Standard Webhooks secret that is not base64.
+            raise bad_request(str(e)) from None
         check_headers(config, name, headers, None, len(body))
         received = await self.receiver.receive(config, channel, headers, body)
         request.setHeader(b"content-type", b"application/json")

@@ -26,8 +26,9 @@ from kwp.web import KwpSite
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-# Stock twistd ends by re-raising the signal it stopped on.
-CLEAN_EXIT = (0, -signal.SIGTERM)
+# The exit statuses of a stop by SIGTERM: 0 only (stock twistd would end by
+# re-raising the signal).
+CLEAN_EXIT = (0,)
 
 
 def write_config(path: Path, data: dict) -> Path:

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock, deferLater
 
 from kwp import ops
 from kwp.auth import authorize_admin
-from kwp.config import Channel, ConfigError, parse_config, redacted
+from kwp.config import CHANNEL_KEYS, FORWARD_KEYS, SERVER_KEYS, Channel, ConfigError, parse_config, redacted
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage import sqlite as sqlite_storage
@@ -282,9 +282,36 @@ def test_redacted_config_holds_no_secret():
     plain = redacted(config)
     url = "https://<redacted>@example.com:8443/hook?key=<redacted>&x=<redacted>"
     assert plain["channels"][0]["forward"]["url"] == url
-    assert plain["channels"][0]["secrets"] == ["<redacted>", "<redacted>"]
+    assert plain["channels"][0]["webhook-secret"] == ["<redacted>", "<redacted>"]
     assert plain["server"]["admin-token"] == "<redacted>"
     assert plain["channels"][0]["secret-header"] == "X-Secret"
+
+
+def test_redacted_config_speaks_config_yml():
+    config = parse_config({
+        "server": {"admin-token": "s-admin", "metrics": True},
+        "channels": [
+            {**SECRETS["channels"][0], "secret-type": "hmac-sha256",
+             "secret-extract-template": '{{ raw | replace(from="sha256=", to="") }}'},
+            {"name": "gh", "token": "s-gh-token", "provider": "github", "webhook-secret": "s-gh"},
+            {"name": "meta", "token": "s-meta-token", "provider": "meta", "webhook-secret": "s-meta",
+             "verify-token": "s-verify"},
+        ],
+    })
+    plain = redacted(config)
+    assert set(plain["server"]) == set(SERVER_KEYS)
+    hmac, gh, meta = plain["channels"]
+    assert set(hmac) == set(CHANNEL_KEYS) and set(hmac["forward"]) == set(FORWARD_KEYS)
+    assert (hmac["api-read-token"], hmac["secret-type"], hmac["provider"]) == ("<redacted>", "hmac-sha256", None)
+    assert hmac["secret-extract-template"] == '{{ raw | replace(from="sha256=", to="") }}'
+    assert hmac["secret-sign-template"] is None and hmac["forward"]["sign-secret"] == "<redacted>"
+    # A provider decides the secret type and the templates: none is shown.
+    assert set(gh) == set(CHANNEL_KEYS) - {"secret-type", "secret-extract-template", "secret-sign-template"}
+    assert (gh["provider"], gh["webhook-secret"], gh["verify-token"]) == ("github", ["<redacted>"], None)
+    assert (meta["provider"], meta["verify-token"]) == ("meta", "<redacted>")
+    text = json.dumps(plain)
+    for secret in ("s-admin", "s-gh", "s-meta", "s-verify", "s-read-token", "s-secret-1", "s-sign-secret"):
+        assert secret not in text
 
 
 def test_authorize_admin():

@@ -237,6 +237,14 @@ def test_provider_wins_over_secret_type() -> None:
     assert scheme.kind == "github"
 
 
+def test_a_scheme_is_computed_once_per_combination_of_its_keys() -> None:
+    # Asked for by every check of every request.
+    renamed = dict(provider="gitlab", secret_header="X-Renamed-Token")
+    assert scheme_for(channel(secrets=("a",), **renamed)) is scheme_for(channel(secrets=("b",), **renamed))
+    hmac_keys = dict(secret_header="X-Sig", secret_type="hmac-sha256")
+    assert scheme_for(channel(secrets=("a",), **hmac_keys)) is scheme_for(channel(secrets=("b",), **hmac_keys))
+
+
 # --- plain_ok ----------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from twisted.web.server import Site
 
 from kwp.config import parse_config
 from kwp.notify import Notifier
-from kwp.storage import NewWebhook
+from kwp.storage import NewWebhook, StorageUnavailable
 from kwp.web import KwpApp, KwpSite, receive_channel
 from tests.conftest import BASIC_CONFIG
 from tests.support import assert_error, body_json, metric_samples, until
@@ -573,6 +573,17 @@ def test_a_storage_failure_is_a_json_500_logged_and_counted():
     assert kwp.transport.value().endswith(b'{"error": "internal_error", "message": "the webhook could not be stored"}')
     assert kwp.failures() == ["request failed"]
     assert kwp.counted() == {(("channel", "open"), ("status", "internal_error")): 1.0}
+
+
+def test_storage_that_cannot_take_writes_is_a_503_storage_unavailable_counted_as_such():
+    with _InMemoryReceive(_BrokenStorage(StorageUnavailable("the disk is full"))) as kwp:
+        kwp.post()
+    head, _, body = kwp.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nRetry-After: 60\r\n" in head + b"\r\n"
+    assert json.loads(body) == {"error": "storage_unavailable",
+                                "message": "the webhook could not be stored now: the disk is full"}
+    assert kwp.counted() == {(("channel", "open"), ("status", "storage_unavailable")): 1.0}
 
 
 def test_an_unexpected_error_in_the_receive_is_a_json_500_logged_and_counted(monkeypatch):
