@@ -190,8 +190,16 @@ def _v4(cursor) -> None:
     cursor.execute("DROP TABLE channel_state")
 
 
+def _v5(cursor) -> None:
+    """The forwarding lease of each queue: which node forwards it, until
+    when, and the fencing token that each change of owner increments."""
+    cursor.execute("ALTER TABLE consumers ADD COLUMN lease_owner TEXT")
+    cursor.execute("ALTER TABLE consumers ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0")
+    cursor.execute("ALTER TABLE consumers ADD COLUMN lease_until REAL")
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
