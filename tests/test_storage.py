@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, QueueStats, Route, StorageError, open_storage
+from kwp.storage import DUPLICATE, QUEUE_FULL, Attempt, NewWebhook, QueueStats, Route, StorageError, open_storage
 from kwp.storage.postgres import PULL_HOLD
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 
@@ -304,3 +304,49 @@ async def test_paused_and_outcomes_are_per_consumer(storage):
     assert (await storage.queue_state("a", consumer="chat")).paused
     assert not (await storage.queue_state("a", consumer="ci")).paused
     assert not (await storage.queue_state("a")).paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_forwarding_lease_has_one_owner_and_fences_every_outcome(backend):
+    a, b = backend.start(), backend.start()
+    await a.insert(routed(1, "push"))
+    token = await a.acquire_lease("a", "node-a", 100.0, 10, consumer="push")
+    assert await a.acquire_lease("a", "node-a", 101.0, 10, consumer="push") == token
+    assert await b.acquire_lease("a", "node-b", 105.0, 10, consumer="push") is None
+    await b.set_paused("a", True, consumer="push")
+    assert (await a.renew_lease("a", "node-a", token, 105.0, 10, consumer="push")).paused
+    assert await b.acquire_lease("a", "node-b", 114.9, 10, consumer="push") is None
+    taken = await b.acquire_lease("a", "node-b", 115.0, 10, consumer="push")
+    assert taken > token
+    assert await a.renew_lease("a", "node-a", token, 115.0, 10, consumer="push") is None
+    # The old owner's outcomes are refused and change nothing.
+    assert not await a.forward_succeeded("a", 1, Attempt(116.0, 200), consumer="push", token=token)
+    assert not await a.forward_failed("a", 1, Attempt(116.0, 500), 200.0, "dead", consumer="push", token=token)
+    [item] = await b.forward_window("a", 10, 116.0, consumer="push")
+    assert (item.id, item.forward_attempts, item.state) == (1, 0, "pending")
+    assert await b.forward_failed("a", 1, Attempt(117.0, 500, "x"), 200.0, "pending", consumer="push", token=taken)
+    await b.release_lease("a", "node-b", taken, consumer="push")
+    again = await a.acquire_lease("a", "node-a", 118.0, 10, consumer="push")
+    assert again > taken
+    assert await a.forward_succeeded("a", 1, Attempt(119.0, 200), consumer="push", token=again)
+    assert await a.queue_stats() == {}
+    # Without a token, outcomes are written as on a single node.
+    await a.insert(routed(2, "push"))
+    assert await b.forward_succeeded("a", 2, Attempt(120.0, 200), consumer="push")
+
+
+@pytest_twisted.ensureDeferred
+async def test_callbacks_hear_what_was_stored_replayed_and_paused(storage):
+    stored, changed = [], []
+    storage.on_stored(lambda channel, consumers: stored.append((channel, dict(consumers))))
+    storage.on_queue_changed(lambda channel, consumer: changed.append((channel, consumer)))
+    await gatherResults([storage.insert(routed(1, "ci", "chat")), storage.insert(routed(2, "ci")), storage.insert(routed(3))])
+    assert stored == [("a", {"ci": 2, "chat": 1})]
+    await storage.insert(hook(4, delivery_id="x", dedup_window=60))
+    assert await storage.insert(hook(5, delivery_id="x", dedup_window=60)) is DUPLICATE
+    assert stored[1:] == [("a", {"default": 1})]
+    await storage.ack("a", [r.id for r in await storage.claim("a", "c", 1, 2000.0, 5, consumer="ci")], 2000.0, consumer="ci")
+    await storage.replay("a", [1], ["ci"], 2001.0)
+    assert stored[2:] == [("a", {"ci": 1})]
+    await storage.set_paused("a", True, consumer="chat")
+    assert changed == [("a", "chat")]

@@ -26,6 +26,7 @@ SQLite:
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import lru_cache
 
@@ -312,15 +313,23 @@ class _Pool(adbapi.ConnectionPool):
 
 @implementer(IReadDescriptor)
 class _Reader:
-    """The listening connection's socket, read by the reactor."""
+    """The listening connection's socket, read by the reactor.
+
+    The reactor watches a duplicate of libpq's descriptor: libpq closes its
+    own as soon as it reads the end of the connection, and a descriptor
+    closed under the reactor's feet could not be taken out of it."""
 
     def __init__(self, connection: psycopg.Connection, listener: "Listener"):
         self.connection = connection
-        self._fileno = connection.fileno()
+        self._fileno = os.dup(connection.fileno())
         self._listener = listener
 
     def fileno(self) -> int:
         return self._fileno
+
+    def close(self) -> None:
+        self.connection.close()
+        os.close(self._fileno)
 
     def logPrefix(self) -> str:
         return "kwp-listener"
@@ -402,7 +411,7 @@ class Listener:
         reader, self._reader = self._reader, None
         if reader is not None:
             self._reactor.removeReader(reader)
-            reader.connection.close()
+            reader.close()
 
     def lost(self, reader: _Reader, error) -> None:
         if reader is not self._reader:

@@ -153,9 +153,9 @@ class AdbapiStorage(Service):
         done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
 
         def committed(results):
+            self._stored(q.stored_news([w for w, _ in batch], results))
             for (_, d), result in zip(batch, results):
                 d.callback(result)
-            self._stored(q.stored_news([w for w, _ in batch], results))
 
         def failed(failure):
             if failure.check(StorageUnavailable):
