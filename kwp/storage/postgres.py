@@ -564,3 +564,65 @@ class PostgresStorage(AdbapiStorage):
             self._known = last
         if node != self.node:
             self._stored(message["stored"])
+
+
+# --- kwp copy --------------------------------------------------------------------
+
+
+def copy_from_sqlite(source: str, target_url: str) -> dict[str, int]:
+    """Copy the SQLite store at path source, migrated to the current schema
+    first, into the empty PostgreSQL database at target_url, in one
+    transaction that checks the row counts before it commits: every table,
+    and the id sequence.  Returns the rows copied per table; raises
+    StorageError (nothing copied) when the source is missing or the target
+    is not empty."""
+    import sqlite3
+
+    from kwp.storage.sqlite import SQLiteStorage
+
+    if not os.path.isfile(source):
+        raise StorageError(f"no SQLite database at {source}")
+    SQLiteStorage(source, None).prepare()
+    target = PostgresStorage(target_url, None)
+    target.prepare()
+    counts: dict[str, int] = {}
+    reader = sqlite3.connect(source)
+    try:
+        # One read transaction: a consistent snapshot of the whole store.
+        reader.execute("BEGIN")
+        with psycopg.connect(**target.params) as writer:
+            for table in TABLES:
+                if writer.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+                    raise StorageError(f"the target database is not empty (table {table} has rows); nothing copied")
+            if writer.execute("SELECT is_called FROM webhook_ids").fetchone()[0]:
+                raise StorageError("the target database is not empty (its id sequence was used); nothing copied")
+            for table in TABLES:
+                columns = [row[1] for row in reader.execute(f"PRAGMA table_info({table})")]
+                names = ", ".join(columns)
+                body = columns.index("body") if table == "webhooks" else None
+                rows = reader.execute(f"SELECT {names} FROM {table}")
+                with writer.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        if body is not None and isinstance(row[body], str):
+                            row = (*row[:body], row[body].encode(), *row[body + 1 :])
+                        copy.write_row(row)
+                counts[table] = reader.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                copied = writer.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                if copied != counts[table]:
+                    raise StorageError(f"{table}: {copied} rows arrived of {counts[table]}; nothing copied")
+            sequence = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhooks'").fetchone()
+            largest = max(
+                sequence[0] if sequence else 0,
+                reader.execute("SELECT COALESCE(MAX(id), 0) FROM webhooks").fetchone()[0],
+                reader.execute("SELECT COALESCE(MAX(seq), 0) FROM deliveries").fetchone()[0],
+            )
+            if largest:
+                writer.execute("SELECT setval('webhook_ids', %s)", (largest,))
+            writer.execute(
+                "SELECT setval(pg_get_serial_sequence('attempts', 'id'), MAX(id)) FROM attempts HAVING COUNT(*) > 0"
+            )
+    except (sqlite3.Error, psycopg.Error) as e:
+        raise StorageError(f"copy failed, nothing copied: {e}") from None
+    finally:
+        reader.close()
+    return counts
