@@ -90,8 +90,8 @@ def relay(args) -> None:
 
 def copy_store(source: str, target: str) -> int:
     """kwp copy: a single node's SQLite store into an empty PostgreSQL database."""
-    from kwp.storage import StorageError, is_postgres_url
-    from kwp.storage.postgres import copy_from_sqlite, redacted
+    from kwp.storage import StorageError, is_postgres_url, redacted
+    from kwp.storage.postgres import copy_from_sqlite
     from kwp.storage.sqlite import sqlite_path
 
     if is_postgres_url(source) or not is_postgres_url(target):

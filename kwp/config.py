@@ -31,6 +31,8 @@ CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 DEFAULT_CONSUMER = "default"
 DEFAULT_RETENTION_HOURS = 72.0
 DEFAULT_HISTORY_MAX = 100_000
+# How long a node holds a push consumer's forwarding lease without renewing it.
+DEFAULT_LEASE_SECONDS = 10.0
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 PROVIDERS = (
@@ -135,6 +137,7 @@ class Server:
     metrics: bool = False
     retention_hours: float = DEFAULT_RETENTION_HOURS
     history_max: int = DEFAULT_HISTORY_MAX
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,7 @@ SERVER_KEYS = (
     "metrics",
     "retention-hours",
     "history-max",
+    "lease-seconds",
 )
 CHANNEL_KEYS = (
     "name",
@@ -366,6 +370,7 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             metrics=r.get("metrics", _boolean),
             retention_hours=r.get("retention-hours", _hours),
             history_max=r.get("history-max", _integer(1)),
+            lease_seconds=r.get("lease-seconds", _seconds(1)),
         )
     )
 

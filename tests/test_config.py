@@ -257,3 +257,9 @@ def test_retention_keys():
     assert config.channel("ch").retention_hours == 0 and config.channel("b").retention_hours is None
     assert parse_config({"channels": [channel()]}).server.retention_hours == 72
     assert any("must be a number of hours" in e for e in errors_of({"channels": [channel(**{"retention-hours": -1})]}))
+
+
+def test_lease_seconds():
+    assert parse_config({"channels": [channel()]}).server.lease_seconds == 10
+    assert parse_config({"server": {"lease-seconds": 3}, "channels": [channel()]}).server.lease_seconds == 3.0
+    assert any("must be at least 1" in e for e in errors_of({"server": {"lease-seconds": 0.5}, "channels": [channel()]}))

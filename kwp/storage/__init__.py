@@ -305,6 +305,15 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
+def redacted(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def open_storage(url: str, reactor) -> "IStorage":
     """The storage service for a database URL; raises StorageError when the
     database cannot be opened, so start-up fails before any port is bound."""

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kwp.storage import StorageError, StorageUnavailable
+from kwp.storage import StorageError, StorageUnavailable, redacted
 from kwp.storage.queries import Dialect, News
 from kwp.storage.service import AdbapiStorage
 
@@ -82,15 +82,6 @@ def connection_params(url: str) -> dict:
     for key, value in CONNECT_DEFAULTS.items():
         params.setdefault(key, value)
     return params
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 # --- the schema ------------------------------------------------------------------
