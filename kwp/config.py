@@ -6,6 +6,8 @@ Every problem found is collected, so one run reports all of them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import re
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from kwp.headers import never_passed_on
 from kwp.routing import Filter, compile_filter
 from kwp.templates import Template, TemplateError, compile_template
 
@@ -35,6 +38,7 @@ DEFAULT_HISTORY_MAX = 100_000
 DEFAULT_LEASE_SECONDS = 10.0
 
 SECRET_TYPES = ("plain", "hmac-sha256")
+SIGN_SCHEMES = ("hmac", "standard-webhooks")
 PROVIDERS = (
     "github",
     "gitlab",
@@ -68,7 +72,9 @@ class Forward:
     concurrency: int = 1
     sign_header: str | None = None
     sign_secret: str | None = None
+    sign_scheme: str = "hmac"
     sign_template: Template | None = None
+    headers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,26 @@ def _header_names(value: Any) -> frozenset[str]:
     return frozenset(_string(v).lower() for v in value)
 
 
+def _standard_webhooks_secret(value: Any) -> str:
+    secret = _string(value)
+    encoded = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if encoded == secret or not key:
+        raise ValueError("must be a Standard Webhooks secret: 'whsec_' and the base64 of the key")
+    return secret
+
+
+def _forwarded_header_names(value: Any) -> frozenset[str]:
+    names = _header_names(value)
+    refused = sorted(n for n in names if never_passed_on(n))
+    if refused:
+        raise ValueError(f"{refused[0]!r} is never passed on to a target (see FORWARDING.md); remove it")
+    return names
+
+
 def _template(allowed: str):
     def check(value: Any) -> Template:
         try:
@@ -355,7 +381,9 @@ FORWARD_KEYS = (
     "concurrency",
     "sign-header",
     "sign-secret",
+    "sign-scheme",
     "sign-template",
+    "headers",
 )
 
 
@@ -378,10 +406,19 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
 def _parse_forward(errors: list[str], where: str, data: Any) -> Forward | None:
     r = _Reader(errors, where, data, FORWARD_KEYS)
     url = r.get("url", _url, required=True)
-    if url is None:
-        return None
-    return Forward(
-        url=url,
+    scheme = r.get("sign-scheme", _one_of(SIGN_SCHEMES)) or "hmac"
+    standard = scheme == "standard-webhooks"
+    sign_header = r.get("sign-header", _string)
+    sign_secret = r.get("sign-secret", _standard_webhooks_secret if standard else _string)
+    if standard:
+        for key in ("sign-header", "sign-template"):
+            if r.has(key):
+                r.error(key, "is not used with sign-scheme 'standard-webhooks' (kwp sets webhook-signature)")
+    if r.data.get("sign-secret") is None and (standard or sign_header):
+        needs = "sign-scheme 'standard-webhooks'" if standard else "sign-header"
+        r.error("sign-secret", f"is required with {needs} (the webhook-secret never signs what kwp forwards)")
+    forward = Forward(
+        url=url or "",
         **_given(
             interval_seconds=r.get("interval-seconds", _seconds(0.001)),
             expected_status=r.get("expected-status", _integer(100, 599)),
@@ -389,11 +426,14 @@ def _parse_forward(errors: list[str], where: str, data: Any) -> Forward | None:
             max_attempts=r.get("max-attempts", _integer(1)),
             max_delay_seconds=r.get("max-delay-seconds", _seconds(0.001)),
             concurrency=r.get("concurrency", _integer(1, 64)),
-            sign_header=r.get("sign-header", _string),
-            sign_secret=r.get("sign-secret", _string),
+            sign_header=sign_header,
+            sign_secret=sign_secret,
+            sign_scheme=scheme,
             sign_template=r.get("sign-template", _template("signature")),
+            headers=r.get("headers", _forwarded_header_names),
         ),
     )
+    return forward if url is not None else None
 
 
 def _hours(value: Any) -> float:
@@ -486,9 +526,6 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
         ),
     )
     _check_verification(r, channel)
-    forward = channel.forward
-    if forward is not None and forward.sign_header and not (forward.sign_secret or channel.secrets):
-        r.error("forward", "sign-header needs sign-secret or the channel's webhook-secret")
     return channel if name and token else None
 
 

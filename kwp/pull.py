@@ -121,9 +121,9 @@ class Puller:
         self._notifier = notifier
         self._clock = clock
 
-    async def take(self, request, channel: str, query: PullQuery) -> bytes:
-        """Stream the pending webhooks of channel to request; returns the
-        closing bracket for the route to write."""
+    async def take(self, request, channel: str, consumer: str, query: PullQuery) -> bytes:
+        """Stream the pending webhooks of the consumer's queue to request;
+        returns the closing bracket for the route to write."""
         claim_id = uuid.uuid4().hex
         # Set when the first webhook is written without a lease: fires with
         # whether the response was handed to the kernel whole.
@@ -131,7 +131,7 @@ class Puller:
 
         def settle(delivered_whole: bool):
             if delivered_whole:
-                return self._storage.finish_claim(claim_id)
+                return self._storage.finish_claim(claim_id, self._clock.seconds())
             return self._storage.release_claim(claim_id)
 
         def written(_):
@@ -148,7 +148,7 @@ class Puller:
         throttle = _Throttle()
         request.registerProducer(throttle, True)
         try:
-            await self._stream(request, channel, claim_id, query, throttle, delivered)
+            await self._stream(request, (channel, consumer), claim_id, query, throttle, delivered)
         except CancelledError:
             raise
         except Exception:
@@ -161,7 +161,8 @@ class Puller:
             request.unregisterProducer()
         return b"]"
 
-    async def _stream(self, request, channel, claim_id, query, throttle, delivered) -> None:
+    async def _stream(self, request, queue, claim_id, query, throttle, delivered) -> None:
+        channel, consumer = queue
         deadline = self._clock.seconds() + query.wait
         remaining = query.limit if query.limit is not None else float("inf")
         separator = b"["
@@ -170,9 +171,11 @@ class Puller:
             asked = int(min(PAGE, remaining))
             # Waiting starts before the claim, so an insert between the claim
             # and the sleep still wakes it.
-            waiter = self._notifier.wait(channel) if sent == 0 and query.wait else None
+            waiter = self._notifier.wait(queue) if sent == 0 and query.wait else None
             try:
-                page = await self._storage.claim(channel, claim_id, asked, self._clock.seconds(), query.lease)
+                page = await self._storage.claim(
+                    channel, claim_id, asked, self._clock.seconds(), query.lease, consumer=consumer
+                )
                 if not page and waiter is not None and self._clock.seconds() < deadline and not self._notifier.closed:
                     await self._sleep(waiter, deadline)
                     continue
@@ -199,7 +202,7 @@ class Puller:
             request.write(separator)
         elif query.lease is not None:
             # Wake long-polls when these leases run out.
-            self._clock.callLater(query.lease, self._notifier.fire, channel)
+            self._clock.callLater(query.lease, self._notifier.fire, queue)
 
     async def _sleep(self, waiter: Deferred, deadline: float) -> None:
         waiter.addTimeout(deadline - self._clock.seconds(), self._clock)

@@ -255,7 +255,7 @@ def make_app(config, storage, reactor) -> KwpApp:
     app's metrics."""
     notifier = Notifier()
     # Webhooks stored by this node or (PostgreSQL) another one wake waiters.
-    storage.on_stored(lambda channel, consumers: notifier.fire(channel))
+    storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c)) for c in consumers])
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)

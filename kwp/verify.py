@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
-from kwp.config import Channel, Network
+from kwp.config import Channel, Forward, Network
 from kwp.templates import Template, TemplateError
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "sign",
     "sender_headers",
     "sign_forward",
+    "forward_signature",
+    "forward_signature_names",
     "signature_ok",
     "slack_url_verification",
 ]
@@ -349,6 +351,10 @@ def _standard_webhooks_content(msg_id: str, timestamp: str, body: bytes) -> byte
     return _bytes(f"{msg_id}.{timestamp}.") + body
 
 
+def _standard_webhooks_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    return base64.b64encode(_hmac(key, _standard_webhooks_content(msg_id, timestamp, body))).decode()
+
+
 def _verify_standard_webhooks(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
     """webhook-id, webhook-timestamp and space-separated ``v1,BASE64`` signatures."""
     msg_id = _header(headers, scheme.delivery_header)
@@ -482,7 +488,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
             raise NotSigned(f"channel {channel.name!r}: the webhook secret is not base64")
         if msg_id is None:
             msg_id = "msg_" + hashlib.sha256(f"{timestamp}.".encode() + body).hexdigest()[:32]
-        signature = base64.b64encode(_hmac(key, _standard_webhooks_content(msg_id, timestamp, body))).decode()
+        signature = _standard_webhooks_signature(key, msg_id, timestamp, body)
         value = f"v1,{signature}"
         extra.update({"webhook-id": msg_id, "webhook-timestamp": timestamp})
     else:
@@ -505,10 +511,44 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
 
 
 def sign_forward(sign_template: Template | None, secret: str, body: bytes) -> str:
-    """The forwarder's signature header value: hex HMAC-SHA256 of the body,
+    """The hmac signature header value: hex HMAC-SHA256 of the body,
     rendered through ``sign_template`` as ``signature`` (bare hex without one)."""
     signature = _hmac(secret, body).hex()
     return sign_template.render(signature=signature) if sign_template else signature
+
+
+# What a sender may have signed a webhook with in the Standard Webhooks way
+# (and Svix's spelling of it): replaced when kwp signs that way itself.
+_STANDARD_WEBHOOKS_HEADERS = frozenset(
+    f"{prefix}-{name}" for prefix in ("webhook", "svix") for name in ("id", "timestamp", "signature")
+)
+
+
+def forward_signature_names(forward: Forward) -> frozenset[str]:
+    """The lower-cased names of stored headers that the forward's signature
+    replaces (so a target never gets two)."""
+    if forward.sign_scheme == "standard-webhooks":
+        return _STANDARD_WEBHOOKS_HEADERS
+    return frozenset({forward.sign_header.lower()}) if forward.sign_header else frozenset()
+
+
+def forward_signature(forward: Forward, body: bytes, msg_id: str, now: float) -> dict[str, str]:
+    """The headers signing one forward attempt, made at ``now``.
+
+    ``hmac``: ``sign-header`` with :func:`sign_forward` (nothing without a
+    sign-header).  ``standard-webhooks``: webhook-id ``msg_id``,
+    webhook-timestamp ``now`` and webhook-signature ``v1,`` and the base64
+    HMAC of ``msg_id.timestamp.body`` keyed with the ``whsec_`` sign-secret,
+    so a target accepts the attempt however long after the receive it is made.
+    """
+    if forward.sign_scheme == "standard-webhooks":
+        timestamp = str(int(now))
+        key = _standard_webhooks_key(forward.sign_secret)
+        signature = _standard_webhooks_signature(key, msg_id, timestamp, body)
+        return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature}"}
+    if forward.sign_header:
+        return {forward.sign_header: sign_forward(forward.sign_template, forward.sign_secret, body)}
+    return {}
 
 
 # --- handshakes (§4.3) -------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Mapping
 
 from zope.interface import Attribute, Interface
 
+from kwp.config import DEFAULT_CONSUMER
+
 
 class StorageError(Exception):
     """The database cannot be opened or used."""
@@ -36,9 +38,6 @@ class Outcome:
 
 DUPLICATE = Outcome("duplicate")
 QUEUE_FULL = Outcome("queue_full")
-
-# The consumer of a channel without ``consumers``.
-DEFAULT_CONSUMER = "default"
 
 # States of a delivery.  Pending and dead ones are open: their webhook is
 # never pruned.  Delivered ones were pulled, acked or forwarded; deleted ones
@@ -270,6 +269,9 @@ class IStorage(Interface):
 
     def clear(channel: str, now: float, consumer: str):
         """Deferred number of deliveries that left the queue."""
+
+    def holds(channel: str, consumer: str):
+        """Deferred bool: whether the queue has pending or dead deliveries."""
 
     def queue_stats():
         """Deferred dict: (channel, consumer) -> QueueStats, for the queues

@@ -565,6 +565,14 @@ def queue(txn, channel, consumer, limit, after) -> tuple[QueueState, int, list[F
     return state, size, _forward_rows(txn)
 
 
+def holds(txn, channel, consumer) -> bool:
+    txn.execute(
+        f"SELECT 1 FROM deliveries WHERE channel = ? AND consumer = ? AND state IN {_OPEN} LIMIT 1",
+        (channel, consumer),
+    )
+    return txn.fetchone() is not None
+
+
 def queue_stats(txn) -> dict[tuple[str, str], QueueStats]:
     """Pending and dead deliveries of every queue that has any, and when
     the head of each was queued; counted on the index of open deliveries."""

@@ -235,6 +235,9 @@ class AdbapiStorage(Service):
     def queue(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         return self._run(q.queue, channel, consumer, limit, after)
 
+    def holds(self, channel, consumer) -> Deferred:
+        return self._run(q.holds, channel, consumer)
+
     def queue_stats(self) -> Deferred:
         return self._run(q.queue_stats)
 
