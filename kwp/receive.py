@@ -177,11 +177,10 @@ class Receiver:
         try:
             result = await self._storage.insert(webhook)
         except StorageUnavailable as e:
-            # Not the contract's 500: a full disk or a read-only database is a
-            # refusal for now, and 503 with Retry-After makes senders retry
-            # later, as for queue_full (docs/OPERATIONS.md).
+            # A full disk or a read-only database is a refusal for now, not a
+            # bug: 503 with Retry-After makes senders retry later.
             message = f"the webhook could not be stored now: {e}"
-            raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
+            raise ApiError(503, "storage_unavailable", message, {"Retry-After": "60"}) from e
         except CancelledError:
             # The sender has gone; the storage keeps the webhook all the same.
             raise
