@@ -203,7 +203,6 @@ def connected_to(port: int, pids) -> list[int]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="the forwarder does not hold the consumer's forwarding lease yet")
 @pytest_twisted.ensureDeferred
 async def test_push_order_is_kept_while_the_forwarding_node_is_killed_and_another_takes_over(tmp_path, postgres_databases):
     target = Target().listen()
