@@ -58,6 +58,11 @@ POLL_ROWS = 10_000
 RECONNECT_DELAY = 1.0
 # Connections per node.
 POOL_SIZE = 4
+# How long the first webhook of a batch waits for others: commits that store
+# webhooks are serialised across the cluster (ID_LOCK, NOTIFY), so fewer,
+# larger batches; at 1,500 receives/s a node makes about 30 such commits a
+# second instead of about 130 with SQLite's 2 ms, for some 15 ms more latency.
+COMMIT_WINDOW = 0.02
 # How long an unleased pull holds what it took, should its node die.
 PULL_HOLD = 300.0
 # Attempts of a transaction that met a deadlock or lost its connection
@@ -449,6 +454,8 @@ _UNAVAILABLE_CODES = {"25006"}
 
 
 class PostgresStorage(AdbapiStorage):
+    commit_window = COMMIT_WINDOW
+
     def __init__(self, url: str, reactor):
         super().__init__(reactor)
         self.url = url

@@ -41,6 +41,7 @@ COMMIT_WINDOW = 0.002
 class AdbapiStorage(Service):
     name = "storage"
     dialect: q.Dialect
+    commit_window = COMMIT_WINDOW
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -141,10 +142,10 @@ class AdbapiStorage(Service):
         return d
 
     def _schedule(self) -> None:
-        """Write the queue COMMIT_WINDOW from now, unless a write is under way
+        """Write the queue commit_window from now, unless a write is under way
         or planned already: the end of the running batch plans the next."""
         if not self._writing and self._flush is None:
-            self._flush = self._reactor.callLater(COMMIT_WINDOW, self._write_next)
+            self._flush = self._reactor.callLater(self.commit_window, self._write_next)
 
     def _write_next(self) -> None:
         self._flush = None
