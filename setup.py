@@ -14,6 +14,7 @@ setup(
         "pyyaml>=6.0",
         "prometheus-client>=0.20",
         "jmespath>=1.0",
+        "psycopg[binary]>=3.1",
     ],
     extras_require={
         "test": [

@@ -35,6 +35,8 @@ DEFAULT_HISTORY_MAX = 100_000
 # What Telegram's setWebhook accepts as secret_token.
 TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
 TELEGRAM_HEADER = "x-telegram-bot-api-secret-token"
+# How long a node holds a push consumer's forwarding lease without renewing it.
+DEFAULT_LEASE_SECONDS = 10.0
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 SIGN_SCHEMES = ("hmac", "standard-webhooks")
@@ -137,6 +139,7 @@ class Server:
     history_max: int = DEFAULT_HISTORY_MAX
     metrics_token: str | None = None
     max_waiters_per_token: int = 100
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -342,6 +345,7 @@ SERVER_KEYS = (
     "history-max",
     "metrics-token",
     "max-waiters-per-token",
+    "lease-seconds",
 )
 CHANNEL_KEYS = (
     "name",
@@ -394,6 +398,7 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             history_max=r.get("history-max", _integer(1)),
             metrics_token=r.get("metrics-token", _string),
             max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
+            lease_seconds=r.get("lease-seconds", _seconds(1)),
         )
     )
 

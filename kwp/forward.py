@@ -32,7 +32,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from kwp import verify
-from kwp.config import DEFAULT_CONSUMER, Channel, Config, Consumer
+from kwp.config import DEFAULT_CONSUMER, DEFAULT_LEASE_SECONDS, Channel, Config, Consumer
 from kwp.headers import passed_on
 from kwp.receive import stored_headers
 from kwp.storage import DEAD, PENDING, Attempt, ForwardItem, QueueState
@@ -49,6 +49,9 @@ JITTER = 0.25
 MAX_RETRY_AFTER = 86400
 # After a storage failure, before the forwarder looks at the queue again.
 ERROR_PAUSE = 1.0
+# How often a forwarder without the lease tries to take it, at most: a node
+# that dies is replaced within the lease plus this.
+LEASE_RETRY = 1.0
 # How long a stop waits for attempts in flight before cancelling them.
 STOP_GRACE = 10
 # A retry time this close counts as due (float rounding of timer deadlines).
@@ -210,7 +213,14 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
 
 
 class Forwarder(Service):
-    """Delivers one push consumer's webhooks to its ``forward.url``."""
+    """Delivers one push consumer's webhooks to its ``forward.url``.
+
+    It forwards only while it holds the consumer's forwarding lease in the
+    storage (several nodes may share it): it takes the lease when free,
+    renews it every third of ``lease_seconds``, writes each outcome fenced
+    by the lease's token, and gives it up when it stops.  Without the lease
+    it tries again every LEASE_RETRY seconds, or at once when the storage
+    says the lease was released."""
 
     def __init__(
         self,
@@ -224,6 +234,7 @@ class Forwarder(Service):
         report: Callable[[str, str, str, float], None] | None = None,
         randomness: Callable[[], float] = random.random,
         grace: float = STOP_GRACE,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ):
         self.name = forwarder_name(channel.name, consumer.name)
         self.channel = channel
@@ -246,6 +257,10 @@ class Forwarder(Service):
         self._sleeper: Deferred | None = None
         self._waiter: Deferred | None = None
         self._loop: Deferred | None = None
+        self._lease_seconds = lease_seconds
+        self._owner = storage.node
+        self._token: int | None = None
+        self._renewal: task.LoopingCall | None = None
 
     # --- the service -------------------------------------------------------
 
@@ -265,6 +280,17 @@ class Forwarder(Service):
     async def _stopped(self) -> None:
         if self._loop is not None:
             await self._loop
+        await self._wait_in_flight()
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                await self._storage.release_lease(self.channel.name, self._owner, token, consumer=self.consumer.name)
+            except Exception:
+                log.failure("forwarder {forwarder}: cannot release the lease", forwarder=self.name)
+
+    async def _wait_in_flight(self) -> None:
         if not self._in_flight:
             return
 
@@ -327,6 +353,8 @@ class Forwarder(Service):
         """Start every attempt that is due; return how long to sleep at most
         (None: until something happens)."""
         self._kicked = False
+        if self._token is None and not await self._take_lease():
+            return min(LEASE_RETRY, self._lease_seconds / 3)
         # Listen before reading, so an insert during the read is not missed.
         self._listen()
         if self._paused is None:
@@ -348,6 +376,58 @@ class Forwarder(Service):
                 wake_at = item.next_attempt_at
         return None if wake_at is None else wake_at - now
 
+    # --- the lease ---------------------------------------------------------
+
+    async def _take_lease(self) -> bool:
+        queue = self.channel.name, self._owner
+        self._token = await self._storage.acquire_lease(
+            *queue, self._clock.seconds(), self._lease_seconds, consumer=self.consumer.name
+        )
+        if self._token is None:
+            return False
+        log.info("forwarder {forwarder}: forwarding (lease token {token})", forwarder=self.name, token=self._token)
+        self._paused = None
+        self._renewal = task.LoopingCall(self._renew)
+        self._renewal.clock = self._clock
+        self._renewal.start(self._lease_seconds / 3, now=False)
+        return True
+
+    async def _renew(self) -> None:
+        token = self._token
+        if token is None or not self.running:
+            return
+        try:
+            state = await self._storage.renew_lease(
+                self.channel.name, self._owner, token, self._clock.seconds(), self._lease_seconds,
+                consumer=self.consumer.name,
+            )
+        except Exception:
+            log.failure("forwarder {forwarder}: cannot renew the lease", forwarder=self.name)
+            return
+        if state is None:
+            self._lost(token)
+        elif state.paused != self._paused:
+            self._paused = state.paused
+            self._kick()
+
+    def _lost(self, token: int) -> None:
+        """The lease of token went to another node: stop forwarding."""
+        if self._token != token:
+            return
+        log.warn("forwarder {forwarder}: lost the lease (token {token}) to another node", forwarder=self.name, token=token)
+        self._token = None
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.cancel()
+        self._kick()
+
+    def queue_changed(self) -> None:
+        """The pause switch or the lease changed, maybe on another node."""
+        self._paused = None
+        self._kick()
+
     def _start(self, item: ForwardItem) -> Deferred:
         d = ensureDeferred(self._deliver(item))
         self._in_flight[item.id] = d
@@ -364,22 +444,27 @@ class Forwarder(Service):
     # --- one attempt -------------------------------------------------------
 
     async def _deliver(self, item: ForwardItem) -> AttemptResult:
+        token = self._token
         attempt = item.forward_attempts + 1
         started = self._clock.seconds()
         result = await self._attempt(item, attempt)
         now = self._clock.seconds()
         logged = Attempt(now, result.status_code, result.error, round((now - started) * 1000, 3), result.body)
-        queue = dict(consumer=self.consumer.name)
+        queue = dict(consumer=self.consumer.name, token=token)
         try:
             if result.success:
-                await self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
+                written = await self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
             else:
                 max_attempts = self.forward.max_attempts
                 dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)
                 delay = None if dead else self._delay(attempt, result.retry_after)
-                await self._storage.forward_failed(
+                written = await self._storage.forward_failed(
                     self.channel.name, item.id, logged, None if dead else now + delay, DEAD if dead else PENDING, **queue
                 )
+            if not written:
+                # Another node holds the lease now and owns this delivery.
+                self._lost(token)
+            elif not result.success:
                 if not dead:
                     log.info(
                         "forwarder {forwarder}: webhook {id} attempt {n} failed ({error}); next in {delay:.1f}s",
@@ -560,8 +645,15 @@ class Forwarders(MultiService):
         self.report = report
         self._grace = grace
         self._random = randomness
+        self._lease_seconds = config.server.lease_seconds
+        storage.on_queue_changed(self._queue_changed)
         for channel, consumer in _push_consumers(config):
             self._add(channel, consumer, config.server.ignored_headers)
+
+    def _queue_changed(self, channel: str, consumer: str) -> None:
+        forwarder = self.get(channel, consumer)
+        if forwarder is not None:
+            forwarder.queue_changed()
 
     def _add(self, channel: Channel, consumer: Consumer, ignored: frozenset[str]) -> None:
         forwarder = Forwarder(
@@ -575,6 +667,7 @@ class Forwarders(MultiService):
             report=lambda *outcome: self.report and self.report(*outcome),
             randomness=self._random,
             grace=self._grace,
+            lease_seconds=self._lease_seconds,
         )
         forwarder.setServiceParent(self)
 
@@ -586,6 +679,7 @@ class Forwarders(MultiService):
         forwarder finishes its attempts in flight before the new one starts,
         so no webhook is sent by both."""
         ignored = config.server.ignored_headers
+        self._lease_seconds = config.server.lease_seconds
         wanted = {forwarder_name(ch.name, c.name): (ch, c) for ch, c in _push_consumers(config)}
         for forwarder in list(self):
             pair = wanted.get(forwarder.name)

@@ -23,11 +23,16 @@ class MemoryStorage:
     """The push part of IStorage over dicts, answering synchronously; each
     queue is a (channel, consumer) pair."""
 
+    node = "this-node"
+
     def __init__(self):
         self.rows: dict[int, tuple[tuple[str, str], ForwardItem]] = {}
         self.states: dict[tuple[str, str], QueueState] = {}
         self.attempts: list[tuple[int, str, Attempt]] = []
         self._next_id = 1
+        # queue -> [owner, token, until]: the forwarding leases.
+        self.leases: dict[tuple[str, str], list] = {}
+        self.queue_callbacks: list = []
 
     def add(self, channel: str, body: bytes = b'{"n": 1}', headers: dict | None = None, at: float = 0.0,
             consumer: str = DEFAULT_CONSUMER) -> int:
@@ -54,13 +59,45 @@ class MemoryStorage:
         row = self.rows.get(webhook_id)
         return succeed(row[1] if row and row[0] == (channel, consumer) else None)
 
-    def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER):
+    def on_queue_changed(self, callback):
+        self.queue_callbacks.append(callback)
+
+    def acquire_lease(self, channel, owner, now, seconds, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.setdefault((channel, consumer), [None, 0, None])
+        if lease[0] not in (None, owner) and lease[2] > now:
+            return succeed(None)
+        if lease[0] != owner:
+            lease[1] += 1
+        lease[0], lease[2] = owner, now + seconds
+        return succeed(lease[1])
+
+    def renew_lease(self, channel, owner, token, now, seconds, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.get((channel, consumer))
+        if lease is None or lease[:2] != [owner, token]:
+            return succeed(None)
+        lease[2] = now + seconds
+        return succeed(self.states.get((channel, consumer), QueueState()))
+
+    def release_lease(self, channel, owner, token, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.get((channel, consumer))
+        if lease is not None and lease[:2] == [owner, token]:
+            lease[0] = lease[2] = None
+        return succeed(None)
+
+    def _fenced(self, channel, consumer, token) -> bool:
+        return token is None or self.leases.get((channel, consumer), [None, 0])[1] == token
+
+    def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER, token=None):
+        if not self._fenced(channel, consumer, token):
+            return succeed(False)
         self.attempts.append((webhook_id, consumer, attempt))
         self.rows.pop(webhook_id, None)
         self._note((channel, consumer), last_success_at=attempt.at)
-        return succeed(None)
+        return succeed(True)
 
-    def forward_failed(self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER):
+    def forward_failed(self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER, token=None):
+        if not self._fenced(channel, consumer, token):
+            return succeed(False)
         self.attempts.append((webhook_id, consumer, attempt))
         if webhook_id in self.rows:
             queue, item = self.rows[webhook_id]
@@ -76,7 +113,7 @@ class MemoryStorage:
                 ),
             )
         self._note((channel, consumer), last_error_at=attempt.at, last_error_message=attempt.error)
-        return succeed(None)
+        return succeed(True)
 
     def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER):
         return succeed(self.states.get((channel, consumer), QueueState()))

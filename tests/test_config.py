@@ -311,3 +311,9 @@ def test_unsafe_settings_name_every_placeholder_and_every_unverified_channel():
         f"c.yml: channel 'm': forward: key 'sign-secret' {suffix}",
         "c.yml: channel 'office': no webhook-secret, nothing is verified: any client in its allowed-ips can post to it",
     ]
+
+
+def test_lease_seconds():
+    assert parse_config({"channels": [channel()]}).server.lease_seconds == 10
+    assert parse_config({"server": {"lease-seconds": 3}, "channels": [channel()]}).server.lease_seconds == 3.0
+    assert any("must be at least 1" in e for e in errors_of({"server": {"lease-seconds": 0.5}, "channels": [channel()]}))

@@ -42,6 +42,20 @@ def test_systemd_unit_and_tls_drop_in_verify(tmp_path):
     assert complaints == []
 
 
+def test_systemd_template_unit_for_several_nodes_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "kwp@.service"
+    unit.write_text((DEPLOY / "kwp@.service").read_text().replace("/opt/kwp/.venv", str(VENV)))
+    instance = tmp_path / "kwp@8081.service"
+    instance.symlink_to(unit)
+    result = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in result.stderr.splitlines() if "kwp@" in line]
+    assert result.returncode == 0, result.stderr
+    assert complaints == []
+
+
 def test_supervisord_program_parses(tmp_path):
     options = pytest.importorskip("supervisor.options", reason="supervisor is not installed (pip install supervisor)")
     # The parser checks that the user and the log directory exist.

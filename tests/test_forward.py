@@ -29,7 +29,7 @@ from kwp.forward import (
     retry_after_seconds,
 )
 from kwp.notify import Notifier
-from kwp.storage import DEAD, PENDING
+from kwp.storage import DEAD, PENDING, QueueState
 from tests.forward_support import FakeClient, MemoryStorage
 
 URL = "http://target.invalid/hook"
@@ -583,3 +583,55 @@ def test_each_push_consumer_has_its_own_forwarder_pause_and_log():
     assert [s.url for s in client.sent] == [URL, URL + "/chat"]
     assert client.sent[1].header("x-kwp-delivery-id") == "ch.chat-2"
     ensureDeferred(forwarders.stopService())
+
+
+# --- the forwarding lease (several nodes on one database) -------------------------
+
+
+def test_a_forwarder_without_the_lease_sends_nothing_until_the_holder_s_lease_ends():
+    storage = MemoryStorage()
+    storage.leases["ch", "default"] = ["other-node", 1, 10.0]
+    kit = make(storage=storage)
+    kit.post()
+    kit.clock.advance(9.5)
+    assert kit.client.sent == []
+    # Tried again each second at most: taken over within a second of the end.
+    kit.clock.advance(1.0)
+    [sent] = kit.client.sent
+    assert sent.at <= 11.0 and storage.leases["ch", "default"][:2] == ["this-node", 2]
+
+
+def test_a_forwarder_renews_its_lease_and_gives_it_up_when_it_stops():
+    kit = make()
+    lease = kit.storage.leases["ch", "default"]
+    assert lease == ["this-node", 1, 10.0]
+    kit.clock.advance(10 / 3)
+    assert lease[2] == pytest.approx(10 / 3 + 10)
+    kit.forwarder.stopService()
+    assert lease[0] is None
+
+
+def test_an_outcome_after_the_lease_went_to_another_node_is_not_written_and_sending_stops():
+    kit = make()
+    first = kit.post()
+    [sent] = kit.client.sent
+    # Meanwhile another node took the lease over (this one was stuck).
+    kit.storage.leases["ch", "default"] = ["other-node", 2, 100.0]
+    sent.respond(200)
+    assert kit.storage.item(first) is not None and kit.storage.attempts == []
+    kit.post()
+    kit.clock.advance(5)
+    assert len(kit.client.sent) == 1
+
+
+def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_next_renewal():
+    heard = make()
+    heard.storage.states["ch", "default"] = QueueState(paused=True)
+    heard.forwarder.queue_changed()
+    heard.post()
+    assert heard.client.sent == []
+    renewed = make()
+    renewed.storage.states["ch", "default"] = QueueState(paused=True)
+    renewed.clock.advance(10 / 3)
+    renewed.post()
+    assert renewed.client.sent == []

@@ -1,4 +1,5 @@
-"""The SQLite storage service on a temp file, with the real reactor's threads."""
+"""The storage service on each backend (a temp-file SQLite database, a
+PostgreSQL database of the test's own), with the real reactor's threads."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
 
 from kwp.config import parse_config
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, QueueStats, Route, StorageError, open_storage
-from kwp.storage import Attempt, queries
+from kwp.storage import DUPLICATE, QUEUE_FULL, Attempt, NewWebhook, QueueStats, Route, StorageError, open_storage
+from kwp.storage import queries
+from kwp.storage.postgres import PULL_HOLD
 from kwp.storage.prune import Pruner
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 from tests.support import until
@@ -29,10 +31,8 @@ def started(path) -> SQLiteStorage:
 
 
 @pytest.fixture
-def storage(tmp_path):
-    s = started(tmp_path / "kwp.db")
-    yield s
-    s.stopService()
+def storage(backend):
+    return backend.start()
 
 
 def hook(n=0, channel="a", max_queue=None, **kwargs):
@@ -88,8 +88,6 @@ def test_unopenable_and_newer_databases_are_refused(tmp_path):
     sqlite3.connect(newer).execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StorageError, match="newer than this kwp knows"):
         open_storage(str(newer), reactor)
-    with pytest.raises(StorageError, match="not supported yet"):
-        open_storage("postgresql://user:pw@host/db", reactor)
 
 
 @pytest_twisted.ensureDeferred
@@ -134,13 +132,12 @@ async def test_one_batch_mixes_plain_deduplicated_and_limited_webhooks_in_order(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stop_writes_what_waits_in_the_commit_window(tmp_path):
-    path = str(tmp_path / "kwp.db")
-    s = started(path)
+async def test_a_stop_writes_what_waits_in_the_commit_window(backend):
+    s = backend.start()
     inserted = s.insert(hook(1))
     await s.stopService()
     assert isinstance(await inserted, int)
-    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 1
+    assert backend.execute("SELECT COUNT(*) FROM webhooks") == [(1,)]
 
 
 @pytest_twisted.ensureDeferred
@@ -170,19 +167,20 @@ async def test_leases_expire_and_ack_deletes(storage):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unfinished_pulls_are_released_on_restart(tmp_path):
-    path = str(tmp_path / "kwp.db")
-    s = started(path)
+async def test_unfinished_pulls_are_released_on_restart(backend):
+    """On PostgreSQL other nodes may still be streaming their pulls: what an
+    unfinished pull took comes back after PULL_HOLD instead."""
+    s = backend.start()
     await s.insert(hook(1))
     await s.insert(hook(2))
     await s.claim("a", "gone", 1, 2000.0, None)
-    await s.claim("a", "leased", 1, 2000.0, 60)
-    s.stopService()
-    s = started(path)
-    try:
-        assert [r.id for r in await s.claim("a", "new", 10, 2000.0, None)] == [1]
-    finally:
-        s.stopService()
+    await s.claim("a", "leased", 1, 2000.0, 2 * PULL_HOLD)
+    await s.stopService()
+    s = backend.start()
+    back_at = 2000.0 if backend.name == "sqlite" else 2000.0 + PULL_HOLD
+    if back_at > 2000.0:
+        assert await s.claim("a", "early", 10, back_at - 1, None) == []
+    assert [r.id for r in await s.claim("a", "new", 10, back_at, None)] == [1]
 
 
 @pytest_twisted.ensureDeferred
@@ -225,7 +223,19 @@ async def test_a_stopped_storage_fails_instead_of_hanging(storage):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
+async def test_ids_are_never_reused_across_deletes_and_restarts(backend):
+    s = backend.start()
+    ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
+    await s.delete("a", ids[-1], 2000.0)
+    await s.stopService()
+    s = backend.start()
+    assert await s.insert(hook(5)) == 4
+    await s.delete("a", 4, 2000.0)
+    assert await s.insert(hook(6, delivery_id="d")) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_follow_rows_another_program_wrote_into_sqlite(tmp_path):
     path = str(tmp_path / "kwp.db")
     s = started(path)
     ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
@@ -261,7 +271,7 @@ def routed(n, *consumers, channel="a", **kwargs):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_database_of_the_first_release_keeps_every_queue_lease_dead_letter_and_pause(tmp_path):
+async def test_a_database_of_the_first_release_keeps_every_queue_lease_dead_letter_and_pause(tmp_path):  # SQLite
     """tests/data/kwp-v3.db was written by the storage of release 0.1.0:
     channel "pull" with webhooks 1-5 (1 and 2 leased for ever, 3 pulled),
     duplicate ids d0-d4; channel "push" with 6 dead, 7 failed once and due
@@ -497,3 +507,49 @@ def test_the_daemon_prunes_with_the_running_config(tmp_path):
     assert children.index(service.app.storage) < children.index(service.pruner) < children.index(service.listeners[0])
     service.app.config = parse_config({"channels": [{"name": "b", "token": "t"}]})
     assert [c.name for c in service.pruner._config().channels] == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_forwarding_lease_has_one_owner_and_fences_every_outcome(backend):
+    a, b = backend.start(), backend.start()
+    await a.insert(routed(1, "push"))
+    token = await a.acquire_lease("a", "node-a", 100.0, 10, consumer="push")
+    assert await a.acquire_lease("a", "node-a", 101.0, 10, consumer="push") == token
+    assert await b.acquire_lease("a", "node-b", 105.0, 10, consumer="push") is None
+    await b.set_paused("a", True, consumer="push")
+    assert (await a.renew_lease("a", "node-a", token, 105.0, 10, consumer="push")).paused
+    assert await b.acquire_lease("a", "node-b", 114.9, 10, consumer="push") is None
+    taken = await b.acquire_lease("a", "node-b", 115.0, 10, consumer="push")
+    assert taken > token
+    assert await a.renew_lease("a", "node-a", token, 115.0, 10, consumer="push") is None
+    # The old owner's outcomes are refused and change nothing.
+    assert not await a.forward_succeeded("a", 1, Attempt(116.0, 200), consumer="push", token=token)
+    assert not await a.forward_failed("a", 1, Attempt(116.0, 500), 200.0, "dead", consumer="push", token=token)
+    [item] = await b.forward_window("a", 10, 116.0, consumer="push")
+    assert (item.id, item.forward_attempts, item.state) == (1, 0, "pending")
+    assert await b.forward_failed("a", 1, Attempt(117.0, 500, "x"), 200.0, "pending", consumer="push", token=taken)
+    await b.release_lease("a", "node-b", taken, consumer="push")
+    again = await a.acquire_lease("a", "node-a", 118.0, 10, consumer="push")
+    assert again > taken
+    assert await a.forward_succeeded("a", 1, Attempt(119.0, 200), consumer="push", token=again)
+    assert await a.queue_stats() == {}
+    # Without a token, outcomes are written as on a single node.
+    await a.insert(routed(2, "push"))
+    assert await b.forward_succeeded("a", 2, Attempt(120.0, 200), consumer="push")
+
+
+@pytest_twisted.ensureDeferred
+async def test_callbacks_hear_what_was_stored_replayed_and_paused(storage):
+    stored, changed = [], []
+    storage.on_stored(lambda channel, consumers: stored.append((channel, dict(consumers))))
+    storage.on_queue_changed(lambda channel, consumer: changed.append((channel, consumer)))
+    await gatherResults([storage.insert(routed(1, "ci", "chat")), storage.insert(routed(2, "ci")), storage.insert(routed(3))])
+    assert stored == [("a", {"ci": 2, "chat": 1})]
+    await storage.insert(hook(4, delivery_id="x", dedup_window=60))
+    assert await storage.insert(hook(5, delivery_id="x", dedup_window=60)) is DUPLICATE
+    assert stored[1:] == [("a", {"default": 1})]
+    await storage.ack("a", [r.id for r in await storage.claim("a", "c", 1, 2000.0, 5, consumer="ci")], 2000.0, consumer="ci")
+    await storage.replay("a", [1], ["ci"], 2001.0)
+    assert stored[2:] == [("a", {"ci": 1})]
+    await storage.set_paused("a", True, consumer="chat")
+    assert changed == [("a", "chat")]

@@ -227,11 +227,36 @@ class IStorage(Interface):
     def forward_get(channel: str, webhook_id: int, consumer: str):
         """Deferred ForwardItem of the queue (pending or dead), or None."""
 
-    def forward_succeeded(channel: str, webhook_id: int, attempt: Attempt, consumer: str):
-        """Deferred: the delivery is delivered; the attempt is logged."""
+    def forward_succeeded(channel: str, webhook_id: int, attempt: Attempt, consumer: str, token: int | None):
+        """Deferred bool: the delivery is delivered and the attempt logged;
+        with ``token``, only while the forwarding lease has that fencing
+        token (False: lost, nothing written)."""
 
-    def forward_failed(channel: str, webhook_id: int, attempt: Attempt, next_attempt_at, state: str, consumer: str):
-        """Deferred: count and log a failed attempt of the delivery."""
+    def forward_failed(
+        channel: str, webhook_id: int, attempt: Attempt, next_attempt_at, state: str, consumer: str, token: int | None
+    ):
+        """Deferred bool: count and log a failed attempt of the delivery
+        (fenced by ``token`` as forward_succeeded)."""
+
+    def acquire_lease(channel: str, owner: str, now: float, seconds: float, consumer: str):
+        """Deferred fencing token (int) of the queue's forwarding lease, now
+        held by owner until now + seconds, or None while another owner
+        holds it.  A new owner gets a larger token than any before."""
+
+    def renew_lease(channel: str, owner: str, token: int, now: float, seconds: float, consumer: str):
+        """Deferred QueueState when owner still holds the lease with token
+        (extended to now + seconds), or None when it was lost."""
+
+    def release_lease(channel: str, owner: str, token: int, consumer: str):
+        """Deferred: give the lease up, so another node takes it at once."""
+
+    def on_stored(callback):
+        """callback(channel, {consumer: count}) after each commit that
+        queued webhooks, on this node or (PostgreSQL) any other."""
+
+    def on_queue_changed(callback):
+        """callback(channel, consumer) after a commit that changed a queue's
+        pause switch or released its forwarding lease, on any node."""
 
     def queue_state(channel: str, consumer: str):
         """Deferred QueueState (defaults for a queue never seen)."""
@@ -286,13 +311,29 @@ class IStorage(Interface):
         """Deferred that fires when the database answers."""
 
 
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def open_storage(url: str, reactor) -> "IStorage":
     """The storage service for a database URL; raises StorageError when the
     database cannot be opened, so start-up fails before any port is bound."""
-    from kwp.storage.sqlite import SQLiteStorage, sqlite_path
+    if is_postgres_url(url):
+        from kwp.storage.postgres import PostgresStorage
 
-    if url.startswith(("postgres://", "postgresql://")):
-        raise StorageError(f"database {url.split('://')[0]}:// is not supported yet by this version of kwp")
-    storage = SQLiteStorage(sqlite_path(url), reactor)
+        storage = PostgresStorage(url, reactor)
+    else:
+        from kwp.storage.sqlite import SQLiteStorage, sqlite_path
+
+        storage = SQLiteStorage(sqlite_path(url), reactor)
     storage.prepare()
     return storage

@@ -51,15 +51,48 @@ RESPONSE_EXCERPT = 1024
 _OPEN = f"('{PENDING}', '{DEAD}')"
 
 
+# What a transaction stored: channel -> consumer -> new deliveries (an empty
+# mapping for a webhook that no consumer took).
+News = dict[str, dict[str, int]]
+
+
 class Dialect:
     """What the backends' SQL does differently."""
 
     # Appended to the SELECT of a claim: rows another transaction holds are skipped.
     skip_locked = ""
+    # Appended to a SELECT whose rows must not change until the commit, on a
+    # database that other writers share ("" where transactions are serial).
+    row_lock = ""
+    # Seconds an unleased pull holds its deliveries when other nodes may
+    # still be streaming theirs (None: until this process stops).
+    pull_hold: float | None = None
+
+    def order_ids(self, txn) -> None:
+        """Called first by each transaction that takes ids: ids must become
+        visible in their order, for readers that resume after an id."""
 
     def allocate_ids(self, txn, count: int) -> list[int]:
         """count new numbers of the webhook id sequence, ascending."""
         raise NotImplementedError
+
+    def announce(self, txn, news: News, last: int) -> None:
+        """Tell other nodes, at the commit, what this transaction stored;
+        ``last`` is the largest number it took from the id sequence."""
+
+    def announce_queue(self, txn, channel: str, consumer: str) -> None:
+        """Tell other nodes, at the commit, that a queue's pause or lease changed."""
+
+
+def stored_news(batch: Sequence[NewWebhook], results: Sequence) -> News:
+    """What the webhooks of batch that got an id (in results) stored."""
+    news: News = {}
+    for w, result in zip(batch, results):
+        if isinstance(result, int):
+            counts = news.setdefault(w.channel, {})
+            for route in w.routes:
+                counts[route.consumer] = counts.get(route.consumer, 0) + 1
+    return news
 
 
 def _chunks(items: Sequence, size: int = _IDS_PER_STATEMENT) -> Iterable[Sequence]:
@@ -116,6 +149,7 @@ def insert_batch(txn, d: Dialect, batch: list[NewWebhook]) -> list:
     Webhooks without a delivery id or a queue limit wait in ``plain`` and are
     written together; one with either is decided after those before it are
     in, so that its checks see them."""
+    d.order_ids(txn)
     results: list = [None] * len(batch)
     plain: list[int] = []
 
@@ -152,6 +186,9 @@ def insert_batch(txn, d: Dialect, batch: list[NewWebhook]) -> list:
         results[index] = _write(txn, d, [w])[0]
     if plain:
         write_plain()
+    ids = [r for r in results if isinstance(r, int)]
+    if ids:
+        d.announce(txn, stored_news(batch, results), max(ids))
     return results
 
 
@@ -166,11 +203,19 @@ def _drop_webhooks(txn, ids: Sequence[int]) -> None:
         txn.execute(f"DELETE FROM webhooks WHERE id IN ({marks})", chunk)
 
 
-def _settle(txn, ids: Iterable[int], now: float, retention: Retention) -> None:
+def _settle(txn, d: Dialect, ids: Iterable[int], now: float, retention: Retention) -> None:
     """Webhooks of ids whose last open delivery just closed are done: kept
     as history from now, or dropped at once on a channel that the retention
-    does not keep."""
+    does not keep.
+
+    Where transactions run side by side, two of them closing the last two
+    deliveries of a webhook could each still see the other's open: the
+    webhook rows are locked first, so the second to lock them sees the
+    first's closing in its next statement."""
     ids = sorted(set(ids))
+    if d.row_lock:
+        for chunk in _chunks(ids):
+            txn.execute(f"SELECT id FROM webhooks WHERE id IN ({_marks(len(chunk))}) ORDER BY id{d.row_lock}", chunk)
     done: list[tuple[int, str]] = []
     for chunk in _chunks(ids):
         txn.execute(
@@ -185,7 +230,7 @@ def _settle(txn, ids: Iterable[int], now: float, retention: Retention) -> None:
         txn.execute(f"UPDATE webhooks SET done_at = ? WHERE id IN ({_marks(len(chunk))})", [now, *chunk])
 
 
-def _close(txn, where: str, args: tuple, state: str, now: float, retention: Retention) -> list[int]:
+def _close(txn, d: Dialect, where: str, args: tuple, state: str, now: float, retention: Retention) -> list[int]:
     """Close the open deliveries ``where`` selects as ``state``; their webhook ids."""
     txn.execute(
         f"UPDATE deliveries SET state = ?, closed_at = ?, claim = NULL, lease_until = NULL"
@@ -193,7 +238,7 @@ def _close(txn, where: str, args: tuple, state: str, now: float, retention: Rete
         (state, now, *args),
     )
     ids = [row[0] for row in txn.fetchall()]
-    _settle(txn, ids, now, retention)
+    _settle(txn, d, ids, now, retention)
     return ids
 
 
@@ -258,7 +303,8 @@ def claim(txn, d: Dialect, channel, consumer, claim_id, limit, now, lease_second
     )
     rows = _pulled(txn)
     if rows:
-        lease_until = None if lease_seconds is None else now + lease_seconds
+        hold = lease_seconds if lease_seconds is not None else d.pull_hold
+        lease_until = None if hold is None else now + hold
         for chunk in _chunks([r.id for r in rows]):
             txn.execute(
                 "UPDATE deliveries SET claim = ?, lease_until = ?, handouts = handouts + 1, taken_at = ?"
@@ -268,8 +314,8 @@ def claim(txn, d: Dialect, channel, consumer, claim_id, limit, now, lease_second
     return [StoredWebhook(r.id, r.headers_json, r.body, r.received_at, r.deliveries + 1) for r in rows]
 
 
-def finish_claim(txn, claim_id, now, retention) -> None:
-    _close(txn, "claim = ?", (claim_id,), DELIVERED, now, retention)
+def finish_claim(txn, d: Dialect, claim_id, now, retention) -> None:
+    _close(txn, d, "claim = ?", (claim_id,), DELIVERED, now, retention)
 
 
 def release_claim(txn, claim_id) -> int:
@@ -280,19 +326,23 @@ def release_claim(txn, claim_id) -> int:
     return txn.rowcount
 
 
-def release_orphans(txn) -> None:
-    """Unleased claims belong to pulls that a stopped process never finished."""
+def release_orphans(txn, d: Dialect) -> None:
+    """Unleased claims belong to pulls that a stopped process never finished
+    (where other nodes may be pulling, they end with their hold instead)."""
+    if d.pull_hold is not None:
+        return
     txn.execute(
         "UPDATE deliveries SET claim = NULL, handouts = handouts - 1 WHERE claim IS NOT NULL AND lease_until IS NULL"
     )
 
 
-def ack(txn, channel, consumer, ids, now, retention) -> int:
+def ack(txn, d: Dialect, channel, consumer, ids, now, retention) -> int:
     acked = 0
     for chunk in _chunks(ids):
         acked += len(
             _close(
                 txn,
+                d,
                 f"channel = ? AND consumer = ? AND state = '{PENDING}' AND handouts > 0"
                 f" AND webhook_id IN ({_marks(len(chunk))})",
                 (channel, consumer, *chunk),
@@ -324,14 +374,14 @@ def list_queue(txn, channel, consumer, limit, after) -> list[StoredWebhook]:
     return _pulled(txn)
 
 
-def delete(txn, channel, consumer, webhook_id, now, retention) -> bool:
+def delete(txn, d: Dialect, channel, consumer, webhook_id, now, retention) -> bool:
     where = f"channel = ? AND consumer = ? AND webhook_id = ? AND state IN {_OPEN}"
-    return bool(_close(txn, where, (channel, consumer, webhook_id), DELETED, now, retention))
+    return bool(_close(txn, d, where, (channel, consumer, webhook_id), DELETED, now, retention))
 
 
-def clear(txn, channel, consumer, now, retention) -> int:
+def clear(txn, d: Dialect, channel, consumer, now, retention) -> int:
     where = f"channel = ? AND consumer = ? AND state IN {_OPEN}"
-    return len(_close(txn, where, (channel, consumer), DELETED, now, retention))
+    return len(_close(txn, d, where, (channel, consumer), DELETED, now, retention))
 
 
 # --- push ----------------------------------------------------------------------
@@ -403,14 +453,32 @@ def _count_attempt(txn, channel, consumer, webhook_id, attempt: Attempt) -> None
     _log(txn, channel, consumer, webhook_id, attempt)
 
 
-def forward_succeeded(txn, channel, consumer, webhook_id, attempt: Attempt, retention) -> None:
+def _fenced(txn, d: Dialect, channel, consumer, token: int | None) -> bool:
+    """Whether the forwarding lease of the queue still has fencing token
+    ``token`` (None: no lease is in use); the row stays so until the commit,
+    so a node that takes the lease over sees this transaction's outcome."""
+    if token is None:
+        return True
+    txn.execute(
+        f"SELECT 1 FROM consumers WHERE channel = ? AND consumer = ? AND lease_token = ?{d.row_lock}",
+        (channel, consumer, token),
+    )
+    return txn.fetchone() is not None
+
+
+def forward_succeeded(txn, d: Dialect, channel, consumer, webhook_id, attempt: Attempt, retention, token=None) -> bool:
+    if not _fenced(txn, d, channel, consumer, token):
+        return False
     _count_attempt(txn, channel, consumer, webhook_id, attempt)
     where = f"channel = ? AND consumer = ? AND webhook_id = ? AND state IN {_OPEN}"
-    _close(txn, where, (channel, consumer, webhook_id), DELIVERED, attempt.at, retention)
+    _close(txn, d, where, (channel, consumer, webhook_id), DELIVERED, attempt.at, retention)
     _note(txn, channel, consumer, last_success_at=attempt.at)
+    return True
 
 
-def forward_failed(txn, channel, consumer, webhook_id, attempt: Attempt, next_attempt_at, state) -> None:
+def forward_failed(txn, d: Dialect, channel, consumer, webhook_id, attempt: Attempt, next_attempt_at, state, token=None) -> bool:
+    if not _fenced(txn, d, channel, consumer, token):
+        return False
     _count_attempt(txn, channel, consumer, webhook_id, attempt)
     txn.execute(
         "UPDATE deliveries SET next_attempt_at = ?, state = ?"
@@ -418,6 +486,7 @@ def forward_failed(txn, channel, consumer, webhook_id, attempt: Attempt, next_at
         (next_attempt_at, state, channel, consumer, webhook_id),
     )
     _note(txn, channel, consumer, last_error_at=attempt.at, last_error_message=attempt.error)
+    return True
 
 
 # --- queue state and figures -------------------------------------------------------
@@ -435,8 +504,51 @@ def queue_state(txn, channel, consumer) -> QueueState:
     return QueueState(bool(row[0]), *row[1:])
 
 
-def set_paused(txn, channel, consumer, paused) -> None:
+def set_paused(txn, d: Dialect, channel, consumer, paused) -> None:
     _note(txn, channel, consumer, paused=int(paused))
+    d.announce_queue(txn, channel, consumer)
+
+
+# --- the forwarding lease ---------------------------------------------------------
+
+
+def acquire_lease(txn, channel, consumer, owner, now, seconds) -> int | None:
+    """The fencing token of the queue's forwarding lease, now held by owner
+    until now + seconds; None while another owner holds it.  A lease that
+    changes owner gets a larger token, so writes fenced with an older token
+    fail from then on."""
+    txn.execute("INSERT INTO consumers (channel, consumer) VALUES (?, ?) ON CONFLICT DO NOTHING", (channel, consumer))
+    txn.execute(
+        "UPDATE consumers SET lease_token = lease_token + CASE WHEN lease_owner = ? THEN 0 ELSE 1 END,"
+        " lease_owner = ?, lease_until = ?"
+        " WHERE channel = ? AND consumer = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)"
+        " RETURNING lease_token",
+        (owner, owner, now + seconds, channel, consumer, owner, now),
+    )
+    row = txn.fetchone()
+    return None if row is None else row[0]
+
+
+def renew_lease(txn, channel, consumer, owner, token, now, seconds) -> QueueState | None:
+    """The queue's state when owner still holds the lease with token, now
+    until now + seconds; None when it was lost."""
+    txn.execute(
+        "UPDATE consumers SET lease_until = ? WHERE channel = ? AND consumer = ? AND lease_owner = ? AND lease_token = ?"
+        " RETURNING paused, last_success_at, last_error_at, last_error_message",
+        (now + seconds, channel, consumer, owner, token),
+    )
+    row = txn.fetchone()
+    return None if row is None else QueueState(bool(row[0]), *row[1:])
+
+
+def release_lease(txn, d: Dialect, channel, consumer, owner, token) -> None:
+    txn.execute(
+        "UPDATE consumers SET lease_owner = NULL, lease_until = NULL"
+        " WHERE channel = ? AND consumer = ? AND lease_owner = ? AND lease_token = ?",
+        (channel, consumer, owner, token),
+    )
+    if txn.rowcount:
+        d.announce_queue(txn, channel, consumer)
 
 
 def queue(txn, channel, consumer, limit, after) -> tuple[QueueState, int, list[ForwardItem]]:
@@ -576,7 +688,10 @@ def events_after(txn, channel, after, limit, consumer) -> list[Event]:
 
 
 def replay(txn, d: Dialect, channel, ids, consumers, now, state) -> list[tuple[int, list[str], list[str]]]:
+    d.order_ids(txn)
     results = []
+    news: dict[str, int] = {}
+    last = 0
     for webhook_id in sorted(set(ids)):
         txn.execute("SELECT 1 FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
         if txn.fetchone() is None:
@@ -589,6 +704,9 @@ def replay(txn, d: Dialect, channel, ids, consumers, now, state) -> list[tuple[i
         replayed = [c for c in targets if current.get(c) != PENDING]
         if replayed:
             seqs = d.allocate_ids(txn, len(replayed))
+            last = max(last, *seqs)
+            for c in replayed:
+                news[c] = news.get(c, 0) + 1
             txn.execute(
                 f"DELETE FROM deliveries WHERE webhook_id = ? AND consumer IN ({_marks(len(replayed))})",
                 (webhook_id, *replayed),
@@ -600,6 +718,8 @@ def replay(txn, d: Dialect, channel, ids, consumers, now, state) -> list[tuple[i
             )
             txn.execute("UPDATE webhooks SET done_at = NULL WHERE id = ?", (webhook_id,))
         results.append((webhook_id, replayed, already))
+    if news:
+        d.announce(txn, {channel: news}, last)
     return results
 
 

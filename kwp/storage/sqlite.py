@@ -112,7 +112,9 @@ def _v5(cursor) -> None:
     position, claim, lease, attempts and state.  Every webhook of an older
     database becomes a delivery to the channel's implicit consumer
     ``default``, keeping its claim, lease, attempts and dead state; the
-    channel's pause and last outcomes become that consumer's."""
+    channel's pause and last outcomes become that consumer's.  A push
+    consumer also has a forwarding lease (owner, expiry, and a fencing token
+    that each new owner increments)."""
     cursor.execute(
         """CREATE TABLE deliveries (
             webhook_id INTEGER NOT NULL,
@@ -202,6 +204,9 @@ def _v5(cursor) -> None:
             last_success_at REAL,
             last_error_at REAL,
             last_error_message TEXT,
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_until REAL,
             PRIMARY KEY (channel, consumer)
         )"""
     )
