@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from kwp.config import parse_config
 from kwp.ops import Metrics
+from kwp.storage import QueueStats
 from tests.fakes import FakeStorage
 from tests.support import ROOT, free_port, scrape
 
@@ -80,9 +81,10 @@ def _exposed_names() -> set[str]:
     config = parse_config({"server": {"metrics": True}, "channels": [{"name": "a", "token": "t"}]})
     clock = Clock()
     clock.advance(1000.0)
-    metrics = Metrics(lambda: config, FakeStorage({"a": (1, 900.0)}), clock)
+    metrics = Metrics(lambda: config, FakeStorage({("a", "default"): QueueStats(1, 900.0)}), clock)
     metrics.received(config, "a", "ok", 0.1)
-    metrics.forward_outcome("a", "ok", 0.1)
+    metrics.forward_outcome("a", "default", "ok", 0.1)
+    metrics.filter_failed("a", "default")
     return set(scrape(metrics))
 
 

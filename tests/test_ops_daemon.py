@@ -68,9 +68,10 @@ async def test_metrics_count_what_was_sent(daemon):
         (("channel", "open"), ("status", "queue_full")): 2,
         (("channel", "_unknown"), ("status", "channel_not_found")): 6,
     }
-    assert samples["kwp_queue_depth"] == {(("channel", "github"),): 7, (("channel", "open"),): 3}
+    queues = {(("channel", "github"), ("consumer", "default")), (("channel", "open"), ("consumer", "default"))}
+    assert samples["kwp_queue_depth"] == dict(zip(sorted(queues), (7, 3)))
     ages = samples["kwp_queue_oldest_age_seconds"]
-    assert set(ages) == {(("channel", "github"),), (("channel", "open"),)}
+    assert set(ages) == queues
     assert all(age >= 0 for age in ages.values())
     assert samples["kwp_channel_security_config"][(("channel", "github"), ("feature", "secret"))] == 1
     assert "quiet" not in str(samples) and "guess" not in str(samples)
