@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from kwp import verify
 from kwp.config import Channel, Config
 from kwp.errors import ApiError, channel_not_found
-from kwp.notify import Notifier
 from kwp.routing import route
 from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, Route, StorageUnavailable
 
@@ -134,9 +133,8 @@ class Received:
 class Receiver:
     """Steps 5-9 of §4.1 over a complete request."""
 
-    def __init__(self, storage, notifier: Notifier, clock, filter_failed=None):
+    def __init__(self, storage, clock, filter_failed=None):
         self._storage = storage
-        self._notifier = notifier
         self._clock = clock
         # filter_failed(channel, consumer): a consumer's filter raised.
         self._filter_failed = filter_failed or (lambda channel, consumer: None)
@@ -192,6 +190,4 @@ class Receiver:
             return Received("duplicate")
         if result is QUEUE_FULL:
             raise ApiError(503, "queue_full", "the channel's queue is full", {"Retry-After": "30"})
-        for r in routes:
-            self._notifier.fire((channel.name, r.consumer))
         return Received("ok", result)

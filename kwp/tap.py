@@ -235,8 +235,9 @@ def make_app(config, storage, reactor) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
     app's metrics."""
     notifier = Notifier()
-    # Webhooks stored by this node or (PostgreSQL) another one wake waiters.
-    storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c)) for c in consumers])
+    # Webhooks stored by this node or (PostgreSQL) another one wake as many
+    # waiters of each queue.
+    storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c), n) for c, n in consumers.items()])
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)

@@ -480,7 +480,7 @@ class KwpApp:
         self.clock = clock
         self.forwarders = forwarders
         self.metrics = Metrics(lambda: self.config, storage, clock)
-        self.receiver = Receiver(storage, notifier, clock, self.metrics.filter_failed)
+        self.receiver = Receiver(storage, clock, self.metrics.filter_failed)
         self.puller = Puller(storage, notifier, clock)
 
     def resource(self) -> KwpRoot:
