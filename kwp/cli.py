@@ -18,8 +18,9 @@ def check_config(path: str) -> int:
             print(line, file=sys.stderr)
         print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
         return 1
-    forwarding = sum(1 for c in config.channels if c.forward is not None)
-    print(f"{path}: OK, {len(config.channels)} channels ({forwarding} forwarding)")
+    consumers = [c for channel in config.channels for c in channel.consumers]
+    forwarding = sum(1 for c in consumers if c.forward is not None)
+    print(f"{path}: OK, {len(config.channels)} channels, {len(consumers)} consumers ({forwarding} forwarding)")
     return 0
 
 
