@@ -13,8 +13,9 @@ process: under callgrind the instruction counts repeat from run to run.
 
 --callgrind runs this script twice under ``valgrind --tool=callgrind``, with
 --requests N and 2N, and prints the difference of the two totals divided by
-N: the instructions of one receive, start-up and shut-down cancelled out.
-The output files stay in --out for callgrind_annotate.  See
+N: the instructions of one receive, start-up and shut-down cancelled out,
+in all and by thread (the reactor's, the storage's writer).  The output
+files, one per thread, stay in --out for callgrind_annotate.  See
 docs/PERFORMANCE.md, "Profiling".
 """
 
@@ -161,13 +162,14 @@ def callgrind(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # A fixed hash seed: dict and set layouts, and so the counts, repeat.
     environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    totals = {}
+    totals: dict[int, dict[str, int]] = {}
     for requests in (args.requests, 2 * args.requests):
         path = out / f"callgrind.out.{requests}"
         subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
+                "--separate-threads=yes",
                 f"--callgrind-out-file={path}",
                 sys.executable,
                 __file__,
@@ -180,12 +182,17 @@ def callgrind(args) -> None:
             check=True,
             stderr=subprocess.DEVNULL,
         )
-        totals[requests] = callgrind_totals(path)
-    per_request = (totals[2 * args.requests] - totals[args.requests]) / args.requests
+        # One file per thread, path-01 (the reactor's) first.
+        totals[requests] = {
+            part.name.rpartition("-")[2]: callgrind_totals(part) for part in sorted(out.glob(f"{path.name}-*"))
+        }
+    first, second = totals[args.requests], totals[2 * args.requests]
+    per_thread = {t: (second[t] - first.get(t, 0)) / args.requests for t in second}
     print(
-        f"callgrind: {totals[args.requests]:,} instructions for {args.requests} receives, "
-        f"{totals[2 * args.requests]:,} for {2 * args.requests}: {per_request:,.0f} per receive "
-        f"(files in {out})"
+        f"callgrind: {sum(first.values()):,} instructions for {args.requests} receives, "
+        f"{sum(second.values()):,} for {2 * args.requests}: {sum(per_thread.values()):,.0f} per receive; "
+        f"by thread: {', '.join(f'{t} {n:,.0f}' for t, n in per_thread.items())} (01 is the reactor's; "
+        f"files in {out})"
     )
 
 
