@@ -28,11 +28,26 @@ run: $(BIN)/twistd
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
 
-# wrk comes from Debian's packages; BENCH_ARGS=--quick for a smoke run.
-bench: install
+# wrk comes from Debian's packages; the FastAPI and Express peers install into
+# bench/.venv-fastapi and bench/express/node_modules.  BENCH_ARGS=--quick for a
+# smoke run.
+BENCH_FASTAPI := bench/.venv-fastapi
+BENCH_EXPRESS := bench/express/node_modules
+
+$(BENCH_FASTAPI)/bin/uvicorn: bench/requirements-fastapi.txt
+	$(PYTHON) -m venv $(BENCH_FASTAPI)
+	$(BENCH_FASTAPI)/bin/pip install --quiet -r bench/requirements-fastapi.txt
+	touch $@
+
+# better-sqlite3 compiles its native module when no prebuilt one can be fetched (about a minute).
+$(BENCH_EXPRESS)/.package-lock.json: bench/express/package.json bench/express/package-lock.json
+	cd bench/express && npm ci --no-audit --no-fund
+	touch $@
+
+bench: install $(BENCH_FASTAPI)/bin/uvicorn $(BENCH_EXPRESS)/.package-lock.json
 	@command -v wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; } >/dev/null 2>&1 || true
 	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk is missing and could not be installed; run 'apt-get install -y wrk' as root" >&2; exit 1; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(BENCH_FASTAPI) $(BENCH_EXPRESS)
