@@ -13,6 +13,8 @@ setup(
         "treq>=23.11",
         "pyyaml>=6.0",
         "prometheus-client>=0.20",
+        "jmespath>=1.0",
+        "psycopg[binary]>=3.1",
     ],
     extras_require={
         "test": [

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kwp.storage import NewWebhook, open_storage
-from kwp.storage.sqlite import _insert_batch
+from kwp.storage.queries import insert_batch
+from kwp.storage.sqlite import SQLiteStorage
 
 BATCH = 10_000
 
@@ -33,10 +34,10 @@ def fill(path: Path, channel: str, headers_json: str, bodies: Iterable[bytes]) -
             for body in bodies:
                 batch.append(NewWebhook(channel, headers_json, body, now))
                 if len(batch) == BATCH:
-                    _insert_batch(cursor, batch)
+                    insert_batch(cursor, SQLiteStorage.dialect, batch)
                     batch = []
             if batch:
-                _insert_batch(cursor, batch)
+                insert_batch(cursor, SQLiteStorage.dialect, batch)
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         connection.close()
@@ -51,10 +52,18 @@ def _count(path: Path, query: str, *args) -> int:
 
 
 def stored(path: Path) -> int:
-    """The webhooks the database holds, pending or not."""
+    """The webhooks the database holds, pending or in the history."""
     return _count(path, "SELECT COUNT(*) FROM webhooks")
 
 
+def deliveries(path: Path) -> int:
+    """The deliveries the database holds: a webhook has one per consumer
+    that took it."""
+    return _count(path, "SELECT COUNT(*) FROM deliveries")
+
+
 def pending(path: Path, channel: str) -> int:
-    """The webhooks of channel not yet delivered."""
-    return _count(path, "SELECT COUNT(*) FROM webhooks WHERE channel = ?", channel)
+    """The webhooks of channel not yet delivered (to any consumer)."""
+    return _count(
+        path, "SELECT COUNT(*) FROM deliveries WHERE channel = ? AND state IN ('pending', 'dead')", channel
+    )

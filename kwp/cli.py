@@ -1,4 +1,4 @@
-"""The ``kwp`` command: ``kwp check-config FILE``, ``kwp relay ...``."""
+"""The ``kwp`` command: ``kwp check-config FILE``, ``kwp relay ...``, ``kwp copy ...``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def check_config(path: str) -> int:
             print(line, file=sys.stderr)
         print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
         return 1
-    forwarding = sum(1 for c in config.channels if c.forward is not None)
-    print(f"{path}: OK, {len(config.channels)} channels ({forwarding} forwarding)")
+    consumers = [c for channel in config.channels for c in channel.consumers]
+    forwarding = sum(1 for c in consumers if c.forward is not None)
+    print(f"{path}: OK, {len(config.channels)} channels, {len(consumers)} consumers ({forwarding} forwarding)")
     return 0
 
 
@@ -126,18 +127,48 @@ def relay(settings, log_level: str) -> None:
     task.react(run_relay, (settings,))
 
 
+def copy_store(source: str, target: str) -> int:
+    """kwp copy: a single node's SQLite store into an empty PostgreSQL database."""
+    from kwp.storage import StorageError, is_postgres_url, redacted
+    from kwp.storage.postgres import copy_from_sqlite
+    from kwp.storage.sqlite import sqlite_path
+
+    if is_postgres_url(source) or not is_postgres_url(target):
+        print("kwp copy: --from must be a SQLite database and --to a postgresql:// URL", file=sys.stderr)
+        return 2
+    try:
+        counts = copy_from_sqlite(sqlite_path(source), target)
+    except StorageError as e:
+        print(f"kwp copy: {e}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{n} {table}" for table, n in counts.items())
+    print(f"kwp copy: copied {rows} to {redacted(target)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kwp", description="kwp webhooks proxy tools")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check-config", help="validate a config file and report every error")
     check.add_argument("file", nargs="?", default="config.yml")
     _add_relay(commands)
+    copy = commands.add_parser(
+        "copy",
+        help="copy a node's SQLite store into an empty PostgreSQL database",
+        description="Copies every queue, lease, dead letter, pause switch, attempt log, the history, the "
+        "remembered delivery ids and the id sequence of a SQLite store (stop the node first) into an empty "
+        "PostgreSQL database, in one transaction. Refuses a target that holds anything.",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="sqlite:///path/to/kwp.db or a file path")
+    copy.add_argument("--to", dest="target", required=True, help="postgresql://user:password@host:port/database")
     return parser
 
 
 def main(argv: list[str] | None = None, environ=os.environ) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "copy":
+        return copy_store(args.source, args.target)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "relay":

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from kwp.headers import never_passed_on
+from kwp.routing import Filter, compile_filter
 from kwp.templates import Template, TemplateError, compile_template
 
 MiB = 1024 * 1024
@@ -26,9 +27,16 @@ DEFAULT_BODY_LIMIT = 256 * 1024
 MAX_BODY_LIMIT = 100 * MiB
 DEFAULT_DEDUP_WINDOW = 86400
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+# The one consumer of a channel without ``consumers``.
+DEFAULT_CONSUMER = "default"
+DEFAULT_RETENTION_HOURS = 72.0
+DEFAULT_HISTORY_MAX = 100_000
 # What Telegram's setWebhook accepts as secret_token.
 TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
 TELEGRAM_HEADER = "x-telegram-bot-api-secret-token"
+# How long a node holds a push consumer's forwarding lease without renewing it.
+DEFAULT_LEASE_SECONDS = 10.0
 
 SECRET_TYPES = ("plain", "hmac-sha256")
 SIGN_SCHEMES = ("hmac", "standard-webhooks")
@@ -71,6 +79,20 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Consumer:
+    """A destination of a channel's webhooks, with its own queue: pulled
+    (with its own ``token``, or the channel's) or pushed (``forward``)."""
+
+    name: str
+    token: str | None = None
+    forward: Forward | None = None
+    filter: Filter | None = None
+    max_queue: int | None = None
+    # The consumer of a channel without ``consumers``.
+    implicit: bool = False
+
+
+@dataclass(frozen=True)
 class Channel:
     name: str
     token: str
@@ -88,6 +110,22 @@ class Channel:
     note: str | None = None
     monitoring_metrics: bool = True
     forward: Forward | None = None
+    consumers: tuple[Consumer, ...] = ()
+    retention_hours: float | None = None
+    history_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.consumers:
+            implicit = Consumer(DEFAULT_CONSUMER, forward=self.forward, max_queue=self.max_queue, implicit=True)
+            object.__setattr__(self, "consumers", (implicit,))
+
+    @property
+    def named_consumers(self) -> bool:
+        """Whether the config names the consumers (else one implicit ``default``)."""
+        return not self.consumers[0].implicit
+
+    def consumer(self, name: str) -> Consumer | None:
+        return next((c for c in self.consumers if c.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -97,8 +135,11 @@ class Server:
     ignored_headers: frozenset[str] = frozenset()
     admin_token: str | None = None
     metrics: bool = False
+    retention_hours: float = DEFAULT_RETENTION_HOURS
+    history_max: int = DEFAULT_HISTORY_MAX
     metrics_token: str | None = None
     max_waiters_per_token: int = 100
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -300,8 +341,11 @@ SERVER_KEYS = (
     "ignored-headers",
     "admin-token",
     "metrics",
+    "retention-hours",
+    "history-max",
     "metrics-token",
     "max-waiters-per-token",
+    "lease-seconds",
 )
 CHANNEL_KEYS = (
     "name",
@@ -320,7 +364,11 @@ CHANNEL_KEYS = (
     "note",
     "monitoring-metrics",
     "forward",
+    "consumers",
+    "retention-hours",
+    "history-max",
 )
+CONSUMER_KEYS = ("name", "token", "forward", "filter", "max-queue")
 FORWARD_KEYS = (
     "url",
     "interval-seconds",
@@ -346,8 +394,11 @@ def _parse_server(errors: list[str], where: str, data: Any) -> Server:
             ignored_headers=r.get("ignored-headers", _header_names),
             admin_token=r.get("admin-token", _string),
             metrics=r.get("metrics", _boolean),
+            retention_hours=r.get("retention-hours", _hours),
+            history_max=r.get("history-max", _integer(1)),
             metrics_token=r.get("metrics-token", _string),
             max_waiters_per_token=r.get("max-waiters-per-token", _integer(1)),
+            lease_seconds=r.get("lease-seconds", _seconds(1)),
         )
     )
 
@@ -385,6 +436,54 @@ def _parse_forward(errors: list[str], where: str, data: Any) -> Forward | None:
     return forward if url is not None else None
 
 
+def _hours(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("must be a number of hours, 0 or more")
+    return float(value)
+
+
+def _filter(value: Any) -> Filter:
+    return compile_filter(_string(value))
+
+
+def _parse_consumer(errors: list[str], where: str, data: Any, channel_max_queue: int | None) -> Consumer | None:
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str):
+        where = f"{where} ({name})"
+    r = _Reader(errors, where, data, CONSUMER_KEYS)
+    name = r.get("name", _string, required=True)
+    if name is not None and not CONSUMER_NAME.match(name):
+        r.error("name", f"{name!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    token = r.get("token", _string)
+    forward = _parse_forward(errors, f"{where}: forward", data["forward"]) if r.has("forward") else None
+    if token is not None and r.has("forward"):
+        r.error("token", "a push consumer (forward) is not pulled: give either token or forward")
+    max_queue = r.get("max-queue", _integer(1))
+    consumer = Consumer(
+        name=name or "",
+        token=token,
+        forward=forward,
+        filter=r.get("filter", _filter),
+        max_queue=max_queue if max_queue is not None else channel_max_queue,
+    )
+    return consumer if name else None
+
+
+def _parse_consumers(errors: list[str], where: str, data: Any, channel_max_queue: int | None) -> tuple[Consumer, ...]:
+    if not isinstance(data, list) or not data:
+        errors.append(f"{where}: key 'consumers': must be a non-empty list of consumers")
+        return ()
+    consumers = []
+    for index, item in enumerate(data):
+        consumer = _parse_consumer(errors, f"{where}: consumers[{index}]", item, channel_max_queue)
+        if consumer is None:
+            continue
+        if any(c.name == consumer.name for c in consumers):
+            errors.append(f"{where}: consumers[{index}] ({consumer.name}): key 'name': duplicate consumer name")
+        consumers.append(consumer)
+    return tuple(consumers)
+
+
 def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
     name = data.get("name") if isinstance(data, dict) else None
     if isinstance(name, str):
@@ -397,6 +496,10 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
         r.error("name", f"{name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
     token = r.get("api-read-token", _string, required=True)
     secret_type = r.get("secret-type", _one_of(SECRET_TYPES))
+    max_queue = r.get("max-queue", _integer(1))
+    consumers = _parse_consumers(errors, where, data["consumers"], max_queue) if r.has("consumers") else ()
+    if consumers and r.has("forward"):
+        r.error("forward", "a channel with consumers forwards through them: move forward into a consumer")
     channel = Channel(
         name=name or "",
         token=token or "",
@@ -409,14 +512,17 @@ def _parse_channel(errors: list[str], where: str, data: Any) -> Channel | None:
             provider=r.get("provider", _one_of(PROVIDERS)),
             verify_token=r.get("verify-token", _string),
             dedup_window_seconds=r.get("dedup-window-seconds", _integer(0)),
-            max_queue=r.get("max-queue", _integer(1)),
+            max_queue=max_queue,
             max_body_size=r.get("max-body-size", _integer(1, MAX_BODY_LIMIT)),
             allowed_ips=r.get("allowed-ips", _networks),
             note=r.get("note", lambda v: str(v)),
             monitoring_metrics=r.get("monitoring-metrics", _boolean),
             forward=_parse_forward(errors, f"{where}: forward", data["forward"])
-            if r.has("forward")
+            if r.has("forward") and not consumers
             else None,
+            consumers=consumers,
+            retention_hours=r.get("retention-hours", _hours),
+            history_max=r.get("history-max", _integer(1)),
         ),
     )
     _check_verification(r, channel)
@@ -471,21 +577,26 @@ def parse_config(data: Any, path: str = "config.yml") -> Config:
         if channel is not None:
             channels.append(channel)
     seen_names: set[str] = set()
-    seen_tokens: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for channel in channels:
         where = f"{path}: channel '{channel.name}'"
         if channel.name in seen_names:
             errors.append(f"{where}: key 'name': duplicate channel name")
         seen_names.add(channel.name)
-        if channel.token in seen_tokens:
-            errors.append(
-                f"{where}: key 'api-read-token': the same token is used by channel '{seen_tokens[channel.token]}'"
-            )
-        elif channel.token == server.admin_token:
-            errors.append(f"{where}: key 'api-read-token': the same token is used as server.admin-token")
-        elif channel.token == server.metrics_token:
-            errors.append(f"{where}: key 'api-read-token': the same token is used as server.metrics-token")
-        seen_tokens[channel.token] = channel.name
+        tokens = [("key 'api-read-token'", channel.token, f"channel '{channel.name}'")]
+        tokens += [
+            (f"consumer '{c.name}': key 'token'", c.token, f"consumer '{c.name}' of channel '{channel.name}'")
+            for c in channel.consumers
+            if c.token is not None
+        ]
+        for place, token, owner in tokens:
+            if token in owners:
+                errors.append(f"{where}: {place}: the same token is used by {owners[token]}")
+            elif token == server.admin_token:
+                errors.append(f"{where}: {place}: the same token is used as server.admin-token")
+            elif token == server.metrics_token:
+                errors.append(f"{where}: {place}: the same token is used as server.metrics-token")
+            owners.setdefault(token, owner)
     if server.metrics_token is not None and server.metrics_token == server.admin_token:
         errors.append(f"{path}: server: key 'metrics-token': the same token is used as admin-token")
     if errors:
@@ -567,12 +678,13 @@ _DECIDED_BY_PROVIDER = ("secret-type", "secret-extract-template", "secret-sign-t
 
 def _is_secret(key: str) -> bool:
     """Whether the values of key are credentials: api-read-token, webhook-secret,
-    admin-token, verify-token, sign-secret and whatever else ends so."""
-    return key.endswith(("-token", "-secret"))
+    admin-token, verify-token, sign-secret, a consumer's token and whatever
+    else ends so."""
+    return key == "token" or key.endswith(("-token", "-secret"))
 
 
 def _plain(key: str, value: Any) -> Any:
-    if isinstance(value, Template):
+    if isinstance(value, (Template, Filter)):
         return value.source
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value)
@@ -591,6 +703,10 @@ def _section(obj: Any) -> dict:
     if isinstance(obj, Channel) and obj.provider is not None:
         for key in _DECIDED_BY_PROVIDER:
             del data[key]
+    if isinstance(obj, Channel) and not obj.named_consumers:
+        del data["consumers"]
+    if isinstance(obj, Consumer):
+        del data["implicit"]
     if isinstance(obj, Forward):
         data["url"] = _redacted_url(obj.url)
     return {key: _plain(key, value) for key, value in data.items()}

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from kwp import verify
 from kwp.config import Channel, Config, ConfigError
+from kwp.storage import QueueStats
 
 log = Logger()
 
@@ -85,18 +86,24 @@ class _Scrape:
         )
         if self._stats is None:
             return
-        depth = GaugeMetricFamily("kwp_queue_depth", "Webhooks stored and not yet delivered", labels=["channel"])
+        labels = ["channel", "consumer"]
+        depth = GaugeMetricFamily("kwp_queue_depth", "Webhooks pending in a consumer's queue", labels=labels)
         age = GaugeMetricFamily(
             "kwp_queue_oldest_age_seconds",
-            "Age of the oldest stored webhook (0 when none)",
-            labels=["channel"],
+            "How long the head of a consumer's queue has waited (0 when empty)",
+            labels=labels,
         )
+        dead = GaugeMetricFamily("kwp_queue_dead", "Dead letters of a consumer (push attempts given up)", labels=labels)
         for channel in channels:
-            count, oldest = self._stats.get(channel.name, (0, None))
-            depth.add_metric([channel.name], count)
-            age.add_metric([channel.name], max(0.0, self._now - oldest) if oldest is not None else 0.0)
+            for consumer in channel.consumers:
+                stats = self._stats.get((channel.name, consumer.name), QueueStats())
+                queue = [channel.name, consumer.name]
+                depth.add_metric(queue, stats.size)
+                age.add_metric(queue, max(0.0, self._now - stats.oldest_at) if stats.oldest_at is not None else 0.0)
+                dead.add_metric(queue, stats.dead)
         yield depth
         yield age
+        yield dead
 
 
 class Metrics:
@@ -130,14 +137,20 @@ class Metrics:
         self._forwarded = Counter(
             "kwp_webhook_forward",
             "Forward attempts by outcome",
-            ["channel", "status"],
+            ["channel", "consumer", "status"],
             registry=self.registry,
         )
         self._forward_seconds = Histogram(
             "kwp_webhook_forward_duration_seconds",
             "Duration of forward attempts",
-            ["channel"],
+            ["channel", "consumer"],
             buckets=FORWARD_BUCKETS,
+            registry=self.registry,
+        )
+        self._filter_errors = Counter(
+            "kwp_filter_errors",
+            "Webhooks whose consumer filter failed to evaluate (taken as no match)",
+            ["channel", "consumer"],
             registry=self.registry,
         )
 
@@ -151,14 +164,18 @@ class Metrics:
         self._received.labels(name, status).inc()
         self._receive_seconds.labels(name).observe(seconds)
 
-    def forward_outcome(self, channel: str, status: str, seconds: float) -> None:
-        """Count one forward attempt of channel: status is one of FORWARD_STATUSES."""
+    def forward_outcome(self, channel: str, consumer: str, status: str, seconds: float) -> None:
+        """Count one forward attempt of a consumer: status is one of FORWARD_STATUSES."""
         if status not in FORWARD_STATUSES:
             raise ValueError(f"unknown forward status {status!r}")
         if not _monitored(self._config(), channel):
             return
-        self._forwarded.labels(channel, status).inc()
-        self._forward_seconds.labels(channel).observe(seconds)
+        self._forwarded.labels(channel, consumer, status).inc()
+        self._forward_seconds.labels(channel, consumer).observe(seconds)
+
+    def filter_failed(self, channel: str, consumer: str) -> None:
+        if _monitored(self._config(), channel):
+            self._filter_errors.labels(channel, consumer).inc()
 
     async def scrape(self) -> bytes:
         """The Prometheus text exposition, with the queue statistics of
@@ -192,17 +209,26 @@ class Metrics:
             reader.callback(result)
 
 
+def _queues(config: Config, channels) -> set[str]:
+    return {f"{ch.name}/{c.name}" for ch in config.channels if ch.name in channels for c in ch.consumers}
+
+
 def describe_change(old: Config, new: Config) -> str:
-    """A one-line summary of what a reload changes in the channels."""
+    """A one-line summary of what a reload changes in the channels and
+    their consumers.  A removed consumer's webhooks stay stored."""
     before = {c.name: c for c in old.channels}
     after = {c.name: c for c in new.channels}
-    added = sorted(after.keys() - before.keys())
-    removed = sorted(before.keys() - after.keys())
-    changed = sorted(n for n in after.keys() & before.keys() if after[n] != before[n])
+    kept = after.keys() & before.keys()
     parts = [f"{len(new.channels)} channels"]
-    for label, names in (("added", added), ("removed", removed), ("changed", changed)):
+    for label, names in (
+        ("added", after.keys() - before.keys()),
+        ("removed", before.keys() - after.keys()),
+        ("changed", {n for n in kept if after[n] != before[n]}),
+        ("consumers added", _queues(new, kept) - _queues(old, kept)),
+        ("consumers removed (their webhooks stay, for the admin token with ?consumer=)", _queues(old, kept) - _queues(new, kept)),
+    ):
         if names:
-            parts.append(f"{label}: {', '.join(names)}")
+            parts.append(f"{label}: {', '.join(sorted(names))}")
     return "; ".join(parts)
 
 

@@ -126,14 +126,20 @@ class Puller:
         self._polls: dict[str, int] = {}
 
     async def take(
-        self, request, channel: str, query: PullQuery, token: str | None = None, max_waiters: int | None = None
+        self,
+        request,
+        channel: str,
+        consumer: str,
+        query: PullQuery,
+        token: str | None = None,
+        max_waiters: int | None = None,
     ) -> bytes:
-        """Stream the pending webhooks of channel to request; returns the
+        """Stream the pending webhooks of the consumer's queue to request; returns the
         closing bracket for the route to write.  A long-poll (``wait``) is
         refused with 429 while ``max_waiters`` others of the same token are
         in progress."""
         if not query.wait or token is None or max_waiters is None:
-            return await self._take(request, channel, query)
+            return await self._take(request, (channel, consumer), query)
         polls = self._polls.get(token, 0)
         if polls >= max_waiters:
             raise ApiError(
@@ -144,13 +150,13 @@ class Puller:
             )
         self._polls[token] = polls + 1
         try:
-            return await self._take(request, channel, query)
+            return await self._take(request, (channel, consumer), query)
         finally:
             self._polls[token] -= 1
             if not self._polls[token]:
                 del self._polls[token]
 
-    async def _take(self, request, channel: str, query: PullQuery) -> bytes:
+    async def _take(self, request, queue: tuple[str, str], query: PullQuery) -> bytes:
         claim_id = uuid.uuid4().hex
         # Set when the first webhook is written without a lease: fires with
         # whether the response was handed to the kernel whole.
@@ -158,7 +164,7 @@ class Puller:
 
         def settle(delivered_whole: bool):
             if delivered_whole:
-                return self._storage.finish_claim(claim_id)
+                return self._storage.finish_claim(claim_id, self._clock.seconds())
             return self._storage.release_claim(claim_id).addCallback(given_back)
 
         def written(_):
@@ -170,16 +176,16 @@ class Puller:
 
         def given_back(released: int):
             if released:
-                self._notifier.fire(channel, released)
+                self._notifier.fire(queue, released)
 
         request.notifyFinish().addCallbacks(written, dropped).addErrback(
-            lambda f: log.failure("settling pull {claim} on {channel}", f, claim=claim_id, channel=channel)
+            lambda f: log.failure("settling pull {claim} on {queue}", f, claim=claim_id, queue="/".join(queue))
         )
         request.setHeader(b"content-type", b"application/json")
         throttle = _Throttle()
         request.registerProducer(throttle, True)
         try:
-            await self._stream(request, channel, claim_id, query, throttle, delivered)
+            await self._stream(request, queue, claim_id, query, throttle, delivered)
         except CancelledError:
             raise
         except Exception:
@@ -192,7 +198,8 @@ class Puller:
             request.unregisterProducer()
         return b"]"
 
-    async def _stream(self, request, channel, claim_id, query, throttle, delivered) -> None:
+    async def _stream(self, request, queue, claim_id, query, throttle, delivered) -> None:
+        channel, consumer = queue
         deadline = self._clock.seconds() + query.wait
         remaining = query.limit if query.limit is not None else float("inf")
         separator = b"["
@@ -201,19 +208,21 @@ class Puller:
             asked = int(min(PAGE, remaining))
             # Waiting starts before the claim, so an insert between the claim
             # and the sleep still wakes it.
-            waiter = self._notifier.wait_for_item(channel) if sent == 0 and query.wait else None
+            waiter = self._notifier.wait_for_item(queue) if sent == 0 and query.wait else None
             try:
-                page = await self._storage.claim(channel, claim_id, asked, self._clock.seconds(), query.lease)
+                page = await self._storage.claim(
+                    channel, claim_id, asked, self._clock.seconds(), query.lease, consumer=consumer
+                )
             except BaseException:
                 if waiter is not None:
-                    self._leave(waiter, channel)
+                    self._leave(waiter, queue)
                 raise
             if waiter is not None:
                 if not page and self._clock.seconds() < deadline and not self._notifier.closed:
                     if await self._sleep(waiter, deadline):
                         continue
                 else:
-                    self._leave(waiter, channel)
+                    self._leave(waiter, queue)
             if page and query.lease is None and not delivered:
                 # A finished request may still sit in Twisted's write buffer,
                 # and a client that goes away then never gets it; only a
@@ -233,14 +242,14 @@ class Puller:
             request.write(separator)
         elif query.lease is not None:
             # Wake as many long-polls when these leases run out.
-            self._clock.callLater(query.lease, self._notifier.fire, channel, sent)
+            self._clock.callLater(query.lease, self._notifier.fire, queue, sent)
 
-    def _leave(self, waiter: Deferred, channel: str) -> None:
+    def _leave(self, waiter: Deferred, queue: tuple[str, str]) -> None:
         """Stop waiting without having claimed since waiter fired: a wake it
         got (during its claim) may be for a webhook that the claim did not
         take, so it goes to the next waiter."""
         if waiter.called:
-            self._notifier.fire(channel)
+            self._notifier.fire(queue)
         else:
             waiter.addErrback(lambda f: f.trap(CancelledError))
             waiter.cancel()

@@ -17,13 +17,14 @@ import json
 import random
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from kwp.config import DEFAULT_CONSUMER
 from kwp.forward import MAX_BODY_KEPT, OWN_HEADERS, CappedBody, delivery_id, http_client
 from kwp.headers import passed_on
 from kwp.receive import stored_headers
@@ -43,7 +44,9 @@ class RelayError(Exception):
 
 @dataclass(frozen=True)
 class RelaySettings:
-    source: str  # the channel's pull URL: https://proxy/api/webhook/NAME
+    # The channel's pull URL, https://proxy/api/webhook/NAME, with
+    # ?consumer=NAME for one consumer of a channel that has several.
+    source: str
     token: str
     target: str
     lease: int = 60
@@ -58,6 +61,12 @@ class RelaySettings:
     def channel(self) -> str:
         """The channel's name: the last segment of the source URL's path."""
         return channel_of(self.source)
+
+    @property
+    def consumer(self) -> str:
+        """The consumer ``?consumer=`` names in the source URL, else the
+        implicit one of a channel without consumers."""
+        return parse_qs(urlsplit(self.source).query).get("consumer", [DEFAULT_CONSUMER])[-1]
 
 
 @dataclass(frozen=True)
@@ -108,12 +117,13 @@ def is_loopback(url: str) -> bool:
 
 
 def _with_path(url: str, suffix: str, query: dict | None = None) -> str:
+    """url with suffix added to its path and query added to its own query."""
     parts = urlsplit(url)
     path = parts.path.rstrip("/") + suffix
-    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query or {}), ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode([*parse_qsl(parts.query), *(query or {}).items()]), ""))
 
 
-def target_headers(channel: str, item: Item, attempt: int) -> tuple[Headers, list[str]]:
+def target_headers(channel: str, consumer: str, item: Item, attempt: int) -> tuple[Headers, list[str]]:
     """The headers of a POST to the target: the stored ones that are passed
     on (kwp.headers), the delivery id and the attempt number; and the names
     of stored headers left out because they cannot be sent."""
@@ -122,7 +132,7 @@ def target_headers(channel: str, item: Item, attempt: int) -> tuple[Headers, lis
     headers = Headers()
     for name, value in kept.items():
         headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    headers.addRawHeader(b"x-kwp-delivery-id", delivery_id(channel, item.id).encode())
+    headers.addRawHeader(b"x-kwp-delivery-id", delivery_id(channel, item.id, consumer).encode())
     headers.addRawHeader(b"x-kwp-attempt", str(attempt).encode())
     return headers, unsendable
 
@@ -265,19 +275,20 @@ class Relay:
         return items
 
     async def _order_is_safe(self, first: int) -> bool:
-        """After a start, a crashed predecessor may still hold leases on older
-        webhooks; delivering now would overtake them.  Then wait until every
+        """After a start, a crashed predecessor may still hold leases on
+        webhooks ahead in the queue; delivering now would overtake them.  The
+        head of the queue (the list, in queue order, leased ones included)
+        must be the first webhook this relay leased; else wait until every
         lease, ours included, has run out, and poll again."""
         answer = await self._proxy("GET", self._list_url)
         if answer is None:
             await self._proxy_backoff_sleep()
             return False
-        older = [i["id"] for i in answer if i["id"] < first]
-        if not older:
+        if not answer or answer[0]["id"] == first:
             return True
         log.info(
-            "webhook {older} is leased elsewhere (an earlier relay?); waiting {lease}s for its lease to end",
-            older=older[0],
+            "webhook {ahead} is leased elsewhere (an earlier relay?); waiting {lease}s for its lease to end",
+            ahead=answer[0]["id"],
             lease=self._settings.lease,
         )
         await self._sleep(self._settings.lease + 1)
@@ -288,7 +299,7 @@ class Relay:
         attempt = 0
         while not self._stopping:
             attempt += 1
-            headers, unsendable = target_headers(self._settings.channel, item, attempt)
+            headers, unsendable = target_headers(self._settings.channel, self._settings.consumer, item, attempt)
             if unsendable and attempt == 1:
                 log.warn("webhook {id}: headers {names} are not valid HTTP; sent without them", id=item.id,
                          names=unsendable)

@@ -19,7 +19,7 @@ from kwp.forward import Forwarders, http_client
 from kwp.logs import LOG_LEVELS, log_stream, make_access_log, make_log_observer
 from kwp.notify import Notifier
 from kwp.ops import Reloader
-from kwp.storage import StorageError, open_storage
+from kwp.storage import StorageError, open_storage, redacted
 from kwp.storage.prune import Pruner
 from kwp.web import IDLE_TIMEOUT, RECEIVE_TIMEOUT, KwpApp, KwpSite
 
@@ -60,7 +60,13 @@ class Options(usage.Options):
     longdesc = "kwp: a webhooks proxy. Options win over KWP_* environment variables."
     optParameters = [
         ["config", "c", None, "YAML file with channels and server settings [env KWP_CONFIG; config.yml]"],
-        ["database", "d", None, "SQLite file path, sqlite:///path or :memory: [env KWP_DATABASE; data/kwp.db]"],
+        [
+            "database",
+            "d",
+            None,
+            "SQLite file path, sqlite:///path, :memory: or postgresql://user:pass@host:port/db"
+            " [env KWP_DATABASE; data/kwp.db]",
+        ],
         ["log-format", None, None, "text or json [env KWP_LOG_FORMAT; text]"],
         ["log-level", None, None, "debug, info, warn or error [env KWP_LOG_LEVEL; info]"],
         ["receive-timeout", None, RECEIVE_TIMEOUT, "seconds a request may take to arrive whole", positive_seconds],
@@ -229,6 +235,9 @@ def make_app(config, storage, reactor) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
     app's metrics."""
     notifier = Notifier()
+    # Webhooks stored by this node or (PostgreSQL) another one wake as many
+    # waiters of each queue.
+    storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c), n) for c, n in consumers.items()])
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)
@@ -261,7 +270,7 @@ def makeService(options, reactor=None):
         "kwp: {channels} channels from {path}, database {database}",
         channels=len(config.channels),
         path=config.path,
-        database=options["database"],
+        database=redacted(options["database"]),
     )
     for warning in unsafe_settings(config):
         log.warn("{warning}", warning=warning)

@@ -19,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
-from kwp.auth import authorize, authorize_admin, authorize_metrics, bearer_token
+from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, unknown_consumer
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
 from kwp.logs import printable
@@ -479,9 +479,9 @@ class KwpApp:
         self.notifier = notifier
         self.clock = clock
         self.forwarders = forwarders
-        self.receiver = Receiver(storage, notifier, clock)
-        self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
+        self.receiver = Receiver(storage, clock, self.metrics.filter_failed)
+        self.puller = Puller(storage, notifier, clock)
 
     def resource(self) -> KwpRoot:
         return KwpRoot(self)
@@ -490,15 +490,29 @@ class KwpApp:
         """The config a request started with, even if a reload came since."""
         return getattr(request, "kwp_config", None) or self.config
 
-    def _authorize(self, request, name: str):
+    def _access(self, request, name: str) -> Access:
         request.kwp_channel = name
         return authorize(self._config(request), name, _authorization(request))
 
-    def _authorize_forward(self, request, name: str):
-        channel = self._authorize(request, name)
-        if channel.forward is None or self.forwarders is None:
-            raise bad_request(f"channel {name!r} has no forward block; its queue is read with GET /api/webhook/{name}")
-        return channel
+    async def _queue(self, request, name: str, kind: str | None = None) -> tuple[Channel, str]:
+        """The channel and the consumer whose queue a per-queue request acts
+        on.  ``kind`` "pull" or "push" refuses a consumer of the other kind
+        (400).  A consumer that a reload removed is reached by the admin
+        token while it still holds webhooks, whatever the kind."""
+        access = self._access(request, name)
+        channel = access.channel
+        name_of_queue = access.queue(_args(request).get("consumer"))
+        consumer = channel.consumer(name_of_queue)
+        if consumer is None:
+            if not access.identity.admin or not await self.storage.holds(channel.name, name_of_queue):
+                raise unknown_consumer(channel, name_of_queue)
+            return channel, name_of_queue
+        what, query = (f"channel {name!r}", "") if consumer.implicit else (f"consumer {consumer.name!r}", f"?consumer={consumer.name}")
+        if kind == "pull" and consumer.forward is not None:
+            raise bad_request(f"{what} delivers by push; see GET /api/webhook/{name}/queue{query}")
+        if kind == "push" and (consumer.forward is None or self.forwarders is None):
+            raise bad_request(f"{what} has no forward block; its queue is read with GET /api/webhook/{name}{query}")
+        return channel, name_of_queue
 
     @app.handle_errors(ApiError)
     def _api_error(self, request, failure):
@@ -579,9 +593,7 @@ class KwpApp:
             request.kwp_channel = name
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return challenge.encode()
-        channel = self._authorize(request, name)
-        if channel.forward is not None:
-            raise bad_request(f"channel {name!r} delivers by push; see GET /api/webhook/{name}/queue")
+        channel, consumer = await self._queue(request, name, "pull")
         query = PullQuery.parse(args)
         if request.method == b"HEAD":
             # The router sends HEAD here too, and twisted.web drops the body it
@@ -590,11 +602,13 @@ class KwpApp:
             return b""
         config = self._config(request)
         token = bearer_token(_authorization(request))
-        return await self.puller.take(request, channel.name, query, token, config.server.max_waiters_per_token)
+        return await self.puller.take(request, channel.name, consumer, query, token, config.server.max_waiters_per_token)
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
     def sign(self, request, name):
-        channel = self._authorize(request, name)
+        access = self._access(request, name)
+        access.require_channel_token()
+        channel = access.channel
         try:
             signed = verify.sign(channel, request.content.read(), self.clock.seconds())
         except ValueError as e:
@@ -613,7 +627,9 @@ class KwpApp:
     async def test_send(self, request, name):
         """Run a payload through the channel's own receive path, signed or
         carrying the secret as its sender would, and answer what it answered."""
-        channel = self._authorize(request, name)
+        access = self._access(request, name)
+        access.require_channel_token()
+        channel = access.channel
         config = self._config(request)
         try:
             spec = json.loads(request.content.read())
@@ -637,57 +653,60 @@ class KwpApp:
 
     @app.route("/api/webhook/<string:name>/ack", methods=["POST"])
     async def ack(self, request, name):
-        channel = self._authorize(request, name)
+        channel, consumer = await self._queue(request, name)
         ids = parse_ids(request.content.read())
-        acked = await self.storage.ack(channel.name, ids)
+        acked = await self.storage.ack(channel.name, ids, self.clock.seconds(), consumer=consumer)
         return _json(request, {"acked": acked})
 
     @app.route("/api/webhook/<string:name>/list", methods=["GET"])
     async def list(self, request, name):
-        channel = self._authorize(request, name)
-        items = await self.storage.list(channel.name, *_page(request))
+        channel, consumer = await self._queue(request, name)
+        items = await self.storage.list(channel.name, *_page(request), consumer=consumer)
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
 
     @app.route("/api/webhook/<string:name>/<int:webhook_id>", methods=["DELETE"])
     async def delete(self, request, name, webhook_id):
-        channel = self._authorize(request, name)
-        if webhook_id > MAX_ID or not await self.storage.delete(channel.name, webhook_id):
+        channel, consumer = await self._queue(request, name)
+        now = self.clock.seconds()
+        if webhook_id > MAX_ID or not await self.storage.delete(channel.name, webhook_id, now, consumer=consumer):
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue", methods=["GET"])
     async def queue(self, request, name):
-        channel = self._authorize_forward(request, name)
-        body = await self.forwarders.queue(channel.name, *_page(request))
+        channel, consumer = await self._queue(request, name, "push")
+        body = await self.forwarders.queue(channel.name, consumer, *_page(request))
         request.setHeader(b"content-type", b"application/json")
         return body
 
     @app.route("/api/webhook/<string:name>/queue/<any(pause, resume):action>", methods=["POST"])
     async def pause(self, request, name, action):
-        channel = self._authorize_forward(request, name)
-        await self.forwarders.set_paused(channel.name, action == "pause")
+        channel, consumer = await self._queue(request, name, "push")
+        await self.forwarders.set_paused(channel.name, consumer, action == "pause")
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue/clear", methods=["POST"])
     async def clear(self, request, name):
-        channel = self._authorize_forward(request, name)
-        await self.forwarders.clear(channel.name)
+        channel, consumer = await self._queue(request, name, "push")
+        await self.forwarders.clear(channel.name, consumer)
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue/retry/<int:webhook_id>", methods=["POST"])
     async def retry(self, request, name, webhook_id):
-        channel = self._authorize_forward(request, name)
+        channel, consumer = await self._queue(request, name, "push")
         if webhook_id > MAX_ID:
             # No row can have it, and SQLite cannot even be asked for it.
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
+        if channel.consumer(consumer) is None:
+            raise bad_request(f"consumer {consumer!r} was removed from the config: nothing forwards its webhooks")
         try:
-            result = await self.forwarders.retry(channel.name, webhook_id)
+            result = await self.forwarders.retry(channel.name, consumer, webhook_id)
         except LookupError:
-            restarting = "the channel's forwarder is restarting; try again"
+            restarting = "the consumer's forwarder is restarting; try again"
             raise ApiError(503, "internal_error", restarting, {"Retry-After": "1"}) from None
         if result is None:
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")

@@ -206,6 +206,77 @@ def test_redaction_hides_every_secret():
     assert redacted(config)["channels"][0]["secret-header"] == "X-S"
 
 
+CONSUMERS = [
+    {"name": "ci", "token": "ci-token", "filter": "headers.\"x-github-event\" == 'push'"},
+    {"name": "chat", "forward": {"url": "http://chat.internal/hook"}, "max-queue": 10},
+    {"name": "audit"},
+]
+
+
+def test_consumers_of_a_channel():
+    config = parse_config({"channels": [channel(consumers=CONSUMERS, **{"max-queue": 5})]})
+    ch = config.channel("ch")
+    assert ch.named_consumers and [c.name for c in ch.consumers] == ["ci", "chat", "audit"]
+    ci, chat, audit = ch.consumers
+    assert ci.token == "ci-token" and ci.forward is None and ci.filter.source == CONSUMERS[0]["filter"]
+    assert chat.forward == Forward(url="http://chat.internal/hook") and chat.max_queue == 10
+    assert audit.max_queue == 5 and audit.filter is None and audit.token is None
+    assert ch.consumer("chat") is chat and ch.consumer("default") is None
+
+
+def test_a_channel_without_consumers_has_one_implicit_default():
+    config = parse_config({"channels": [channel(forward={"url": "http://x"}, **{"max-queue": 7})]})
+    ch = config.channel("ch")
+    assert not ch.named_consumers
+    [default] = ch.consumers
+    assert (default.name, default.forward, default.max_queue, default.token) == ("default", ch.forward, 7, None)
+
+
+def test_consumer_errors_name_channel_and_consumer():
+    errors = errors_of(
+        {
+            "server": {"admin-token": "admin"},
+            "channels": [
+                channel(
+                    forward={"url": "http://x"},
+                    consumers=[
+                        {"name": "ci", "filter": "body.action == "},
+                        {"name": "ci", "token": "tok"},
+                        {"name": "bad name", "token": "admin"},
+                        {"name": "both", "token": "t2", "forward": {"url": "http://y"}},
+                        {"name": "x", "colour": "red"},
+                    ],
+                ),
+                channel(name="two", **{"api-read-token": "t2"}, consumers=[]),
+            ],
+        }
+    )
+    text = "\n".join(errors)
+    assert "channels[0] (ch): key 'forward': a channel with consumers forwards through them" in text
+    assert "channels[0] (ch): consumers[0] (ci): key 'filter': invalid JMESPath expression" in text
+    assert "consumers[1] (ci): key 'name': duplicate consumer name" in text
+    assert "consumer 'ci': key 'token': the same token is used by channel 'ch'" in text
+    assert "consumers[2] (bad name): key 'name'" in text
+    assert "consumer 'bad name': key 'token': the same token is used as server.admin-token" in text
+    assert "consumers[3] (both): key 'token': a push consumer (forward) is not pulled" in text
+    assert "consumers[4] (x): key 'colour': unknown key" in text
+    assert "channel 'two': key 'api-read-token': the same token is used by consumer 'both' of channel 'ch'" in text
+    assert "channels[1] (two): key 'consumers': must be a non-empty list" in text
+
+
+def test_retention_keys():
+    config = parse_config(
+        {
+            "server": {"retention-hours": 1.5, "history-max": 10},
+            "channels": [channel(**{"retention-hours": 0}), channel(name="b", **{"api-read-token": "b"})],
+        }
+    )
+    assert (config.server.retention_hours, config.server.history_max) == (1.5, 10)
+    assert config.channel("ch").retention_hours == 0 and config.channel("b").retention_hours is None
+    assert parse_config({"channels": [channel()]}).server.retention_hours == 72
+    assert any("must be a number of hours" in e for e in errors_of({"channels": [channel(**{"retention-hours": -1})]}))
+
+
 def test_metrics_token_and_long_poll_cap():
     assert (Server().metrics_token, Server().max_waiters_per_token) == (None, 100)
     server = parse_config(
@@ -240,3 +311,9 @@ def test_unsafe_settings_name_every_placeholder_and_every_unverified_channel():
         f"c.yml: channel 'm': forward: key 'sign-secret' {suffix}",
         "c.yml: channel 'office': no webhook-secret, nothing is verified: any client in its allowed-ips can post to it",
     ]
+
+
+def test_lease_seconds():
+    assert parse_config({"channels": [channel()]}).server.lease_seconds == 10
+    assert parse_config({"server": {"lease-seconds": 3}, "channels": [channel()]}).server.lease_seconds == 3.0
+    assert any("must be at least 1" in e for e in errors_of({"server": {"lease-seconds": 0.5}, "channels": [channel()]}))

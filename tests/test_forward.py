@@ -29,7 +29,7 @@ from kwp.forward import (
     retry_after_seconds,
 )
 from kwp.notify import Notifier
-from kwp.storage import DEAD, PENDING
+from kwp.storage import DEAD, PENDING, QueueState
 from tests.forward_support import FakeClient, MemoryStorage
 
 URL = "http://target.invalid/hook"
@@ -54,14 +54,16 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
         outcomes=[],
     )
     kit.config = config(forward, **channel)
+    channel = kit.config.channel("ch")
     kit.forwarder = Forwarder(
-        kit.config.channel("ch"),
+        channel,
+        channel.consumers[0],
         frozenset({"x-ignored"}),
         kit.storage,
         kit.notifier,
         clock,
         kit.client,
-        report=lambda name, outcome, seconds: kit.outcomes.append((name, outcome)),
+        report=lambda name, consumer, outcome, seconds: kit.outcomes.append((name, outcome)),
         randomness=randomness,
         grace=5,
     )
@@ -69,7 +71,7 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
 
     def post(body=b'{"n": 1}', headers=None):
         webhook_id = kit.storage.add("ch", body, headers)
-        kit.notifier.fire("ch")
+        kit.notifier.fire(("ch", "default"))
         return webhook_id
 
     kit.post = post
@@ -115,7 +117,7 @@ def test_delivers_at_once_on_insert_with_stored_headers_and_own_headers():
     assert sent.kwargs["allow_redirects"] is False
     sent.respond(200)
     assert kit.storage.item(webhook_id) is None
-    assert kit.storage.states["ch"].last_success_at == 0
+    assert kit.storage.states["ch", "default"].last_success_at == 0
     assert kit.outcomes == [("ch", "ok")]
 
 
@@ -505,7 +507,7 @@ def test_queue_encodes_status_and_items():
     forwarders = Forwarders(config({"max-attempts": 1}), storage, Notifier(), clock, FakeClient(clock, [500]))
     storage.add("ch", b'{"a": [1.50]}', {"x-a": "1"}, at=12.7)
     forwarders.startService()
-    body = json.loads(ensureDeferred(forwarders.queue("ch", 100, 0)).result)
+    body = json.loads(ensureDeferred(forwarders.queue("ch", "default", 100, 0)).result)
     assert body == {
         "status": {
             "paused": False,
@@ -528,7 +530,7 @@ def test_queue_encodes_status_and_items():
             }
         ],
     }
-    assert ensureDeferred(forwarders.clear("ch")).result == 1
+    assert ensureDeferred(forwarders.clear("ch", "default")).result == 1
     ensureDeferred(forwarders.stopService())
 
 
@@ -548,3 +550,88 @@ def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
     for hook in service.on_reload:
         hook(config({"url": "http://elsewhere.invalid/"}))
     assert forwarders.get("ch").forward.url == "http://elsewhere.invalid/"
+
+
+def test_each_push_consumer_has_its_own_forwarder_pause_and_log():
+    clock = Clock()
+    storage = MemoryStorage()
+    client = FakeClient(clock)
+    notifier = Notifier()
+    consumers = [
+        {"name": "ci", "forward": {"url": URL, "interval-seconds": 1}},
+        {"name": "chat", "forward": {"url": URL + "/chat", "interval-seconds": 1}},
+        {"name": "pull", "token": "pull-token"},
+    ]
+    cfg = parse_config({"channels": [{"name": "ch", "token": "t", "consumers": consumers}]})
+    outcomes = []
+    forwarders = Forwarders(cfg, storage, notifier, clock, client, report=lambda *o: outcomes.append(o[:3]))
+    forwarders.startService()
+    assert sorted(f.name for f in forwarders) == ["ch/chat", "ch/ci"]
+    ensureDeferred(forwarders.set_paused("ch", "chat", True))
+    for consumer in ("ci", "chat"):
+        storage.add("ch", b'{"n": 1}', consumer=consumer)
+        notifier.fire(("ch", consumer))
+    [sent] = client.sent
+    assert sent.url == URL and sent.header("x-kwp-delivery-id") == "ch.ci-1"
+    clock.advance(0.25)
+    sent.respond(502, b"bad gateway " * 200)
+    assert outcomes == [("ch", "ci", "unexpected_status")]
+    [(webhook_id, consumer, attempt)] = storage.attempts
+    assert (webhook_id, consumer, attempt.status_code, attempt.duration_ms) == (1, "ci", 502, 250.0)
+    assert attempt.error.startswith("unexpected status 502") and attempt.response_excerpt.startswith("bad gateway")
+    ensureDeferred(forwarders.set_paused("ch", "chat", False))
+    assert [s.url for s in client.sent] == [URL, URL + "/chat"]
+    assert client.sent[1].header("x-kwp-delivery-id") == "ch.chat-2"
+    ensureDeferred(forwarders.stopService())
+
+
+# --- the forwarding lease (several nodes on one database) -------------------------
+
+
+def test_a_forwarder_without_the_lease_sends_nothing_until_the_holder_s_lease_ends():
+    storage = MemoryStorage()
+    storage.leases["ch", "default"] = ["other-node", 1, 10.0]
+    kit = make(storage=storage)
+    kit.post()
+    kit.clock.advance(9.5)
+    assert kit.client.sent == []
+    # Tried again each second at most: taken over within a second of the end.
+    kit.clock.advance(1.0)
+    [sent] = kit.client.sent
+    assert sent.at <= 11.0 and storage.leases["ch", "default"][:2] == ["this-node", 2]
+
+
+def test_a_forwarder_renews_its_lease_and_gives_it_up_when_it_stops():
+    kit = make()
+    lease = kit.storage.leases["ch", "default"]
+    assert lease == ["this-node", 1, 10.0]
+    kit.clock.advance(10 / 3)
+    assert lease[2] == pytest.approx(10 / 3 + 10)
+    kit.forwarder.stopService()
+    assert lease[0] is None
+
+
+def test_an_outcome_after_the_lease_went_to_another_node_is_not_written_and_sending_stops():
+    kit = make()
+    first = kit.post()
+    [sent] = kit.client.sent
+    # Meanwhile another node took the lease over (this one was stuck).
+    kit.storage.leases["ch", "default"] = ["other-node", 2, 100.0]
+    sent.respond(200)
+    assert kit.storage.item(first) is not None and kit.storage.attempts == []
+    kit.post()
+    kit.clock.advance(5)
+    assert len(kit.client.sent) == 1
+
+
+def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_next_renewal():
+    heard = make()
+    heard.storage.states["ch", "default"] = QueueState(paused=True)
+    heard.forwarder.queue_changed()
+    heard.post()
+    assert heard.client.sent == []
+    renewed = make()
+    renewed.storage.states["ch", "default"] = QueueState(paused=True)
+    renewed.clock.advance(10 / 3)
+    renewed.post()
+    assert renewed.client.sent == []

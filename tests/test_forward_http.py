@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
-from kwp.storage import NewWebhook
+from kwp.storage import Attempt, NewWebhook
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
 from tests.support import free_port, metric_samples, until
 
@@ -60,10 +60,10 @@ async def test_attempts_are_counted_in_the_metrics(local_kwp, target):
     await until(lambda: _empty(kwp))
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
     assert samples["kwp_webhook_forward_total"] == {
-        (("channel", "push"), ("status", "unexpected_status")): 1,
-        (("channel", "push"), ("status", "ok")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "unexpected_status")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "ok")): 1,
     }
-    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"),): 2}
+    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"), ("consumer", "default")): 2}
 
 
 @pytest_twisted.ensureDeferred
@@ -274,16 +274,16 @@ async def test_v1_database_is_migrated_with_its_webhooks(tmp_path):
     try:
         [item] = await storage.forward_window("push", 10, 0)
         assert (item.body, item.state, item.forward_attempts, item.next_attempt_at) == (b"{}", "pending", 0, None)
-        await storage.forward_failed("push", item.id, 6, "boom", None, "dead")
+        await storage.forward_failed("push", item.id, Attempt(6, error="boom"), None, "dead")
         assert await storage.forward_window("push", 10, 0) == []
         state, size, [dead] = await storage.queue("push", 10, 0)
         assert (size, dead.state, dead.forward_attempts, state.last_error_message) == (1, "dead", 1, "boom")
         await storage.set_paused("push", True)
-        assert (await storage.channel_state("push")).paused is True
-        assert (await storage.channel_state("push")).last_error_at == 6
-        await storage.forward_succeeded("push", item.id, 7)
+        assert (await storage.queue_state("push")).paused is True
+        assert (await storage.queue_state("push")).last_error_at == 6
+        await storage.forward_succeeded("push", item.id, Attempt(7, 200))
         assert await storage.forward_get("push", item.id) is None
-        assert (await storage.channel_state("push")).last_success_at == 7
+        assert (await storage.queue_state("push")).last_success_at == 7
     finally:
         storage.stopService()
 
@@ -305,7 +305,8 @@ async def test_a_header_the_target_refuses_shows_in_the_queue_api_and_the_metric
     assert head["last_attempt_error"] == "unexpected status 431: Request Header Fields Too Large"
     assert view["status"]["last_error_message"] == head["last_attempt_error"]
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
-    assert samples["kwp_webhook_forward_total"][(("channel", "push"), ("status", "unexpected_status"))] >= 2
+    forwarded = samples["kwp_webhook_forward_total"]
+    assert forwarded[(("channel", "push"), ("consumer", "default"), ("status", "unexpected_status"))] >= 2
     # In receive order, the refused webhook holds the next one until an
     # operator removes it (or max-attempts parks it).
     assert t.delivered() == []
@@ -339,5 +340,5 @@ async def test_a_stored_header_that_is_not_valid_http_does_not_block_the_channel
     assert [r["headers"].get("x-fine") for r in t.received] == ["yes", "too"]
     assert not any("x-control" in r["headers"] or "x bad name" in r["headers"] for r in t.received)
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
-    assert samples["kwp_webhook_forward_total"] == {(("channel", "push"), ("status", "ok")): 2}
+    assert samples["kwp_webhook_forward_total"] == {(("channel", "push"), ("consumer", "default"), ("status", "ok")): 2}
     assert "headers ['x-control'] are not valid HTTP; sent without them" in captured_log.text()

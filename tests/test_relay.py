@@ -76,10 +76,10 @@ def item(id, body=b'{"n": 1}', deliveries=1, headers=None):
 
 
 class Harness:
-    def __init__(self, **settings):
+    def __init__(self, source=SOURCE, **settings):
         self.clock = task.Clock()
         self.http = FakeHTTP()
-        self.relay = Relay(RelaySettings(SOURCE, "tok", TARGET, **settings), self.http, self.clock, random=lambda: 1.0)
+        self.relay = Relay(RelaySettings(source, "tok", TARGET, **settings), self.http, self.clock, random=lambda: 1.0)
         self.done = self.relay.start()
 
     def poll(self, items, older=()):
@@ -183,6 +183,26 @@ def test_an_unreachable_proxy_is_retried_with_backoff():
     h.clock.advance(4)
     h.poll([item(1)])
     h.target()
+
+
+def test_one_consumer_of_a_channel_is_relayed_with_its_own_delivery_ids():
+    h = Harness(source=SOURCE + "?consumer=chat", lease=30)
+    poll = h.http.next()
+    assert (poll.path, poll.query["consumer"], poll.query["lease"]) == ("/api/webhook/ch", "chat", "30")
+    poll.respond(200, [item(5)])
+    check = h.http.next()
+    assert (check.path, check.query) == ("/api/webhook/ch/list", {"consumer": "chat", "limit": "1"})
+    check.respond(200, [{"id": 5}])
+    assert h.target().header(b"x-kwp-delivery-id") == "ch.chat-5"
+    ack = h.http.next()
+    assert (ack.path, ack.query) == ("/api/webhook/ch/ack", {"consumer": "chat"})
+
+
+def test_a_replayed_webhook_at_the_tail_is_not_taken_for_an_older_one_leased_elsewhere():
+    h = Harness(lease=30)
+    # 3 was replayed after 8 and 9: the head of the queue is 8, ours.
+    h.poll([item(8), item(9), item(3)], older=[8, 9, 3])
+    assert h.target().header(b"x-kwp-delivery-id") == "ch-8"
 
 
 def test_older_webhooks_leased_by_an_earlier_relay_are_not_overtaken():

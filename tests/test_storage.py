@@ -1,10 +1,12 @@
-"""The SQLite storage service on a temp file, with the real reactor's threads."""
+"""The storage service on each backend (a temp-file SQLite database, a
+PostgreSQL database of the test's own), with the real reactor's threads."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -13,8 +15,9 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
 
 from kwp.config import parse_config
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageError, open_storage
-from kwp.storage import sqlite as sqlite_storage
+from kwp.storage import DUPLICATE, QUEUE_FULL, Attempt, NewWebhook, QueueStats, Route, StorageError, open_storage
+from kwp.storage import queries
+from kwp.storage.postgres import PULL_HOLD
 from kwp.storage.prune import Pruner
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 from tests.support import until
@@ -28,13 +31,13 @@ def started(path) -> SQLiteStorage:
 
 
 @pytest.fixture
-def storage(tmp_path):
-    s = started(tmp_path / "kwp.db")
-    yield s
-    s.stopService()
+def storage(backend):
+    return backend.start()
 
 
-def hook(n=0, channel="a", **kwargs):
+def hook(n=0, channel="a", max_queue=None, **kwargs):
+    if max_queue is not None:
+        kwargs["routes"] = (Route(max_queue=max_queue),)
     return NewWebhook(channel, '{"x":"1"}', b'{"n":%d}' % n, 1000.0 + n, **kwargs)
 
 
@@ -85,8 +88,6 @@ def test_unopenable_and_newer_databases_are_refused(tmp_path):
     sqlite3.connect(newer).execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StorageError, match="newer than this kwp knows"):
         open_storage(str(newer), reactor)
-    with pytest.raises(StorageError, match="not supported yet"):
-        open_storage("postgresql://user:pw@host/db", reactor)
 
 
 @pytest_twisted.ensureDeferred
@@ -102,9 +103,9 @@ async def test_concurrent_inserts_commit_in_batches(storage):
     ids = await gatherResults([storage.insert(hook(i)) for i in range(50)])
     assert ids == sorted(ids) and len(set(ids)) == 50
     # Inserts within the commit window share one transaction.
-    assert transactions.count("_insert_batch") == 1
+    assert transactions.count("insert_batch") == 1
     await gatherResults([storage.insert(hook(i)) for i in range(50, 53)])
-    assert transactions.count("_insert_batch") == 2
+    assert transactions.count("insert_batch") == 2
     rows = await storage.list("a", 100, 0)
     assert [r.body for r in rows] == [b'{"n":%d}' % i for i in range(53)]
 
@@ -131,13 +132,12 @@ async def test_one_batch_mixes_plain_deduplicated_and_limited_webhooks_in_order(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stop_writes_what_waits_in_the_commit_window(tmp_path):
-    path = str(tmp_path / "kwp.db")
-    s = started(path)
+async def test_a_stop_writes_what_waits_in_the_commit_window(backend):
+    s = backend.start()
     inserted = s.insert(hook(1))
     await s.stopService()
     assert isinstance(await inserted, int)
-    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 1
+    assert backend.execute("SELECT COUNT(*) FROM webhooks") == [(1,)]
 
 
 @pytest_twisted.ensureDeferred
@@ -148,7 +148,7 @@ async def test_claims_are_exclusive_and_settle(storage):
     second = await storage.claim("a", "c2", 10, 2000.0, None)
     assert [r.id for r in first] == [1, 2, 3] and [r.id for r in second] == [4, 5]
     await storage.release_claim("c1")
-    await storage.finish_claim("c2")
+    await storage.finish_claim("c2", 2000.0)
     assert [r.id for r in await storage.list("a", 10, 0)] == [1, 2, 3]
     assert [r.deliveries for r in await storage.claim("a", "c3", 10, 2000.0, None)] == [1, 1, 1]
 
@@ -161,25 +161,26 @@ async def test_leases_expire_and_ack_deletes(storage):
     assert await storage.claim("a", "c2", 10, 2029.0, 30) == []
     again = await storage.claim("a", "c2", 10, 2030.0, 30)
     assert [r.deliveries for r in again] == [2, 2]
-    assert await storage.ack("b", [r.id for r in leased]) == 0
-    assert await storage.ack("a", [leased[0].id, 999]) == 1
-    assert await storage.ack("a", [leased[0].id]) == 0
+    assert await storage.ack("b", [r.id for r in leased], 2031.0) == 0
+    assert await storage.ack("a", [leased[0].id, 999], 2031.0) == 1
+    assert await storage.ack("a", [leased[0].id], 2031.0) == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_unfinished_pulls_are_released_on_restart(tmp_path):
-    path = str(tmp_path / "kwp.db")
-    s = started(path)
+async def test_unfinished_pulls_are_released_on_restart(backend):
+    """On PostgreSQL other nodes may still be streaming their pulls: what an
+    unfinished pull took comes back after PULL_HOLD instead."""
+    s = backend.start()
     await s.insert(hook(1))
     await s.insert(hook(2))
     await s.claim("a", "gone", 1, 2000.0, None)
-    await s.claim("a", "leased", 1, 2000.0, 60)
-    s.stopService()
-    s = started(path)
-    try:
-        assert [r.id for r in await s.claim("a", "new", 10, 2000.0, None)] == [1]
-    finally:
-        s.stopService()
+    await s.claim("a", "leased", 1, 2000.0, 2 * PULL_HOLD)
+    await s.stopService()
+    s = backend.start()
+    back_at = 2000.0 if backend.name == "sqlite" else 2000.0 + PULL_HOLD
+    if back_at > 2000.0:
+        assert await s.claim("a", "early", 10, back_at - 1, None) == []
+    assert [r.id for r in await s.claim("a", "new", 10, back_at, None)] == [1]
 
 
 @pytest_twisted.ensureDeferred
@@ -187,7 +188,7 @@ async def test_dedup_window_and_queue_limit(storage):
     first = await storage.insert(hook(1, delivery_id="d1", dedup_window=60))
     assert isinstance(first, int)
     assert await storage.insert(hook(2, delivery_id="d1", dedup_window=60)) is DUPLICATE
-    await storage.delete("a", first)
+    await storage.delete("a", first, 1001.0)
     assert await storage.insert(hook(3, delivery_id="d1", dedup_window=60)) is DUPLICATE
     assert isinstance(await storage.insert(hook(70, delivery_id="d1", dedup_window=60)), int)
     assert isinstance(await storage.insert(hook(80, channel="b", delivery_id="d1", dedup_window=60)), int)
@@ -196,7 +197,7 @@ async def test_dedup_window_and_queue_limit(storage):
     assert isinstance(await storage.insert(hook(2, channel="q", max_queue=2)), int)
     assert await storage.insert(hook(3, channel="q", max_queue=2, delivery_id="dq")) is QUEUE_FULL
     # A refused webhook's delivery id is not remembered: its retry can get in.
-    await storage.delete("q", oldest)
+    await storage.delete("q", oldest, 1003.0)
     assert isinstance(await storage.insert(hook(4, channel="q", max_queue=2, delivery_id="dq")), int)
 
 
@@ -222,11 +223,23 @@ async def test_a_stopped_storage_fails_instead_of_hanging(storage):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
+async def test_ids_are_never_reused_across_deletes_and_restarts(backend):
+    s = backend.start()
+    ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
+    await s.delete("a", ids[-1], 2000.0)
+    await s.stopService()
+    s = backend.start()
+    assert await s.insert(hook(5)) == 4
+    await s.delete("a", 4, 2000.0)
+    assert await s.insert(hook(6, delivery_id="d")) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_follow_rows_another_program_wrote_into_sqlite(tmp_path):
     path = str(tmp_path / "kwp.db")
     s = started(path)
     ids = await gatherResults([s.insert(hook(i)) for i in range(3)])
-    await s.delete("a", ids[-1])
+    await s.delete("a", ids[-1], 2000.0)
     await s.stopService()
     # A row written by another program meanwhile (as the benchmark fills one).
     connection = sqlite3.connect(path)
@@ -237,7 +250,7 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
     s = started(path)
     try:
         assert await s.insert(hook(5)) == 11
-        await s.delete("a", 11)
+        await s.delete("a", 11, 2000.0)
         assert await s.insert(hook(6, delivery_id="d")) == 12
     finally:
         await s.stopService()
@@ -247,24 +260,100 @@ async def test_ids_are_never_reused_across_deletes_and_restarts(tmp_path):
 async def test_queue_stats_count_each_channel_and_give_its_oldest_arrival(storage):
     for channel, at in [("a", 30.0), ("b", 10.0), ("a", 40.0), ("b", 20.0), ("b", 50.0)]:
         await storage.insert(NewWebhook(channel, "{}", b"{}", at))
-    assert await storage.queue_stats() == {"a": (2, 30.0), "b": (3, 10.0)}
+    assert await storage.queue_stats() == {
+        ("a", "default"): QueueStats(2, 30.0, 0),
+        ("b", "default"): QueueStats(3, 10.0, 0),
+    }
 
 
-def test_queue_stats_read_no_row_of_the_table(tmp_path):
-    """The figures of every channel come from sizes kept by triggers and one
-    index seek per channel, not from a walk over the webhooks."""
+def routed(n, *consumers, channel="a", **kwargs):
+    return hook(n, channel=channel, routes=tuple(Route(c) for c in consumers), **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_of_the_first_release_keeps_every_queue_lease_dead_letter_and_pause(tmp_path):  # SQLite
+    """tests/data/kwp-v3.db was written by the storage of release 0.1.0:
+    channel "pull" with webhooks 1-5 (1 and 2 leased for ever, 3 pulled),
+    duplicate ids d0-d4; channel "push" with 6 dead, 7 failed once and due
+    at 9999, 8 forwarded, and its forwarding paused."""
     path = tmp_path / "kwp.db"
-    SQLiteStorage(str(path), reactor).prepare()
+    path.write_bytes((Path(__file__).parent / "data" / "kwp-v3.db").read_bytes())
+    s = started(path)
+    try:
+        assert [r.id for r in await s.list("pull", 10)] == [1, 2, 4, 5]
+        assert [(r.id, r.deliveries) for r in await s.claim("pull", "new", 10, 3000.0, None)] == [(4, 1), (5, 1)]
+        assert await s.ack("pull", [1, 2], 3001.0) == 2
+        state, size, items = await s.queue("push", 10)
+        assert state.paused and state.last_success_at == 3003.0 and state.last_error_message == "network down"
+        assert size == 2
+        assert [(i.id, i.state, i.forward_attempts, i.last_error) for i in items] == [
+            (6, "dead", 1, "unexpected status 500"),
+            (7, "pending", 1, "network down"),
+        ]
+        assert [(i.id, i.next_attempt_at) for i in await s.forward_window("push", 5, 3000.0)] == [(7, 9999.0)]
+        again = NewWebhook("pull", "{}", b"{}", 1500.0, delivery_id="d0", dedup_window=86400)
+        assert await s.insert(again) is DUPLICATE
+        assert await s.insert(hook(9)) == 9
+    finally:
+        await s.stopService()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_consumer_has_its_own_queue_claims_and_acks(storage):
+    for i in range(3):
+        await storage.insert(routed(i, "ci", "chat"))
+    ci = await storage.claim("a", "c1", 2, 2000.0, 30, consumer="ci")
+    assert [r.id for r in ci] == [1, 2]
+    assert [r.id for r in await storage.claim("a", "c2", 10, 2000.0, 30, consumer="chat")] == [1, 2, 3]
+    assert await storage.ack("a", [1, 2], 2001.0, consumer="ci") == 2
+    assert [r.id for r in await storage.list("a", 10, consumer="ci")] == [3]
+    assert [r.id for r in await storage.list("a", 10, consumer="chat")] == [1, 2, 3]
+    assert await storage.list("a", 10) == []
+    assert await storage.delete("a", 3, 2002.0, consumer="chat")
+    assert not await storage.delete("a", 3, 2002.0, consumer="chat")
+    assert await storage.clear("a", 2003.0, consumer="ci") == 1
+    stats = await storage.queue_stats()
+    assert stats == {("a", "chat"): QueueStats(2, 1000.0, 0)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_consumer_refuses_the_webhook_for_every_consumer(storage):
+    full = (Route("ci", max_queue=1), Route("chat"))
+    assert isinstance(await storage.insert(hook(1, routes=full)), int)
+    assert await storage.insert(hook(2, routes=full, delivery_id="x", dedup_window=60)) is QUEUE_FULL
+    assert [r.id for r in await storage.list("a", 10, consumer="chat")] == [1]
+    # Not remembered as seen: the sender's retry gets in once there is room.
+    await storage.ack("a", [r.id for r in await storage.claim("a", "c", 1, 2000.0, 5, consumer="ci")], 2000.0, consumer="ci")
+    assert isinstance(await storage.insert(hook(3, routes=full, delivery_id="x", dedup_window=60)), int)
+
+
+@pytest_twisted.ensureDeferred
+async def test_paused_and_outcomes_are_per_consumer(storage):
+    await storage.set_paused("a", True, consumer="chat")
+    assert (await storage.queue_state("a", consumer="chat")).paused
+    assert not (await storage.queue_state("a", consumer="ci")).paused
+    assert not (await storage.queue_state("a")).paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_stats_read_no_row_of_the_queues(tmp_path):
+    """The figures of every queue come from sizes kept by triggers and one
+    index seek per queue, not from a walk over the deliveries."""
+    path = tmp_path / "kwp.db"
+    s = started(path)
+    await s.insert(routed(1, "ci", "chat"))
+    await s.stopService()
     connection = sqlite3.connect(path)
-    cursor = connection.cursor()
     sqlite_queries = []
     connection.set_trace_callback(sqlite_queries.append)
-    sqlite_storage._queue_stats(cursor)
-    [query] = sqlite_queries
-    plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + query)]
-    assert [step for step in plan if "webhooks" in step or step.startswith("SCAN w")] == [
-        "SEARCH w USING INDEX webhooks_channel (channel=?)"
-    ]
+    assert queries.queue_stats(connection.cursor()) == {
+        ("a", "ci"): QueueStats(1, 1001.0, 0),
+        ("a", "chat"): QueueStats(1, 1001.0, 0),
+    }
+    connection.set_trace_callback(None)
+    plans = [row[3] for query in sqlite_queries for row in connection.execute("EXPLAIN QUERY PLAN " + query)]
+    assert plans == ["SCAN queue_sizes"] + ["SEARCH deliveries USING INDEX deliveries_open (channel=? AND consumer=?)"] * 2
 
 
 @pytest_twisted.ensureDeferred
@@ -273,18 +362,18 @@ async def test_queue_sizes_follow_every_way_a_webhook_comes_and_goes(storage):
         await storage.insert(hook(i, channel="ab"[i % 2]))
     await storage.insert(hook(99, channel="c"))
     await storage.claim("a", "pull", 2, 2000.0)
-    await storage.finish_claim("pull")
+    await storage.finish_claim("pull", 2000.0)
     leased = await storage.claim("a", "lease", 2, 2000.0, 60)
-    await storage.ack("a", [leased[0].id])
-    await storage.delete("b", (await storage.list("b", 1))[0].id)
-    await storage.forward_succeeded("b", (await storage.list("b", 1))[0].id, 2000.0)
-    await storage.clear("c")
-    counted = {}
-    for channel in "abc":
-        rows = await storage.list(channel, 100)
-        if rows:
-            counted[channel] = (len(rows), rows[0].received_at)
-    assert counted == {"a": (3, 1006.0), "b": (4, 1005.0)}
+    await storage.ack("a", [leased[0].id], 2000.0)
+    await storage.delete("b", (await storage.list("b", 1))[0].id, 2000.0)
+    await storage.forward_succeeded("b", (await storage.list("b", 1))[0].id, Attempt(2000.0, 200))
+    await storage.forward_failed("b", (await storage.list("b", 1))[0].id, Attempt(2000.0, 500), None, "dead")
+    await storage.clear("c", 2000.0)
+    await storage.replay("b", [2], None, 2001.0)
+    assert [len(await storage.list(channel, 100)) for channel in "abc"] == [3, 5, 0]
+    # a: 1006 (leased), 1008, 1010; b: 1005 (dead), 1007, 1009, 1011 and
+    # the replayed 1001 at the tail.
+    counted = {("a", "default"): QueueStats(3, 1006.0, 0), ("b", "default"): QueueStats(4, 1007.0, 1)}
     assert await storage.queue_stats() == counted
 
 
@@ -303,28 +392,26 @@ def test_the_migration_counts_what_an_older_database_holds(tmp_path):
     connection.close()
     SQLiteStorage(str(path), reactor).prepare()
     connection = sqlite3.connect(path)
-    assert sqlite_storage._queue_stats(connection.cursor()) == {"a": (2, 10.0), "b": (1, 20.0)}
+    assert queries.queue_stats(connection.cursor()) == {
+        ("a", "default"): QueueStats(2, 10.0, 0),
+        ("b", "default"): QueueStats(1, 20.0, 0),
+    }
 
 
 # --- forgetting delivery ids ---------------------------------------------------
 
 
-def seen(path) -> dict[str, list[str]]:
-    connection = sqlite3.connect(path)
-    try:
-        rows = connection.execute("SELECT channel, delivery_id FROM seen_deliveries ORDER BY channel, delivery_id")
-        result: dict[str, list[str]] = {}
-        for channel, delivery in rows:
-            result.setdefault(channel, []).append(delivery)
-        return result
-    finally:
-        connection.close()
+def seen(backend) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    rows = backend.execute("SELECT channel, delivery_id FROM seen_deliveries ORDER BY channel, delivery_id")
+    for channel, delivery in rows:
+        result.setdefault(channel, []).append(delivery)
+    return result
 
 
 @pytest_twisted.ensureDeferred
-async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_batches(tmp_path):
-    path = tmp_path / "kwp.db"
-    storage = started(path)
+async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_batches(backend):
+    storage = backend.start()
     now = 1_000_000.0
     ages = {"short": {"keep": 30, "drop": 90}, "long": {"keep": 1800, "drop": 7200},
             "gone": {"keep": 80000, "drop": 90000}}
@@ -356,16 +443,13 @@ async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_b
         await pruner.stopService()
         await storage.stopService()
     kept = [f"keep-{n}" for n in range(5)]
-    assert seen(path) == {"gone": kept, "long": kept, "short": kept}
+    assert seen(backend) == {"gone": kept, "long": kept, "short": kept}
     assert max(n for _, n in batches) == 2
     assert [n for channel, n in batches if channel == "short"] == [2, 2, 1]
     # Within its window an id is still a duplicate; after it, it is new.
-    storage = started(path)
-    try:
-        assert await storage.insert(NewWebhook("short", "{}", b"{}", now, "keep-0", 60)) is DUPLICATE
-        assert isinstance(await storage.insert(NewWebhook("short", "{}", b"{}", now, "drop-0", 60)), int)
-    finally:
-        await storage.stopService()
+    storage = backend.start()
+    assert await storage.insert(NewWebhook("short", "{}", b"{}", now, "keep-0", 60)) is DUPLICATE
+    assert isinstance(await storage.insert(NewWebhook("short", "{}", b"{}", now, "drop-0", 60)), int)
 
 
 class FlakyIds:
@@ -415,3 +499,49 @@ def test_the_daemon_prunes_with_the_running_config(tmp_path):
     assert children.index(service.app.storage) < children.index(service.pruner) < children.index(service.listeners[0])
     service.app.config = parse_config({"channels": [{"name": "b", "token": "t"}]})
     assert [c.name for c in service.pruner._config().channels] == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_forwarding_lease_has_one_owner_and_fences_every_outcome(backend):
+    a, b = backend.start(), backend.start()
+    await a.insert(routed(1, "push"))
+    token = await a.acquire_lease("a", "node-a", 100.0, 10, consumer="push")
+    assert await a.acquire_lease("a", "node-a", 101.0, 10, consumer="push") == token
+    assert await b.acquire_lease("a", "node-b", 105.0, 10, consumer="push") is None
+    await b.set_paused("a", True, consumer="push")
+    assert (await a.renew_lease("a", "node-a", token, 105.0, 10, consumer="push")).paused
+    assert await b.acquire_lease("a", "node-b", 114.9, 10, consumer="push") is None
+    taken = await b.acquire_lease("a", "node-b", 115.0, 10, consumer="push")
+    assert taken > token
+    assert await a.renew_lease("a", "node-a", token, 115.0, 10, consumer="push") is None
+    # The old owner's outcomes are refused and change nothing.
+    assert not await a.forward_succeeded("a", 1, Attempt(116.0, 200), consumer="push", token=token)
+    assert not await a.forward_failed("a", 1, Attempt(116.0, 500), 200.0, "dead", consumer="push", token=token)
+    [item] = await b.forward_window("a", 10, 116.0, consumer="push")
+    assert (item.id, item.forward_attempts, item.state) == (1, 0, "pending")
+    assert await b.forward_failed("a", 1, Attempt(117.0, 500, "x"), 200.0, "pending", consumer="push", token=taken)
+    await b.release_lease("a", "node-b", taken, consumer="push")
+    again = await a.acquire_lease("a", "node-a", 118.0, 10, consumer="push")
+    assert again > taken
+    assert await a.forward_succeeded("a", 1, Attempt(119.0, 200), consumer="push", token=again)
+    assert await a.queue_stats() == {}
+    # Without a token, outcomes are written as on a single node.
+    await a.insert(routed(2, "push"))
+    assert await b.forward_succeeded("a", 2, Attempt(120.0, 200), consumer="push")
+
+
+@pytest_twisted.ensureDeferred
+async def test_callbacks_hear_what_was_stored_replayed_and_paused(storage):
+    stored, changed = [], []
+    storage.on_stored(lambda channel, consumers: stored.append((channel, dict(consumers))))
+    storage.on_queue_changed(lambda channel, consumer: changed.append((channel, consumer)))
+    await gatherResults([storage.insert(routed(1, "ci", "chat")), storage.insert(routed(2, "ci")), storage.insert(routed(3))])
+    assert stored == [("a", {"ci": 2, "chat": 1})]
+    await storage.insert(hook(4, delivery_id="x", dedup_window=60))
+    assert await storage.insert(hook(5, delivery_id="x", dedup_window=60)) is DUPLICATE
+    assert stored[1:] == [("a", {"default": 1})]
+    await storage.ack("a", [r.id for r in await storage.claim("a", "c", 1, 2000.0, 5, consumer="ci")], 2000.0, consumer="ci")
+    await storage.replay("a", [1], ["ci"], 2001.0)
+    assert stored[2:] == [("a", {"ci": 1})]
+    await storage.set_paused("a", True, consumer="chat")
+    assert changed == [("a", "chat")]

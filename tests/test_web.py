@@ -285,9 +285,9 @@ def _hold_long_poll(port, channel="open", token="open-token"):
 async def test_a_client_leaving_a_long_poll_frees_it_at_once(local_kwp):
     kwp = local_kwp()
     s = _hold_long_poll(kwp.port.getHost().port)
-    await until(lambda: kwp.app.notifier.waiting("open") == 1)
+    await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1)
     s.close()
-    await until(lambda: kwp.app.notifier.waiting("open") == 0, timeout=1)
+    await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 0, timeout=1)
     await kwp.post("open", {"n": 1})
     items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"] for i in items] == [{"n": 1}]
@@ -299,7 +299,7 @@ async def test_a_long_poll_beyond_the_tokens_cap_is_refused_with_429(local_kwp):
     port = kwp.port.getHost().port
     held = [_hold_long_poll(port) for _ in range(2)]
     try:
-        await until(lambda: kwp.app.notifier.waiting("open") == 2)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 2)
         refused = await kwp.get("/api/webhook/open?wait=5", "open-token")
         await assert_error(refused, 429, "too_many_requests")
         assert refused.headers.getRawHeaders("retry-after") == ["5"]
@@ -307,7 +307,7 @@ async def test_a_long_poll_beyond_the_tokens_cap_is_refused_with_429(local_kwp):
         assert await body_json(await kwp.get("/api/webhook/open", "open-token")) == []
         assert await body_json(await kwp.get("/api/webhook/open?wait=1", "admin-secret-token")) == []
         held.pop().close()
-        await until(lambda: kwp.app.notifier.waiting("open") == 1)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1)
         assert await body_json(await kwp.get("/api/webhook/open?wait=1", "open-token")) == []
     finally:
         for s in held:
@@ -329,14 +329,14 @@ async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
             sockets += [_hold_long_poll(port) for _ in range(20)]
             # Let the reactor accept them: the listen backlog is short.
             await task.deferLater(reactor, 0, lambda: None)
-        await until(lambda: kwp.app.notifier.waiting("open") == 1000, timeout=20)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1000, timeout=20)
         assert threading.active_count() == threads
         cpu = sum(os.times()[:2])
         await task.deferLater(reactor, 1.0, lambda: None)
         assert sum(os.times()[:2]) - cpu < 0.2
         # One of them takes it; the others wait again.
         await kwp.post("open", {"n": 1})
-        await until(lambda: kwp.app.notifier.waiting("open") == 999)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 999)
         for _ in range(100):
             if not await kwp.storage.list("open", 1, 0):
                 break
