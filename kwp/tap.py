@@ -25,6 +25,7 @@ from twisted.python import usage
 
 from kwp.config import ConfigError, load_config
 from kwp.forward import Forwarders, http_client
+from kwp.history import Pruner, retention
 from kwp.notify import Notifier
 from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage
@@ -180,9 +181,10 @@ def make_log_observer(log_format: str, level: str, stream=None):
 
 
 class KwpService(MultiService):
-    """The storage, the forwarders, the listeners, and a stop in a fixed
-    order: stop listening, let requests in flight finish (bounded), let
-    forward attempts in flight finish (bounded), then close the database."""
+    """The storage, the forwarders, the pruner, the listeners, and a stop in
+    a fixed order: stop listening, end the streams, let requests in flight
+    finish (bounded), let the pruner's batch and forward attempts in flight
+    finish (bounded), then close the database."""
 
     def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
@@ -194,9 +196,12 @@ class KwpService(MultiService):
         # Called with the new Config after each reload (forwarders follow it).
         self.on_reload = self._reloader.hooks
         self.on_reload.append(lambda config: defer.ensureDeferred(app.forwarders.update(config)))
+        self.on_reload.append(lambda config: follow_retention(app.storage, config))
         self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)
+        self.pruner = Pruner(app.storage, clock)
+        self.pruner.setServiceParent(self)
         self.listeners = []
         for endpoint in listeners:
             listener = StreamServerEndpointService(endpoint, site)
@@ -234,19 +239,27 @@ class KwpService(MultiService):
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
         log.info("stopped listening; finishing requests in flight")
         self.app.notifier.close()
+        self.app.streams.close()
         for step, what in ((self.site.idle, "requests in flight"), (self.site.close_connections, "connections")):
             try:
                 yield step().addTimeout(STOP_GRACE, self._clock)
             except defer.TimeoutError:
                 log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
+        yield defer.maybeDeferred(self.pruner.stopService)
         yield defer.maybeDeferred(self.app.forwarders.stopService)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
 
 
+def follow_retention(storage, config) -> None:
+    """The storage keeps the history as the config says."""
+    storage.retention = retention(config)
+
+
 def make_app(config, storage, reactor) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
     app's metrics."""
+    follow_retention(storage, config)
     notifier = Notifier()
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
