@@ -128,10 +128,12 @@ class Received:
 class Receiver:
     """Steps 5-9 of §4.1 over a complete request."""
 
-    def __init__(self, storage, notifier: Notifier, clock):
+    def __init__(self, storage, notifier: Notifier, clock, streams=None):
         self._storage = storage
         self._notifier = notifier
         self._clock = clock
+        # The StreamHub of the live streams (kwp.stream), told of each store.
+        self._streams = streams
 
     async def receive(self, config: Config, channel: Channel, headers: dict[str, str], body: bytes) -> Received:
         """Steps 5-9 for a channel whose header checks (check_headers) passed."""
@@ -171,4 +173,6 @@ class Receiver:
         if result is QUEUE_FULL:
             raise ApiError(503, "queue_full", "the channel's queue is full", {"Retry-After": "30"})
         self._notifier.fire(channel.name)
+        if self._streams is not None:
+            self._streams.stored(channel.name)
         return Received("ok", result)

@@ -19,12 +19,14 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, verify
-from kwp.auth import authorize, authorize_admin
+from kwp.auth import Access, authorize, authorize_admin
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
+from kwp.history import History, Listing, Window, encode_event, encode_page, replay_targets
 from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
+from kwp.stream import StreamHub, StreamSpec
 
 log = Logger()
 
@@ -438,7 +440,9 @@ class KwpApp:
         self.notifier = notifier
         self.clock = clock
         self.forwarders = forwarders
-        self.receiver = Receiver(storage, notifier, clock)
+        self.streams = StreamHub(storage, clock)
+        self.receiver = Receiver(storage, notifier, clock, self.streams)
+        self.history = History(storage, clock, wake=lambda channel: self.notifier.fire(channel))
         self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
 
@@ -452,6 +456,17 @@ class KwpApp:
     def _authorize(self, request, name: str):
         request.kwp_channel = name
         return authorize(self._config(request), name, _authorization(request)).channel
+
+    def _access(self, request, name: str, token_in_query: bool = False) -> Access:
+        """What the request's token reaches of the channel; with
+        token_in_query, a ``?token=`` stands in for a missing Authorization
+        header (for clients that cannot send one)."""
+        request.kwp_channel = name
+        authorization = _authorization(request)
+        if authorization is None and token_in_query:
+            token = _args(request).get("token")
+            authorization = token and f"Bearer {token}"
+        return authorize(self._config(request), name, authorization)
 
     def _authorize_forward(self, request, name: str):
         channel = self._authorize(request, name)
@@ -672,3 +687,49 @@ class KwpApp:
         config = self._config(request)
         authorize_admin(config, _authorization(request))
         return _json(request, redacted(config))
+
+    # --- the history (§8) and the live stream (§9) ---
+
+    @app.route("/api/webhook/<string:name>/events", methods=["GET"])
+    async def events(self, request, name):
+        access = self._access(request, name)
+        items, next_before = await self.history.page(access, Listing.parse(access, _args(request)))
+        request.setHeader(b"content-type", b"application/json")
+        return encode_page(items, next_before)
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>", methods=["GET"])
+    async def event(self, request, name, webhook_id):
+        access = self._access(request, name)
+        event = await self.history.event(access, webhook_id)
+        request.setHeader(b"content-type", b"application/json")
+        return encode_event(event, with_log=True)
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>/replay", methods=["POST"])
+    async def replay(self, request, name, webhook_id):
+        access = self._access(request, name)
+        targets = replay_targets(access, request.content.read())
+        return _json(request, await self.history.replay(access, webhook_id, targets))
+
+    @app.route("/api/webhook/<string:name>/replay", methods=["POST"])
+    async def replay_window(self, request, name):
+        access = self._access(request, name)
+        count, next_after = await self.history.replay_window(access, Window.parse(access, request.content.read()))
+        return _json(request, {"count": count, "next_after": next_after})
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>", methods=["DELETE"])
+    async def purge(self, request, name, webhook_id):
+        await self.history.purge(self._access(request, name), webhook_id)
+        request.setResponseCode(http.NO_CONTENT)
+        return b""
+
+    @app.route("/api/webhook/<string:name>/stream", methods=["GET"])
+    async def stream(self, request, name):
+        access = self._access(request, name, token_in_query=True)
+        last_event_id = request.getHeader(b"last-event-id")
+        spec = StreamSpec.parse(access, _args(request), last_event_id and last_event_id.decode("latin-1"))
+        if request.method == b"HEAD":
+            self.streams.check_room(access.channel.name)
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.setHeader(b"cache-control", b"no-cache")
+            return b""
+        return await self.streams.open(request, access.channel.name, spec)
