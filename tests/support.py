@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent
 
 from kwp.config import parse_config
@@ -99,6 +100,50 @@ async def until(condition, timeout: float = 10.0, what: str = "condition") -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def sse_events(text: bytes | str) -> list[dict[str, str]]:
+    """The fields of each block of a text/event-stream (comments left out;
+    a block of comments only is no event)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+        if fields:
+            found.append(fields)
+    return found
+
+
+class SSEReader(Protocol):
+    """Reads a response body as it arrives: ``response.deliverBody(reader)``
+    on a ``treq.get(..., unbuffered=True)`` answer."""
+
+    def __init__(self):
+        self.received = b""
+        self.closed = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(None)
+
+    def events(self) -> list[dict[str, str]]:
+        # Only complete blocks: the last one may still be arriving.
+        return sse_events(self.received.rpartition(b"\n\n")[0])
+
+    def webhooks(self) -> list[dict]:
+        """The data of each event that carries a webhook (kwp's or smee's format)."""
+        return [json.loads(e["data"]) for e in self.events() if "data" in e and e.get("event") in (None, "webhook")]
+
+    def drop(self) -> None:
+        """Close the connection from the client's side."""
+        self.transport.stopProducing()
 
 
 def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:

@@ -17,7 +17,7 @@ from kwp.errors import ApiError
 from kwp.storage import NewWebhook, Route
 from kwp.stream import StreamHub, StreamSpec, encode_smee, encode_webhook
 from tests.fakes import FakeRequest
-from tests.support import until
+from tests.support import sse_events, until
 from tests.test_storage import storage  # noqa: F401 (fixture)
 
 CONFIG = parse_config(
@@ -43,17 +43,7 @@ def hook(n, *consumers, channel="gh", headers=None, body=None):
 
 
 def events_of(request: FakeRequest) -> list[dict]:
-    """The SSE events written to request: each as its fields."""
-    found = []
-    for block in request.body().decode().split("\n\n"):
-        fields = {}
-        for line in block.split("\n"):
-            if line and not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-        if fields:
-            found.append(fields)
-    return found
+    return sse_events(request.body())
 
 
 def webhook_ids(request: FakeRequest) -> list[int]:
