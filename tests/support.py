@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -270,3 +272,41 @@ class Daemon:
 def daemon_in(workdir: Path, config_data: dict) -> Daemon:
     """A started daemon with its config and database in workdir."""
     return Daemon(workdir, write_config(workdir / "config.yml", config_data), workdir / "kwp.db").start()
+
+
+# npm packages the tests run, installed once per machine.
+NPM_CACHE = Path(tempfile.gettempdir()) / "kwp-tests-npm"
+
+
+def npm_package(spec: str) -> Path:
+    """The node_modules folder holding the npm package spec (name@version),
+    installed by the machine's npm on first use.  A missing npm skips the
+    test; an install that fails fails it."""
+    import pytest
+
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    folder = NPM_CACHE / spec.replace("/", "+")
+    modules = folder / "node_modules"
+    if (folder / ".installed").exists():
+        return modules
+    # Installed beside, then moved in: parallel runs never see half an install.
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=NPM_CACHE))
+    result = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(work), spec],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"npm install {spec} failed:\n{result.stdout}\n{result.stderr}")
+    (work / ".installed").touch()
+    try:
+        work.rename(folder)
+    except OSError:
+        # Another run installed it first.
+        shutil.rmtree(work, ignore_errors=True)
+    return modules
