@@ -42,7 +42,7 @@ SCAN_LIMIT = 2000
 MAX_REPLAY = 100_000
 REPLAY_CHUNK = 500
 
-_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?\Z")
+_SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\Z")
 
 
 def retention(config: Config) -> Retention:
@@ -70,7 +70,7 @@ def _seconds(value: Any, name: str) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if 0 <= value < 10**12:
             return float(value)
-    elif isinstance(value, str) and _SECONDS.match(value):
+    elif isinstance(value, str) and _SECONDS.match(value) and float(value) < 10**12:
         return float(value)
     raise bad_request(f"'{name}' must be a unix time in seconds")
 
