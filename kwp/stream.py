@@ -29,7 +29,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kwp.auth import Access, unknown_consumer
+from kwp.auth import Access, authorize, unknown_consumer
+from kwp.config import Config
 from kwp.errors import ApiError, bad_request
 from kwp.history import scope
 from kwp.pull import MAX_ID
@@ -177,12 +178,13 @@ class StreamHub:
         if self.closed:
             raise ApiError(503, "internal_error", "kwp is stopping", {"Retry-After": "5"})
 
-    async def open(self, request, channel: str, spec: StreamSpec) -> bytes:
+    async def open(self, request, channel: str, spec: StreamSpec, authorization: str | None = None) -> bytes:
         """Serve the stream on request until the client goes or the hub
         closes (then b"" ends the response).  Raises ApiError 429 when the
-        channel has its limit of streams."""
+        channel has its limit of streams.  ``authorization`` (the request's
+        Authorization value) is checked again at each reload."""
         self.check_room(channel)
-        stream = _Stream(self, request, channel, spec)
+        stream = _Stream(self, request, channel, spec, authorization)
         self._streams[channel].add(stream)
         try:
             cursor = spec.after if spec.after is not None else await self._newest(channel)
@@ -203,6 +205,15 @@ class StreamHub:
             if not streams:
                 del self._streams[stream.channel]
 
+    def follow(self, config: Config) -> None:
+        """After a reload: end the streams whose token no longer reaches
+        what they show (a token rotated out, a consumer removed)."""
+        for streams in list(self._streams.values()):
+            for stream in list(streams):
+                if not stream.allowed(config):
+                    log.info("a stream of channel {channel} lost its access in a reload", channel=stream.channel)
+                    stream.finish()
+
     def close(self) -> None:
         """End every stream (the process is stopping); the clients reconnect
         elsewhere or later and resume."""
@@ -216,11 +227,12 @@ class StreamHub:
 class _Stream:
     """One client's stream: the producer of its connection."""
 
-    def __init__(self, hub: StreamHub, request, channel: str, spec: StreamSpec):
+    def __init__(self, hub: StreamHub, request, channel: str, spec: StreamSpec, authorization: str | None):
         self._hub = hub
         self._request = request
         self.channel = channel
         self._spec = spec
+        self._authorization = authorization
         self._encode = encode_smee if spec.smee else encode_webhook
         self.cursor = 0
         # Fires with b"" when the server ends the stream; cancelled when the
@@ -255,6 +267,17 @@ class _Stream:
         self._keepalive.start(self._hub.keepalive, now=False)
         self._started = True
         self.wake()
+
+    def allowed(self, config: Config) -> bool:
+        """Whether its token still reaches the channel, and the consumer it streams."""
+        try:
+            access = authorize(config, self.channel, self._authorization)
+            consumer = self._spec.consumer
+            return (
+                access.consumer is None or access.consumer.name == consumer
+            ) and (consumer is None or access.channel.consumer(consumer) is not None)
+        except ApiError:
+            return False
 
     def wake(self) -> None:
         """Read what follows the cursor, now or as soon as the stream can."""

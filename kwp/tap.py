@@ -197,6 +197,7 @@ class KwpService(MultiService):
         self.on_reload = self._reloader.hooks
         self.on_reload.append(lambda config: defer.ensureDeferred(app.forwarders.update(config)))
         self.on_reload.append(lambda config: follow_retention(app.storage, config))
+        self.on_reload.append(app.streams.follow)
         self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)

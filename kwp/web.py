@@ -457,16 +457,10 @@ class KwpApp:
         request.kwp_channel = name
         return authorize(self._config(request), name, _authorization(request)).channel
 
-    def _access(self, request, name: str, token_in_query: bool = False) -> Access:
-        """What the request's token reaches of the channel; with
-        token_in_query, a ``?token=`` stands in for a missing Authorization
-        header (for clients that cannot send one)."""
+    def _access(self, request, name: str, authorization: str | None = None) -> Access:
+        """What the request's token (or ``authorization``) reaches of the channel."""
         request.kwp_channel = name
-        authorization = _authorization(request)
-        if authorization is None and token_in_query:
-            token = _args(request).get("token")
-            authorization = token and f"Bearer {token}"
-        return authorize(self._config(request), name, authorization)
+        return authorize(self._config(request), name, authorization or _authorization(request))
 
     def _authorize_forward(self, request, name: str):
         channel = self._authorize(request, name)
@@ -724,7 +718,11 @@ class KwpApp:
 
     @app.route("/api/webhook/<string:name>/stream", methods=["GET"])
     async def stream(self, request, name):
-        access = self._access(request, name, token_in_query=True)
+        # Here a ?token= stands in for a missing Authorization header: smee
+        # clients and browsers' EventSource cannot send one.
+        token = _args(request).get("token")
+        authorization = _authorization(request) or (token and f"Bearer {token}")
+        access = self._access(request, name, authorization)
         last_event_id = request.getHeader(b"last-event-id")
         spec = StreamSpec.parse(access, _args(request), last_event_id and last_event_id.decode("latin-1"))
         if request.method == b"HEAD":
@@ -732,4 +730,4 @@ class KwpApp:
             request.setHeader(b"content-type", b"text/event-stream")
             request.setHeader(b"cache-control", b"no-cache")
             return b""
-        return await self.streams.open(request, access.channel.name, spec)
+        return await self.streams.open(request, access.channel.name, spec, authorization)

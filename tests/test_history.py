@@ -525,3 +525,22 @@ async def test_retention_and_history_max_from_the_config_prune_with_time(storage
     clock.advance(1)
     assert await pruner.prune_pass() == 3
     assert await storage.events("plain", history.EventQuery(), 10) == []
+
+
+def test_make_service_sets_the_retention_at_start_and_on_reload_and_runs_the_pruner(tmp_path):
+    from kwp.tap import Options, makeService
+    from tests.support import write_config
+
+    data = {"server": {"retention-hours": 1}, "channels": [{"name": "ch", "token": "t", "history-max": 7}]}
+    path = write_config(tmp_path / "config.yml", data)
+    options = Options(environ={})
+    options.parseOptions(["-c", str(path), "-d", str(tmp_path / "kwp.db"), "-l", "tcp:0:interface=127.0.0.1"])
+    service = makeService(options, reactor=task.Clock())
+    storage = service.app.storage
+    assert storage.retention == Retention(3600.0, 100_000, {"ch": (3600.0, 7)})
+    children = list(service)
+    assert children.index(storage) < children.index(service.pruner) < children.index(service.listeners[0])
+    data["server"]["retention-hours"] = 0
+    for hook in service.on_reload:
+        hook(parse_config(data))
+    assert storage.retention == Retention(0.0, 100_000, {"ch": (0.0, 7)})

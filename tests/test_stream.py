@@ -58,9 +58,9 @@ class Streams:
         self.storage = storage
         self.hub = StreamHub(storage, self.clock, **options)
 
-    def open(self, spec=StreamSpec(), channel="gh", request=None):
+    def open(self, spec=StreamSpec(), channel="gh", request=None, authorization="Bearer owner"):
         request = request or FakeRequest()
-        done = ensureDeferred(self.hub.open(request, channel, spec))
+        done = ensureDeferred(self.hub.open(request, channel, spec, authorization))
         return request, done
 
     async def store(self, *webhooks):
@@ -312,3 +312,29 @@ def test_what_a_stream_request_asks_for():
     with pytest.raises(ApiError) as caught:
         StreamSpec.parse(OWNER, {"consumer": "nobody"}, None)
     assert caught.value.code == "not_found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_ends_the_streams_whose_token_no_longer_reaches_them(streams):
+    owner, owner_done = streams.open(StreamSpec(after=0))
+    chat, chat_done = streams.open(StreamSpec(consumer="chat", after=0))
+    ci, ci_done = streams.open(StreamSpec(consumer="ci", after=0), authorization="Bearer ci-token")
+    await until(lambda: owner.producer and chat.producer and ci.producer)
+    streams.hub.follow(CONFIG)
+    assert streams.hub.count("gh") == 3
+    rotated = parse_config(
+        {
+            "channels": [
+                {
+                    "name": "gh",
+                    "token": "owner",
+                    "consumers": [{"name": "ci", "token": "new-ci-token"}],
+                },
+                {"name": "plain", "token": "plain-token"},
+            ]
+        }
+    )
+    streams.hub.follow(rotated)
+    assert await ci_done == b"" and await chat_done == b""
+    assert streams.hub.count("gh") == 1 and not owner_done.called
+    stop(owner_done)
