@@ -405,7 +405,7 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 # webhooks with PRUNE_PAUSE seconds between them, so that the receives
 # queued behind each batch's transaction wait for one short batch at most.
 PRUNE_INTERVAL = 5.0
-PRUNE_BATCH = 500
+PRUNE_BATCH = 250
 PRUNE_PAUSE = 0.05
 
 
