@@ -6,7 +6,8 @@ id order and changes no queue.  The receive path tells the ``StreamHub``
 cursor from ``storage.events_after``, so the database stays the truth and a
 stream that starts from the history (``Last-Event-ID``, ``?after=``) goes
 over to the live webhooks without missing or repeating one: both are the
-same reads from the same cursor.
+same reads from the same cursor.  Streams at the same position share one
+read, so a store costs one query per position, not one per stream.
 
 A slow client is never buffered for: a stream stops reading while its
 connection's send buffer is full (it is that connection's producer), and
@@ -160,9 +161,35 @@ class StreamHub:
         self._clock.callLater(0, self._wake, channel)
 
     def _wake(self, channel: str) -> None:
+        """Streams that are up to date (the usual case) share one read per
+        position and consumer, and each webhook is encoded once per format;
+        the others read on their own once they can."""
         self._due.discard(channel)
+        groups: dict[tuple, list[_Stream]] = defaultdict(list)
         for stream in list(self._streams.get(channel, ())):
-            stream.wake()
+            if stream.idle():
+                groups[(stream.consumer, stream.cursor)].append(stream)
+            else:
+                stream.wake()
+        for (consumer, cursor), members in groups.items():
+            if len(members) == 1:
+                members[0].wake()
+            else:
+                ensureDeferred(self._read_for(channel, consumer, cursor, members))
+
+    async def _read_for(self, channel: str, consumer: str | None, cursor: int, members: list["_Stream"]) -> None:
+        for stream in members:
+            stream.reading()
+        try:
+            events = await self._storage.events_after(channel, cursor, PAGE, consumer)
+        except Exception:
+            log.failure("stream of channel {channel}", channel=channel)
+            for stream in members:
+                stream.finish()
+            return
+        encoded: dict = {}
+        for stream in members:
+            stream.take(events, encoded)
 
     def count(self, channel: str) -> int:
         return len(self._streams.get(channel, ()))
@@ -279,31 +306,54 @@ class _Stream:
         except ApiError:
             return False
 
+    @property
+    def consumer(self) -> str | None:
+        return self._spec.consumer
+
+    def idle(self) -> bool:
+        """Whether it could read now: started, not reading, not held back."""
+        return self._started and not (self._ended or self._reading or self._paused_since is not None)
+
     def wake(self) -> None:
         """Read what follows the cursor, now or as soon as the stream can."""
         self._again = True
-        if self._ended or not self._started or self._reading or self._paused_since is not None:
-            return
+        if self.idle():
+            self.reading()
+            ensureDeferred(self._read()).addErrback(self._failed)
+
+    def reading(self) -> None:
+        """A read for it starts: what is stored from now on needs another."""
         self._reading = True
-        ensureDeferred(self._read()).addErrback(self._failed)
+        self._again = False
 
     async def _read(self) -> None:
-        storage = self._hub._storage
         try:
-            while self._again and not self._ended and self._paused_since is None:
-                self._again = False
-                events = await storage.events_after(self.channel, self.cursor, PAGE, self._spec.consumer)
-                for event in events:
-                    if self._ended or self._paused_since is not None:
-                        self._again = True
-                        break
-                    self._request.write(self._encode(event))
-                    self.cursor = event.id
-                else:
-                    if len(events) == PAGE:
-                        self._again = True
-        finally:
+            events = await self._hub._storage.events_after(self.channel, self.cursor, PAGE, self.consumer)
+        except BaseException:
             self._reading = False
+            raise
+        self.take(events, {})
+
+    def take(self, events: list[Event], encoded: dict) -> None:
+        """Write the webhooks a read found, until the connection's buffer is
+        full; read again when more may follow.  ``encoded`` holds what other
+        streams of the same read encoded already."""
+        self._reading = False
+        for event in events:
+            if self._ended or self._paused_since is not None:
+                self._again = True
+                break
+            key = (self._spec.smee, event.id)
+            data = encoded.get(key)
+            if data is None:
+                data = encoded[key] = self._encode(event)
+            self._request.write(data)
+            self.cursor = event.id
+        else:
+            if len(events) == PAGE:
+                self._again = True
+        if self._again:
+            self.wake()
 
     def _failed(self, failure) -> None:
         log.failure("stream of channel {channel}", failure, channel=self.channel)

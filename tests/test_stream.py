@@ -150,6 +150,25 @@ async def test_one_read_per_stream_for_a_batch_of_stores(streams, monkeypatch):
 
 
 @pytest_twisted.ensureDeferred
+async def test_streams_at_the_same_position_share_a_read(streams, monkeypatch):
+    reads = []
+    events_after = streams.storage.events_after
+    monkeypatch.setattr(streams.storage, "events_after", lambda *a: reads.append(a) or events_after(*a))
+    opened = [streams.open(StreamSpec(after=0)) for _ in range(3)]
+    mine, mine_done = streams.open(StreamSpec(after=0, consumer="ci"))
+    await until(lambda: len(reads) == 4, what="each stream's first read")
+    await streams.store(hook(1, "ci"), hook(2))
+    await until(lambda: all(webhook_ids(r) == [1, 2] for r, _ in opened) and webhook_ids(mine) == [1])
+    # One read for the three at the same position, one for the consumer's.
+    assert sorted(a[3] or "" for a in reads[4:]) == ["", "ci"]
+    # A stream that fell behind reads on its own, and catches up.
+    late, late_done = streams.open(StreamSpec(after=1))
+    await until(lambda: webhook_ids(late) == [2])
+    for _, done in [*opened, (mine, mine_done), (late, late_done)]:
+        stop(done)
+
+
+@pytest_twisted.ensureDeferred
 async def test_keep_alive_comments_every_15_seconds(streams):
     request, done = streams.open(StreamSpec(after=0))
     await until(lambda: request.written)
