@@ -123,7 +123,7 @@ class StreamSpec:
             raw = None if raw is None else raw.strip()
             if not raw:
                 continue
-            if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_ID:
                 raise bad_request(f"'{name}' must be a webhook id")
             after = int(raw)
         consumer = scope(access, args.get("consumer"))

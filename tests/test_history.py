@@ -98,6 +98,7 @@ def test_listing_defaults_and_bounds():
         {"limit": "x"},
         {"before": "0"},
         {"before": "-1"},
+        {"before": "9" * 5000},
         {"since": "-5"},
         {"since": "1e12"},
         {"since": ".5"},

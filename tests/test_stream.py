@@ -321,7 +321,13 @@ def test_what_a_stream_request_asks_for():
     assert StreamSpec.parse(OWNER, {"after": "5"}, "9") == StreamSpec(after=9)
     assert StreamSpec.parse(OWNER, {"consumer": "chat"}, "") == StreamSpec(consumer="chat")
     assert StreamSpec.parse(CI, {}, None) == StreamSpec(consumer="ci")
-    for args, last in (({"after": "-1"}, None), ({"after": "x"}, None), ({}, "abc"), ({"format": "xml"}, None)):
+    for args, last in (
+        ({"after": "-1"}, None),
+        ({"after": "x"}, None),
+        ({}, "abc"),
+        ({}, "9" * 5000),
+        ({"format": "xml"}, None),
+    ):
         with pytest.raises(ApiError) as caught:
             StreamSpec.parse(OWNER, args, last)
         assert caught.value.code == "bad_request"
