@@ -33,10 +33,11 @@ log = Logger()
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 STATES = (PENDING, DELIVERED, DEAD, FILTERED)
-# Events read from the storage per query while a filter is applied, and
-# at most per listing request: a filter that matches little returns a short
-# page (even an empty one) with next_before, so one request stays cheap.
-SCAN_PAGE = 500
+# Events read from the storage per query while a filter is applied (or a
+# window is gathered for a replay), and at most per listing request: a
+# filter that matches little returns a short page (even an empty one) with
+# next_before, so one request stays cheap.  Each event read holds its body.
+SCAN_PAGE = 100
 SCAN_LIMIT = 2000
 # Webhooks a bulk replay queues again at most per call, and per transaction.
 MAX_REPLAY = 100_000
