@@ -442,7 +442,7 @@ class KwpApp:
         self.forwarders = forwarders
         self.streams = StreamHub(storage, clock)
         self.receiver = Receiver(storage, notifier, clock, self.streams)
-        self.history = History(storage, clock, wake=lambda channel: self.notifier.fire(channel))
+        self.history = History(storage, clock, wake=notifier.fire)
         self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
 
