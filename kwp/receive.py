@@ -128,7 +128,7 @@ class Received:
 class Receiver:
     """Steps 5-9 of §4.1 over a complete request."""
 
-    def __init__(self, storage, notifier: Notifier, clock, streams=None):
+    def __init__(self, storage, notifier: Notifier, clock, streams):
         self._storage = storage
         self._notifier = notifier
         self._clock = clock
@@ -173,6 +173,5 @@ class Receiver:
         if result is QUEUE_FULL:
             raise ApiError(503, "queue_full", "the channel's queue is full", {"Retry-After": "30"})
         self._notifier.fire(channel.name)
-        if self._streams is not None:
-            self._streams.stored(channel.name)
+        self._streams.stored(channel.name)
         return Received("ok", result)
