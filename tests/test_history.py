@@ -16,7 +16,7 @@ from kwp.auth import authorize
 from kwp.config import parse_config
 from kwp.errors import ApiError
 from kwp.history import History, Listing, Pruner, Window, encode_event, encode_page, replay_targets, retention
-from kwp.storage import Attempt, NewWebhook, Retention, Route
+from kwp.storage import Attempt, EventQuery, NewWebhook, Retention, Route
 from tests.test_storage import storage  # noqa: F401 (fixture)
 
 CONFIG = parse_config(
@@ -516,16 +516,16 @@ async def test_retention_and_history_max_from_the_config_prune_with_time(storage
     pruner = Pruner(storage, clock, interval=5, batch=100, pause=0.05)
     # history-max 3 on plain: the two oldest delivered go at once.
     assert await pruner.prune_pass() == 2
-    assert [e.id for e in await storage.events("plain", history.EventQuery(), 10)] == [5, 4, 3]
+    assert [e.id for e in await storage.events("plain", EventQuery(), 10)] == [5, 4, 3]
     # gh keeps 30 minutes; plain two hours; the pending webhook stays.
     clock.advance(1801)
     assert await pruner.prune_pass() == 1
-    assert [e.id for e in await storage.events("gh", history.EventQuery(), 10)] == [7]
+    assert [e.id for e in await storage.events("gh", EventQuery(), 10)] == [7]
     clock.advance(5399)
     assert await pruner.prune_pass() == 0
     clock.advance(1)
     assert await pruner.prune_pass() == 3
-    assert await storage.events("plain", history.EventQuery(), 10) == []
+    assert await storage.events("plain", EventQuery(), 10) == []
 
 
 def test_make_service_sets_the_retention_at_start_and_on_reload_and_runs_the_pruner(tmp_path):
