@@ -17,6 +17,7 @@ from twisted.python import usage
 from kwp.config import ConfigError, load_config, unsafe_settings
 from kwp.forward import Forwarders, http_client
 from kwp.logs import LOG_LEVELS, log_stream, make_access_log, make_log_observer
+from kwp.history import retention
 from kwp.notify import Notifier
 from kwp.ops import Reloader
 from kwp.storage import StorageError, open_storage, redacted
@@ -139,10 +140,10 @@ def _cannot_listen(error: CannotListenError) -> StartupError:
 
 
 class KwpService(MultiService):
-    """The storage, the forwarders, the pruner of delivery ids, the
-    listeners, and a stop in a fixed order: stop listening, let requests in
-    flight finish (bounded), let forward attempts in flight finish (bounded),
-    let a pruning batch finish, then close the database."""
+    """The storage, the forwarders, the pruner, the listeners, and a stop in
+    a fixed order: stop listening, end the streams, let requests in flight
+    finish (bounded), let the pruner's batch and forward attempts in flight
+    finish (bounded), then close the database."""
 
     def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
@@ -154,6 +155,8 @@ class KwpService(MultiService):
         # Called with the new Config after each reload (forwarders follow it).
         self.on_reload = self._reloader.hooks
         self.on_reload.append(lambda config: defer.ensureDeferred(app.forwarders.update(config)))
+        self.on_reload.append(lambda config: follow_retention(app.storage, config))
+        self.on_reload.append(app.streams.follow)
         self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)
@@ -220,20 +223,27 @@ class KwpService(MultiService):
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self.listeners])
         log.info("stopped listening; finishing requests in flight")
         self.app.notifier.close()
+        self.app.streams.close()
         for step, what in ((self.site.idle, "requests in flight"), (self.site.close_connections, "connections")):
             try:
                 yield step().addTimeout(STOP_GRACE, self._clock)
             except defer.TimeoutError:
                 log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
-        yield defer.maybeDeferred(self.app.forwarders.stopService)
         yield defer.maybeDeferred(self.pruner.stopService)
+        yield defer.maybeDeferred(self.app.forwarders.stopService)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
+
+
+def follow_retention(storage, config) -> None:
+    """The storage keeps the history as the config says."""
+    storage.retention = retention(config)
 
 
 def make_app(config, storage, reactor) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
     app's metrics."""
+    follow_retention(storage, config)
     notifier = Notifier()
     # Webhooks stored by this node or (PostgreSQL) another one wake as many
     # waiters of each queue.
@@ -241,6 +251,8 @@ def make_app(config, storage, reactor) -> KwpApp:
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders)
+    # Streams follow what is stored, by this node or another, too.
+    storage.on_stored(lambda channel, consumers: app.streams.stored(channel))
     forwarders.report = app.metrics.forward_outcome
     return app
 

@@ -23,9 +23,11 @@ from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bear
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
 from kwp.logs import printable
+from kwp.history import History, Listing, Window, encode_event, encode_page, replay_targets
 from kwp.ops import Metrics
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
+from kwp.stream import StreamHub, StreamSpec
 
 log = Logger()
 
@@ -479,6 +481,8 @@ class KwpApp:
         self.notifier = notifier
         self.clock = clock
         self.forwarders = forwarders
+        self.streams = StreamHub(storage, clock)
+        self.history = History(storage, clock, wake=notifier.fire)
         self.metrics = Metrics(lambda: self.config, storage, clock)
         self.receiver = Receiver(storage, clock, self.metrics.filter_failed)
         self.puller = Puller(storage, notifier, clock)
@@ -490,9 +494,10 @@ class KwpApp:
         """The config a request started with, even if a reload came since."""
         return getattr(request, "kwp_config", None) or self.config
 
-    def _access(self, request, name: str) -> Access:
+    def _access(self, request, name: str, authorization: str | None = None) -> Access:
+        """What the request's token (or ``authorization``) reaches of the channel."""
         request.kwp_channel = name
-        return authorize(self._config(request), name, _authorization(request))
+        return authorize(self._config(request), name, authorization or _authorization(request))
 
     async def _queue(self, request, name: str, kind: str | None = None) -> tuple[Channel, str]:
         """The channel and the consumer whose queue a per-queue request acts
@@ -740,3 +745,53 @@ class KwpApp:
         config = self._config(request)
         authorize_admin(config, _authorization(request))
         return _json(request, redacted(config))
+
+    # --- the history (§8) and the live stream (§9) ---
+
+    @app.route("/api/webhook/<string:name>/events", methods=["GET"])
+    async def events(self, request, name):
+        access = self._access(request, name)
+        items, next_before = await self.history.page(access, Listing.parse(access, _args(request)))
+        request.setHeader(b"content-type", b"application/json")
+        return encode_page(items, next_before)
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>", methods=["GET"])
+    async def event(self, request, name, webhook_id):
+        access = self._access(request, name)
+        event = await self.history.event(access, webhook_id)
+        request.setHeader(b"content-type", b"application/json")
+        return encode_event(event, with_log=True)
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>/replay", methods=["POST"])
+    async def replay(self, request, name, webhook_id):
+        access = self._access(request, name)
+        targets = replay_targets(access, request.content.read())
+        return _json(request, await self.history.replay(access, webhook_id, targets))
+
+    @app.route("/api/webhook/<string:name>/replay", methods=["POST"])
+    async def replay_window(self, request, name):
+        access = self._access(request, name)
+        count, next_after = await self.history.replay_window(access, Window.parse(access, request.content.read()))
+        return _json(request, {"count": count, "next_after": next_after})
+
+    @app.route("/api/webhook/<string:name>/events/<int:webhook_id>", methods=["DELETE"])
+    async def purge(self, request, name, webhook_id):
+        await self.history.purge(self._access(request, name), webhook_id)
+        request.setResponseCode(http.NO_CONTENT)
+        return b""
+
+    @app.route("/api/webhook/<string:name>/stream", methods=["GET"])
+    async def stream(self, request, name):
+        # Here a ?token= stands in for a missing Authorization header: smee
+        # clients and browsers' EventSource cannot send one.
+        token = _args(request).get("token")
+        authorization = _authorization(request) or (token and f"Bearer {token}")
+        access = self._access(request, name, authorization)
+        last_event_id = request.getHeader(b"last-event-id")
+        spec = StreamSpec.parse(access, _args(request), last_event_id and last_event_id.decode("latin-1"))
+        if request.method == b"HEAD":
+            self.streams.check_room(access.channel.name)
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.setHeader(b"cache-control", b"no-cache")
+            return b""
+        return await self.streams.open(request, access.channel.name, spec, authorization)

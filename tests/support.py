@@ -22,6 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent
 from urllib.parse import urlsplit
 
@@ -240,6 +241,50 @@ async def until(condition, timeout: float = 10.0, what: str = "condition") -> No
         await task.deferLater(reactor, 0.02, lambda: None)
 
 
+def sse_events(text: bytes | str) -> list[dict[str, str]]:
+    """The fields of each block of a text/event-stream (comments left out;
+    a block of comments only is no event)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+        if fields:
+            found.append(fields)
+    return found
+
+
+class SSEReader(Protocol):
+    """Reads a response body as it arrives: ``response.deliverBody(reader)``
+    on a ``treq.get(..., unbuffered=True)`` answer."""
+
+    def __init__(self):
+        self.received = b""
+        self.closed = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(None)
+
+    def events(self) -> list[dict[str, str]]:
+        # Only complete blocks: the last one may still be arriving.
+        return sse_events(self.received.rpartition(b"\n\n")[0])
+
+    def webhooks(self) -> list[dict]:
+        """The data of each event that carries a webhook (kwp's or smee's format)."""
+        return [json.loads(e["data"]) for e in self.events() if "data" in e and e.get("event") in (None, "webhook")]
+
+    def drop(self) -> None:
+        """Close the connection from the client's side."""
+        self.transport.stopProducing()
+
+
 def metric_samples(text: bytes | str) -> dict[str, dict[tuple, float]]:
     """{sample name: {sorted label items: value}} of a Prometheus exposition."""
     if isinstance(text, bytes):
@@ -364,3 +409,41 @@ class Daemon:
 def daemon_in(workdir: Path, config_data: dict) -> Daemon:
     """A started daemon with its config and database in workdir."""
     return Daemon(workdir, write_config(workdir / "config.yml", config_data), workdir / "kwp.db").start()
+
+
+# npm packages the tests run, installed once per machine.
+NPM_CACHE = Path(tempfile.gettempdir()) / "kwp-tests-npm"
+
+
+def npm_package(spec: str) -> Path:
+    """The node_modules folder holding the npm package spec (name@version),
+    installed by the machine's npm on first use.  A missing npm skips the
+    test; an install that fails fails it."""
+    import pytest
+
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    folder = NPM_CACHE / spec.replace("/", "+")
+    modules = folder / "node_modules"
+    if (folder / ".installed").exists():
+        return modules
+    # Installed beside, then moved in: parallel runs never see half an install.
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=NPM_CACHE))
+    result = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(work), spec],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"npm install {spec} failed:\n{result.stdout}\n{result.stderr}")
+    (work / ".installed").touch()
+    try:
+        work.rename(folder)
+    except OSError:
+        # Another run installed it first.
+        shutil.rmtree(work, ignore_errors=True)
+    return modules

@@ -432,13 +432,13 @@ async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_b
     storage.prune_seen = counting
     clock = Clock()
     clock.advance(now - 60)
-    pruner = Pruner(storage, lambda: config, clock, interval=60, batch=2)
+    pruner = Pruner(storage, lambda: config, clock, interval=60, seen_interval=60, seen_batch=2)
     pruner.startService()
     try:
         clock.advance(59)
         assert batches == []
         clock.advance(1)
-        await until(lambda: not pruner._busy, what="the pruning run")
+        await until(lambda: not pruner.busy, what="the pruning run")
     finally:
         await pruner.stopService()
         await storage.stopService()
@@ -468,14 +468,18 @@ class FlakyIds:
         self.batches.append(Deferred())
         return self.batches[-1]
 
+    def prune(self, now, batch):
+        return succeed(0)
+
 
 def test_a_failed_run_is_logged_and_the_timer_goes_on_and_a_stop_waits_for_the_batch(captured_log):
     ids = FlakyIds()
     clock = Clock()
-    pruner = Pruner(ids, lambda: parse_config({"channels": [{"name": "a", "token": "t"}]}), clock, 60, batch=10)
+    config = parse_config({"channels": [{"name": "a", "token": "t"}]})
+    pruner = Pruner(ids, lambda: config, clock, 60, seen_interval=60, seen_batch=10)
     pruner.startService()
     clock.advance(60)
-    assert "pruning delivery ids failed" in captured_log.text()
+    assert "pruning failed" in captured_log.text()
     clock.advance(60)
     assert len(ids.batches) == 1
     ids.batches[0].callback(10)
