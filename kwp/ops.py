@@ -8,11 +8,11 @@ reload, has no series.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 
 from kwp import verify
@@ -161,6 +161,47 @@ class Metrics:
             log.failure("metrics: cannot read the queue statistics")
             stats = None
         return generate_latest(_Scrape(self.registry, self._config(), stats, self._clock.seconds()))
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def channels_overview(storage, channels: Sequence[Channel]) -> dict:
+    """The body of GET /api/channels for these channels: each with its one
+    consumer, ``default``, and that queue's figures."""
+    stats = await storage.queue_stats()
+    pushed = [c.name for c in channels if c.forward is not None]
+    forward = await storage.forward_stats(pushed) if pushed else {}
+    states = dict(zip(pushed, await gatherResults([storage.channel_state(name) for name in pushed])))
+    listed = []
+    for channel in channels:
+        size, oldest = stats.get(channel.name, (0, None))
+        consumer = {
+            "name": "default",
+            "kind": "pull",
+            "queue_size": size,
+            "oldest_pending_at": _seconds(oldest),
+            "dead": 0,
+            "paused": False,
+            "last_success_at": None,
+            "last_error_at": None,
+            "last_error_message": None,
+        }
+        if channel.forward is not None:
+            dead, oldest = forward[channel.name]
+            state = states[channel.name]
+            consumer.update(
+                kind="push",
+                oldest_pending_at=_seconds(oldest),
+                dead=dead,
+                paused=state.paused,
+                last_success_at=_seconds(state.last_success_at),
+                last_error_at=_seconds(state.last_error_at),
+                last_error_message=state.last_error_message,
+            )
+        listed.append({"name": channel.name, "provider": channel.provider, "consumers": [consumer]})
+    return {"channels": listed}
 
 
 def describe_change(old: Config, new: Config) -> str:

@@ -108,6 +108,9 @@ class Options(usage.Options):
         self["log-level"] = self["log-level"].lower()
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be debug, info, warn or error, got {self['log-level']!r}")
+        # The Rust project's variable, kept out of the command line (and so
+        # out of ps) on purpose.
+        self["ui-access-token"] = self.environ.get("UI_ACCESS_TOKEN") or None
 
 
 # By default the collector's youngest generation is collected every 700 new
@@ -244,13 +247,13 @@ class KwpService(MultiService):
         log.info("kwp stopped")
 
 
-def make_app(config, storage, reactor) -> KwpApp:
+def make_app(config, storage, reactor, ui_token: str | None = None) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
-    app's metrics."""
+    app's metrics; ui_token is an admin token besides the config's."""
     notifier = Notifier()
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
-    app = KwpApp(config, storage, notifier, reactor, forwarders)
+    app = KwpApp(config, storage, notifier, reactor, forwarders, ui_token)
     forwarders.report = app.metrics.forward_outcome
     return app
 
@@ -262,6 +265,10 @@ def makeService(options, reactor=None):
         config = load_config(options["config"])
     except ConfigError as e:
         raise SystemExit("kwp: invalid configuration:\n" + "\n".join(f"  {line}" for line in e.errors))
+    ui_token = options["ui-access-token"]
+    shared = next((c.name for c in config.channels if c.token == ui_token), None)
+    if shared is not None:
+        raise SystemExit(f"kwp: UI_ACCESS_TOKEN is the api-read-token of channel {shared!r}; give it a token of its own")
     try:
         storage = open_storage(options["database"], reactor)
     except StorageError as e:
@@ -270,7 +277,7 @@ def makeService(options, reactor=None):
         listeners = [endpoints.serverFromString(reactor, desc) for desc in options["listen"]]
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
-    app = make_app(config, storage, reactor)
+    app = make_app(config, storage, reactor, ui_token)
     access_log = make_access_log(options["log-format"], options["log-level"])
     site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"], access_log)
     observer = make_log_observer(options["log-format"], options["log-level"])

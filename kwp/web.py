@@ -18,11 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from kwp import __version__, verify
-from kwp.auth import authorize, authorize_admin
+from kwp import __version__, console, verify
+from kwp.auth import authorize, authorize_admin, visible_channels
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
-from kwp.ops import Metrics
+from kwp.ops import Metrics, channels_overview
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
 
@@ -432,12 +432,15 @@ class KwpRoot(Resource):
 class KwpApp:
     app = Klein()
 
-    def __init__(self, config: Config, storage, notifier, clock, forwarders=None):
+    def __init__(self, config: Config, storage, notifier, clock, forwarders=None, ui_token: str | None = None):
         self.config = config
         self.storage = storage
         self.notifier = notifier
         self.clock = clock
         self.forwarders = forwarders
+        # UI_ACCESS_TOKEN: an admin token from the environment, beside the config's.
+        self.ui_token = ui_token
+        self.console = console.Console()
         self.receiver = Receiver(storage, notifier, clock)
         self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
@@ -451,7 +454,7 @@ class KwpApp:
 
     def _authorize(self, request, name: str):
         request.kwp_channel = name
-        return authorize(self._config(request), name, _authorization(request))
+        return authorize(self._config(request), name, _authorization(request), self.ui_token)
 
     def _authorize_forward(self, request, name: str):
         channel = self._authorize(request, name)
@@ -670,5 +673,22 @@ class KwpApp:
     @app.route("/api/config", methods=["GET"])
     def effective_config(self, request):
         config = self._config(request)
-        authorize_admin(config, _authorization(request))
+        authorize_admin(config, _authorization(request), self.ui_token)
         return _json(request, redacted(config))
+
+    @app.route("/api/channels", methods=["GET"])
+    async def channels(self, request):
+        channels = visible_channels(self._config(request), _authorization(request), self.ui_token)
+        return _json(request, await channels_overview(self.storage, channels))
+
+    @app.route("/", methods=["GET"])
+    def home(self, request):
+        return console.redirect(request)
+
+    @app.route("/ui", methods=["GET"])
+    def console_without_slash(self, request):
+        return console.redirect(request)
+
+    @app.route("/ui/", methods=["GET"], branch=True)
+    def console_files(self, request):
+        return self.console

@@ -130,9 +130,14 @@ class IStorage(Interface):
 
     def clear(channel: str):
         """Deferred number of webhooks of channel deleted."""
+
     def queue_stats():
         """Deferred dict: channel name -> (number stored, received_at of the
         oldest), for the channels that have anything stored."""
+
+    def forward_stats(channels: list[str]):
+        """Deferred dict: channel name -> (number of dead webhooks, received_at
+        of the oldest pending one or None), for each of channels."""
 
     def ping():
         """Deferred that fires when the database answers."""

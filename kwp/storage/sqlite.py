@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kwp.storage import (
+    DEAD,
     DUPLICATE,
     PENDING,
     QUEUE_FULL,
@@ -354,6 +355,8 @@ def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardI
 def _clear(txn, channel) -> int:
     txn.execute("DELETE FROM webhooks WHERE channel = ?", (channel,))
     return txn.rowcount
+
+
 def _queue_stats(txn) -> dict[str, tuple[int, float]]:
     # Counting walks the (channel, id) index only; ids grow with receive
     # time, so the oldest row of a channel is the one with its smallest id.
@@ -363,6 +366,20 @@ def _queue_stats(txn) -> dict[str, tuple[int, float]]:
         " JOIN webhooks AS w ON w.id = c.first"
     )
     return {channel: (count, oldest) for channel, count, oldest in txn.fetchall()}
+
+
+def _forward_stats(txn, channels) -> dict[str, tuple[int, float | None]]:
+    # Both walk the (channel, state, id) index.
+    stats = {}
+    for channel in channels:
+        txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ? AND state = ?", (channel, DEAD))
+        dead = txn.fetchone()[0]
+        txn.execute(
+            "SELECT received_at FROM webhooks WHERE channel = ? AND state = ? ORDER BY id LIMIT 1", (channel, PENDING)
+        )
+        row = txn.fetchone()
+        stats[channel] = (dead, row[0] if row else None)
+    return stats
 
 
 # SQLite result codes that mean "cannot write now" rather than "broken".
@@ -537,6 +554,9 @@ class SQLiteStorage(Service):
 
     def queue_stats(self) -> Deferred:
         return self._run(_queue_stats)
+
+    def forward_stats(self, channels) -> Deferred:
+        return self._run(_forward_stats, list(channels))
 
     def ping(self) -> Deferred:
         return self._run(_ping)
