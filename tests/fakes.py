@@ -1,6 +1,6 @@
 """Threadless stand-ins for tests on a task.Clock: an in-memory IStorage with
 the claim/lease/ack semantics of kwp.storage.sqlite, a storage that only
-answers queue_stats, and the part of a twisted.web Request that
+answers the queue figures, and the part of a twisted.web Request that
 kwp.pull.Puller uses."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kwp.storage import IStorage, NewWebhook, StoredWebhook
+from kwp.storage import ChannelState, IStorage, NewWebhook, StoredWebhook
 
 
 @dataclass
@@ -91,16 +91,26 @@ class MemoryStorage:
 
 
 class FakeStorage:
-    """Answers queue_stats at once with stats ({channel: (depth, oldest
-    received_at)}), or fails with it when it is an exception."""
+    """Answers the queue figures at once: queue_stats with stats ({channel:
+    (depth, oldest received_at)}), or fails with it when it is an exception;
+    forward_stats with forward ({channel: (dead, oldest pending
+    received_at)}); channel_state with states ({channel: ChannelState})."""
 
-    def __init__(self, stats=None):
+    def __init__(self, stats=None, forward=None, states=None):
         self.stats = stats or {}
+        self.forward = forward or {}
+        self.states = states or {}
 
     def queue_stats(self):
         if isinstance(self.stats, Exception):
             return fail(self.stats)
         return succeed(dict(self.stats))
+
+    def forward_stats(self, channels):
+        return succeed({name: self.forward.get(name, (0, None)) for name in channels})
+
+    def channel_state(self, channel):
+        return succeed(self.states.get(channel, ChannelState()))
 
 
 class _Transport:

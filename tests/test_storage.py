@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageError, open_storage
+from kwp.storage import DEAD, DUPLICATE, PENDING, QUEUE_FULL, NewWebhook, StorageError, open_storage
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 
 
@@ -218,3 +218,17 @@ async def test_queue_stats_count_each_channel_and_give_its_oldest_arrival(storag
     for channel, at in [("a", 30.0), ("b", 10.0), ("a", 40.0), ("b", 20.0), ("b", 50.0)]:
         await storage.insert(NewWebhook(channel, "{}", b"{}", at))
     assert await storage.queue_stats() == {"a": (2, 30.0), "b": (3, 10.0)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_stats_count_dead_webhooks_and_give_the_oldest_pending_arrival(storage):
+    ids = [await storage.insert(NewWebhook(channel, "{}", b"{}", at)) for channel, at in
+           [("a", 10.0), ("a", 20.0), ("a", 30.0), ("b", 40.0), ("c", 50.0)]]
+    # The oldest of a is dead: the oldest pending one is the next.
+    await storage.forward_failed("a", ids[0], 60.0, "unexpected status 500", None, DEAD)
+    await storage.forward_failed("a", ids[1], 60.0, "unexpected status 500", 90.0, PENDING)
+    await storage.forward_failed("b", ids[3], 60.0, "unexpected status 500", None, DEAD)
+    stats = await storage.forward_stats(["a", "b", "empty"])
+    assert stats == {"a": (1, 20.0), "b": (1, None), "empty": (0, None)}
+    assert await storage.forward_stats([]) == {}
+
