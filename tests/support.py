@@ -26,6 +26,19 @@ from kwp.web import KwpSite
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+# Debian's Chromium, which Playwright drives (make test installs it): the
+# browser Playwright would download cannot be fetched here.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Stock twistd ends by re-raising the signal it stopped on.
 CLEAN_EXIT = (0, -signal.SIGTERM)
 

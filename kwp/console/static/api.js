@@ -69,9 +69,11 @@ async function errorOf(response, method, path) {
 /**
  * One call of the API: resolves with the parsed JSON (null for an empty
  * answer), rejects with an ApiError.  `body` is sent as is, `json` encoded;
- * `token` replaces the session's (the sign-in check).
+ * `token` replaces the session's (the sign-in check); `receive` marks a call
+ * that answers what the receive path answered, whose 401 is about the
+ * webhook's secret, not about the token.
  */
-export async function call(method, path, { query, json, body, token, signal, headers } = {}) {
+export async function call(method, path, { query, json, body, token, signal, headers, receive = false } = {}) {
   const url = withQuery(path, query);
   const sent = { Accept: "application/json", Authorization: `Bearer ${token ?? session.token() ?? ""}`, ...headers };
   if (json !== undefined) body = JSON.stringify(json);
@@ -85,7 +87,7 @@ export async function call(method, path, { query, json, body, token, signal, hea
   }
   if (!response.ok) {
     const error = await errorOf(response, method, path);
-    if (response.status === 401 && token === undefined) events.dispatchEvent(new CustomEvent("unauthorized", { detail: error }));
+    if (response.status === 401 && token === undefined && !receive) events.dispatchEvent(new CustomEvent("unauthorized", { detail: error }));
     throw error;
   }
   const text = await response.text();

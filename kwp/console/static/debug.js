@@ -47,12 +47,13 @@ export function show(root, { channel }, app, signal) {
     const json = { payload: parsed };
     if (secret.value) json.secret = secret.value;
     try {
-      const received = await call("POST", channelPath(channel, "test-send"), { json, signal });
+      const received = await call("POST", channelPath(channel, "test-send"), { json, signal, receive: true });
       replace(answer, h("h2", null, "kwp answered"), h("p", { class: "success" }, "200: the receive path accepted it."), h("pre", { class: "answer" }, pretty(received)));
       app.channels.refresh();
     } catch (error) {
       if (error.name !== "AbortError") {
-        replace(answer, h("h2", null, "kwp answered"), errorBox(`Refused: ${error.words}`));
+        const words = error.status ? `Refused: ${error.detail} (${error.status} ${error.code}).` : error.words;
+        replace(answer, h("h2", null, "kwp answered"), errorBox(words));
       }
     }
   }
