@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yml
 
-.PHONY: run test install bench clean
+.PHONY: run test install chromium bench clean
 
 # Compat editable mode puts the repository root on sys.path, which is what lets
 # twistd find twisted/plugins/kwp_plugin.py from any directory.
@@ -18,8 +18,14 @@ install: $(BIN)/twistd
 run: install
 	$(BIN)/twistd -n kwp --config $(CONFIG)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's Chromium (Playwright cannot
+# download its own browser here); installing it needs root.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update && apt-get install -y chromium; } >/dev/null 2>&1 || true
+	@test -x /usr/bin/chromium || { echo "make test: /usr/bin/chromium is missing and could not be installed; run 'apt-get install -y chromium' as root" >&2; exit 1; }
 
 # wrk comes from Debian's packages; BENCH_ARGS=--quick for a smoke run.
 bench: install

@@ -179,6 +179,16 @@ def test_sign_in_keeps_the_token_in_the_tab_and_sign_out_forgets_it(page):
     expect(page.locator("#token")).to_be_visible()
 
 
+def test_a_token_kwp_no_longer_accepts_ends_the_session_in_words(page):
+    # As after a reload of config.yml took the token away.
+    page.goto("/")
+    page.evaluate("sessionStorage.setItem('kwp.token', 'removed-by-a-reload')")
+    page.reload()
+    expect(page.locator("main")).to_contain_text("kwp no longer accepts this token: unknown token. Sign in again.")
+    expect(page.locator("#token")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
 def test_ui_access_token_signs_in_as_an_admin(page):
     sign_in(page, UI_TOKEN)
     assert rows(page) == ["github/default", "open/default", "push/default", "dead/default"]
@@ -430,7 +440,7 @@ def test_the_event_stream_parser_follows_the_sse_format(page):
 def _event(webhook_id: int, state: str, now: float) -> dict:
     return {
         "id": webhook_id,
-        "received_at": int(now) - 60 * webhook_id,
+        "received_at": int(now) - 60 * (3 - webhook_id),
         "size": 27,
         "headers": {"content-type": "application/json", "x-github-event": "push"},
         "payload": {"ref": "refs/heads/main", "n": webhook_id},

@@ -124,7 +124,6 @@ function applyTheme(theme) {
   if (theme === "auto") document.documentElement.removeAttribute("data-theme");
   else document.documentElement.setAttribute("data-theme", theme);
   themeButton.textContent = `Theme: ${theme}`;
-  themeButton.setAttribute("aria-label", `Colour theme: ${theme}. Press to change.`);
 }
 
 function storedTheme() {

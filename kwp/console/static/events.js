@@ -163,7 +163,7 @@ function showList(root, { channel, info, query }, app, signal) {
       h("td", { "data-label": "Event" }, h("a", { href: channelLink(channel, `events/${item.id}`) }, `#${item.id}`)),
       h("td", { "data-label": "Received" }, timeAgo(item.received_at)),
       h("td", { "data-label": "Size", class: "num" }, `${item.size} B`),
-      h("td", { "data-label": "Deliveries" }, item.consumers.length ? item.consumers.map((c) => [c.name, " ", stateBadge(c.state), " "]) : stateBadge("filtered")),
+      h("td", { "data-label": "Deliveries" }, h("span", null, item.consumers.length ? item.consumers.map((c) => [c.name, " ", stateBadge(c.state), " "]) : stateBadge("filtered"))),
       h("td", { "data-label": "Payload" }, h("code", null, text.length > 80 ? `${text.slice(0, 80)}…` : text)),
     );
   }
@@ -191,7 +191,7 @@ function showList(root, { channel, info, query }, app, signal) {
       h(
         "table",
         { class: "rows", id: "events" },
-        h("thead", null, h("tr", null, ["", "Event", "Received", "Size", "Deliveries", "Payload"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", null, h("tr", null, ["Select", "Event", "Received", "Size", "Deliveries", "Payload"].map((t) => h("th", { scope: "col" }, t)))),
         rows,
       ),
     ),

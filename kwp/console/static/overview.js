@@ -16,7 +16,8 @@ function lastError(consumer) {
 }
 
 function row(channel, consumer) {
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
+  // One child per cell: on a phone a cell is a flex row of its label and that child.
+  const cell = (label, ...content) => h("td", { "data-label": label }, h("span", null, ...content));
   const href = channelLink(channel.name, "queue", consumerQuery(channel, consumer.name));
   return h(
     "tr",
