@@ -16,7 +16,7 @@ export function h(tag, props, ...children) {
   return element;
 }
 
-export function append(element, children) {
+function append(element, children) {
   for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     element.append(child instanceof Node ? child : String(child));
@@ -36,7 +36,7 @@ export function when(seconds) {
 }
 
 /** How long ago unix seconds were, in words: "12 s", "3 min", "2 h", "4 d". */
-export function age(seconds, now = Date.now() / 1000) {
+function age(seconds, now = Date.now() / 1000) {
   if (seconds === null || seconds === undefined) return "—";
   const d = Math.max(0, now - seconds);
   if (d < 60) return `${Math.floor(d)} s`;
@@ -71,7 +71,7 @@ export function headersTable(headers) {
 }
 
 /** Put text on the clipboard; resolves with whether it worked. */
-export async function copyText(text) {
+async function copyText(text) {
   try {
     await navigator.clipboard.writeText(text);
     return true;

@@ -57,11 +57,11 @@ export class SSEParser {
 }
 
 /**
- * Read one stream of path until it ends; resolves with the last event id
- * seen, which the next call passes on as Last-Event-ID to miss nothing.
- * Rejects with an ApiError when kwp refuses it.
+ * Read one stream of path until it ends, sending lastEventId as
+ * Last-Event-ID so that the server starts after it.  Rejects with an
+ * ApiError when kwp refuses the stream.
  */
-export async function readStream(path, { lastEventId = "", signal, onOpen = () => {}, onEvent, onComment, onRetry } = {}) {
+export async function readStream(path, { lastEventId = "", signal, onOpen, onEvent, onRetry }) {
   const headers = { Accept: "text/event-stream" };
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
   const response = await open(path, { headers, signal });
@@ -70,17 +70,16 @@ export async function readStream(path, { lastEventId = "", signal, onOpen = () =
     throw new Error(`GET ${path} answered ${type || "no content type"}, not an event stream`);
   }
   onOpen();
-  const parser = new SSEParser(onEvent, onComment, lastEventId);
+  const parser = new SSEParser(onEvent, undefined, lastEventId);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
       parser.push(value);
-      if (parser.retry !== null && onRetry) onRetry(parser.retry);
+      if (parser.retry !== null) onRetry(parser.retry);
     }
   } finally {
     reader.releaseLock();
   }
-  return parser.lastEventId;
 }
