@@ -268,7 +268,7 @@ def makeService(options, reactor=None):
     ui_token = options["ui-access-token"]
     shared = next((c.name for c in config.channels if c.token == ui_token), None)
     if shared is not None:
-        raise SystemExit(f"kwp: UI_ACCESS_TOKEN is the api-read-token of channel {shared!r}; give it a token of its own")
+        raise SystemExit(f"kwp: UI_ACCESS_TOKEN is the api-read-token of channel {shared!r}; give it its own token")
     try:
         storage = open_storage(options["database"], reactor)
     except StorageError as e:

@@ -70,7 +70,8 @@ def ask(stub, method: str, path: str, token: str | None = None, **kwargs) -> Ans
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     done = []
-    stub.request(method, f"http://kwp.test{path}", headers=headers, allow_redirects=False, **kwargs).addBoth(done.append)
+    d = stub.request(method, f"http://kwp.test{path}", headers=headers, allow_redirects=False, **kwargs)
+    d.addBoth(done.append)
     stub.flush()
     response = done[0]
     if not hasattr(response, "code"):
@@ -215,8 +216,9 @@ def test_api_channels_needs_a_valid_token(authorization):
 
 def test_head_api_channels_answers_like_get_without_a_body():
     stub = stub_app()
-    assert (ask(stub, "HEAD", "/api/channels", "open-token").code, ask(stub, "HEAD", "/api/channels").code) == (200, 401)
-    assert ask(stub, "HEAD", "/api/channels", "open-token").body == b""
+    head = ask(stub, "HEAD", "/api/channels", "open-token")
+    assert (head.code, head.body, head.headers["content-type"]) == (200, b"", "application/json")
+    assert ask(stub, "HEAD", "/api/channels").code == 401
 
 
 def test_ui_access_token_is_an_admin_token_for_the_whole_api():
