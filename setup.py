@@ -15,6 +15,8 @@ setup(
         "treq>=23.11",
         "pyyaml>=6.0",
         "prometheus-client>=0.20",
+        "jmespath>=1.0",
+        "psycopg[binary]>=3.1",
     ],
     extras_require={
         "test": [
@@ -25,6 +27,7 @@ setup(
             "supervisor>=4.2",
             "slack_sdk>=3.26",
             "standardwebhooks>=1.0",
+            "svix>=1.0",
             "stripe>=7.0",
             "schemathesis>=4.0",
             "playwright>=1.40",

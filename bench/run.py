@@ -1,14 +1,25 @@
-"""kwp's benchmark: the real ``twistd -n kwp`` side by side with a bare Klein
-app (bench/baseline.py) under the same wrk load, interleaved round by round.
+"""kwp's benchmark: the real ``twistd -n kwp`` side by side with the servers
+a user would otherwise run, under the same wrk load, interleaved round by
+round.
 
     python bench/run.py            # the full run (make bench)
     python bench/run.py --quick    # tiny counts and 1-second wrk runs (smoke test)
 
-Every server listens on 127.0.0.1 with a temporary config and database.  The
-figures are ratios measured in the same round, so that the load of the machine
-weighs on both sides alike; each round's ratio is printed and the median is
-judged against the targets of issue 7.  After every kwp load round the rows in
-the database are counted and compared with the 2xx answers wrk saw.
+The peers on durable receive: a bare Klein app (bench/baseline.py), a bare
+twisted.web Resource that stores nothing (bench/bare.py, the floor for one
+Twisted process), FastAPI on uvicorn committing each webhook to SQLite
+(bench/fastapi_app.py, in bench/.venv-fastapi) and Express with
+better-sqlite3 doing the same (bench/express/); ``make bench`` installs the
+last two.  The drain is compared with an in-memory server
+(bench/memory_drain.py); push throughput is measured against a local target
+that answers at once (bench/push_target.py).
+
+Every server listens on 127.0.0.1 with a temporary config and database, on
+one CPU; wrk, the clients and the push target run on the other.  The
+figures are ratios measured in the same round, so that the load of the
+machine weighs on both sides alike; each round's ratio is printed and the
+median is judged.  After every load round of a durable server its rows are
+counted and compared with the 2xx answers wrk saw.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,10 +44,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kwpdb
+
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
-LUA = ROOT / "bench" / "post.lua"
-BASELINE = ROOT / "bench" / "baseline.py"
+LUA = BENCH / "post.lua"
+FASTAPI_PYTHON = BENCH / ".venv-fastapi" / "bin" / "python"
+EXPRESS = BENCH / "express"
 CHANNEL = "bench"
 TOKEN = "bench-read-token"
 BODY = (
@@ -48,22 +64,43 @@ STORED_HEADERS = json.dumps(
 )
 START_TIMEOUT = 30
 STOP_TIMEOUT = 30
+# Servers run on SERVER_CPU; wrk, the clients and the push target on LOAD_CPU.
+SERVER_CPU, LOAD_CPU = 0, 1
+PINNED = (os.cpu_count() or 1) >= 2
 
+PEERS = ("klein", "twisted", "fastapi", "express")
+# kwp's durable receive against each peer: the least ratio, and the target.
+PEER_TARGETS = {
+    "klein": (0.8, "durable receive >= 0.8x the bare Klein app"),
+    "twisted": (0.9, "durable receive >= 0.9x the bare twisted.web Resource (stores nothing)"),
+    "fastapi": (2.0, "durable receive >= 2.0x FastAPI + uvicorn + SQLite"),
+    "express": (1.5, "durable receive >= 1.5x Express + better-sqlite3"),
+}
 TARGETS = {
-    "receive": "durable receive >= 0.8x baseline",
-    "idle_rss": "idle RSS <= 1.3x baseline",
+    **{peer: text for peer, (_, text) in PEER_TARGETS.items()},
+    "idle_rss": "idle RSS <= 1.3x the bare Klein app",
+    "pending": "receive with 1M pending >= 0.9x empty",
+    "drain_ratio": "100k drain >= 0.5x the in-memory server",
     "drain_rss": "100k drain RSS growth < 60 MB",
     "drain_rate": "100k drain >= 20,000 webhooks/s",
+    "push_1": "push in order (concurrency 1) >= 1,500 webhooks/s",
+    "push_8": "push with concurrency 8 >= 3,000 webhooks/s",
     "longpoll": "long-poll wake p50 < 20 ms",
     "forward": "forward p50 < 50 ms",
-    "pending": "receive with 1M pending >= 0.9x empty",
+    "scrape": "receive p99 with 4 scrapers and 400k pending <= 2x unscraped",
 }
+SCRAPERS = 4
+PUSH_TARGETS = {1: ("push_1", 1500), 8: ("push_8", 3000)}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command] if PINNED else command
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -89,10 +126,26 @@ def percentile(values, p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def wait_listening(port: int, proc: subprocess.Popen, name: str, describe) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{describe()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen within {START_TIMEOUT}s")
+
+
 class Server:
-    """A server process on 127.0.0.1:port, its output in a log file."""
+    """A server process on 127.0.0.1:port, pinned to SERVER_CPU, its output
+    in a log file.  A durable server has a database whose rows stored()
+    counts; the others store nothing (stored() is None)."""
 
     name = "server"
+    db: Path | None = None
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -103,24 +156,24 @@ class Server:
     def args(self) -> list[str]:
         raise NotImplementedError
 
+    def stored(self) -> int | None:
+        return None
+
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def start(self) -> "Server":
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.args(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not listen within {START_TIMEOUT}s")
+            self.proc = subprocess.Popen(
+                pinned(SERVER_CPU, self.args()), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_listening(self.port, self.proc, self.name, self.log_path.read_text)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def rss_kb(self) -> int:
         return proc_status_kb(self.pid, "VmRSS")
@@ -149,15 +202,47 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-class Baseline(Server):
-    name = "baseline"
-
-    def __init__(self, workdir: Path, form_parsing: bool = True):
-        super().__init__(workdir)
-        self.form_parsing = form_parsing
+class Klein(Server):
+    name = "klein"
 
     def args(self) -> list[str]:
-        return [sys.executable, str(BASELINE), str(self.port)] + ([] if self.form_parsing else ["--no-form-parsing"])
+        return [sys.executable, str(BENCH / "baseline.py"), str(self.port)]
+
+
+class BareTwisted(Server):
+    name = "twisted"
+
+    def args(self) -> list[str]:
+        return [sys.executable, str(BENCH / "bare.py"), str(self.port)]
+
+
+class DurablePeer(Server):
+    """A peer that commits one row per POST to its own SQLite table."""
+
+    def __init__(self, workdir: Path, db: Path):
+        super().__init__(workdir)
+        self.db = db
+
+    def stored(self) -> int:
+        connection = sqlite3.connect(self.db)
+        try:
+            return connection.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
+        finally:
+            connection.close()
+
+
+class FastAPI(DurablePeer):
+    name = "fastapi"
+
+    def args(self) -> list[str]:
+        return [str(FASTAPI_PYTHON), str(BENCH / "fastapi_app.py"), str(self.port), str(self.db)]
+
+
+class Express(DurablePeer):
+    name = "express"
+
+    def args(self) -> list[str]:
+        return ["node", str(EXPRESS / "server.js"), str(self.port), str(self.db)]
 
 
 class Kwp(Server):
@@ -182,40 +267,52 @@ class Kwp(Server):
             f"tcp:{self.port}:interface=127.0.0.1",
         ]
 
+    def stored(self) -> int:
+        return kwpdb.stored(self.db)
 
-def write_config(path: Path, forward_url: str | None = None) -> Path:
-    lines = ["channels:", f"  - name: {CHANNEL}", f"    token: {TOKEN}"]
+
+class MemoryDrain(Server):
+    name = "memory"
+
+    def __init__(self, workdir: Path, count: int):
+        super().__init__(workdir)
+        self.count = count
+
+    def args(self) -> list[str]:
+        return [
+            sys.executable,
+            str(BENCH / "memory_drain.py"),
+            str(self.port),
+            str(self.count),
+            BODY.decode(),
+            STORED_HEADERS,
+        ]
+
+
+def peer_missing(peer: str) -> str | None:
+    """Why a peer cannot run here, or None."""
+    if peer == "fastapi" and not FASTAPI_PYTHON.exists():
+        return f"{FASTAPI_PYTHON} is missing (make bench creates it)"
+    if peer == "express":
+        if shutil.which("node") is None:
+            return "node is not installed"
+        if not (EXPRESS / "node_modules" / "better-sqlite3").exists():
+            return f"{EXPRESS}/node_modules is missing (make bench installs it)"
+    return None
+
+
+def write_config(path: Path, forward_url: str | None = None, concurrency: int = 1, metrics: bool = False) -> Path:
+    lines = ["server:", "  metrics: true"] if metrics else []
+    lines += ["channels:", f"  - name: {CHANNEL}", f"    token: {TOKEN}"]
     if forward_url is not None:
-        lines += ["    forward:", f"      url: {forward_url!r}", "      interval-seconds: 1"]
+        lines += [
+            "    forward:",
+            f"      url: {forward_url!r}",
+            "      interval-seconds: 1",
+            f"      concurrency: {concurrency}",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def create_db(path: Path, pending: int) -> None:
-    """A kwp database (schema from kwp itself) holding pending webhooks,
-    written in one transaction."""
-    from kwp.storage.sqlite import SQLiteStorage
-
-    SQLiteStorage(str(path), reactor=None).prepare()
-    connection = sqlite3.connect(path)
-    try:
-        now = time.time()
-        with connection:
-            connection.executemany(
-                "INSERT INTO webhooks (channel, headers, body, received_at) VALUES (?, ?, ?, ?)",
-                ((CHANNEL, STORED_HEADERS, BODY, now) for _ in range(pending)),
-            )
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        connection.close()
-
-
-def count_rows(path: Path) -> int:
-    connection = sqlite3.connect(path)
-    try:
-        return connection.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
-    finally:
-        connection.close()
 
 
 @dataclass
@@ -235,10 +332,16 @@ class WrkResult:
     def answered(self) -> int:
         return sum(self.statuses.values())
 
+    @property
+    def ok_per_second(self) -> float:
+        return self.rps * self.ok / max(self.answered, 1)
+
 
 def run_wrk(url: str, seconds: int, connections: int) -> WrkResult:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    out = subprocess.run(
+        pinned(LOAD_CPU, command), capture_output=True, text=True, timeout=seconds + 60, check=True
+    ).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     line = re.search(r"kwp-bench (.*)", out)
     if rps is None or line is None:
@@ -283,85 +386,103 @@ def honesty(report: Report, label: str, result: WrkResult, stored: int) -> None:
     )
 
 
+@dataclass
+class Measured:
+    """One server's figures over the rounds of a section."""
+
+    rate: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    idle_kb: list[int] = field(default_factory=list)
+    peak_kb: list[int] = field(default_factory=list)
+
+
 def bench_receive(args, work: Path, report: Report) -> None:
-    """The baseline, the baseline without form parsing (kwp turns it off
-    too; shown for comparison, not judged), kwp on an empty database and kwp
-    with N pending, in a rotating order each round."""
+    """kwp on an empty database, kwp with N pending, and each peer, in an
+    order that rotates each round.  The rate is 2xx answers per second; CPU
+    is per stored webhook for the durable servers, per 2xx for the others."""
     report.say(
         f"== durable receive: {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections}, "
-        f"{len(BODY)}-byte JSON body"
+        f"{len(BODY)}-byte JSON body; peers: {', '.join(args.peers)}"
     )
     config = write_config(work / "receive.yml")
     full_template = work / "pending-template.db"
     started = time.monotonic()
-    create_db(full_template, args.pending)
+    kwpdb.fill(full_template, CHANNEL, STORED_HEADERS, (BODY for _ in range(args.pending)))
     report.say(f"  filled a database with {args.pending:,} pending webhooks in {time.monotonic() - started:.1f}s")
-    kinds = ["baseline", "kwp", "kwp-pending", "baseline-noform"]
-    rps: dict[str, list[float]] = {k: [] for k in kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in kinds}
-    idle: dict[str, list[int]] = {k: [] for k in kinds}
-    peak: dict[str, list[int]] = {k: [] for k in kinds}
+    kinds = ["kwp", "kwp-pending", *args.peers]
+    figures = {kind: Measured() for kind in kinds}
     for round_no in range(args.rounds):
         order = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]
         for kind in order:
             db = work / f"receive-{round_no}-{kind}.db"
             before = 0
-            if kind.startswith("baseline"):
-                server = Baseline(work, form_parsing=kind == "baseline")
-            else:
-                if kind == "kwp-pending":
-                    shutil.copyfile(full_template, db)
-                    before = args.pending
-                server = Kwp(work, config, db)
+            if kind == "kwp-pending":
+                shutil.copyfile(full_template, db)
+                before = args.pending
+            server = {
+                "kwp": lambda: Kwp(work, config, db),
+                "kwp-pending": lambda: Kwp(work, config, db),
+                "klein": lambda: Klein(work),
+                "twisted": lambda: BareTwisted(work),
+                "fastapi": lambda: FastAPI(work, db),
+                "express": lambda: Express(work, db),
+            }[kind]()
             server.start()
             try:
                 time.sleep(args.settle)
-                idle[kind].append(server.rss_kb())
+                measured = figures[kind]
+                measured.idle_kb.append(server.rss_kb())
                 cpu_before = server.cpu_seconds()
                 result = run_wrk(server.url(f"/api/webhook/{CHANNEL}"), args.seconds, args.connections)
-                cpu[kind].append((server.cpu_seconds() - cpu_before) / max(result.answered, 1) * 1e6)
-                peak[kind].append(server.peak_kb())
+                cpu = server.cpu_seconds() - cpu_before
+                measured.peak_kb.append(server.peak_kb())
             finally:
                 server.stop()
-            rps[kind].append(result.rps)
-            report.say(
-                f"  round {round_no + 1} {kind:12s} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
-                f"p99 {result.p99_ms:6.1f} ms  CPU {cpu[kind][-1]:4.0f} us/req  idle RSS {idle[kind][-1] / 1024:5.1f} MB  "
-                f"loaded RSS {peak[kind][-1] / 1024:5.1f} MB"
-            )
-            if kind.startswith("kwp"):
-                honesty(report, kind, result, count_rows(db) - before)
+            stored = server.stored()
+            if stored is not None:
+                stored -= before
+                honesty(report, kind, result, stored)
                 db.unlink()
+            measured.rate.append(result.ok_per_second)
+            measured.cpu_us.append(cpu / max(result.ok if stored is None else stored, 1) * 1e6)
+            report.say(
+                f"  round {round_no + 1} {kind:11s} {result.ok_per_second:8.0f} 2xx/s  p50 {result.p50_ms:6.1f} ms  "
+                f"p99 {result.p99_ms:6.1f} ms  CPU {measured.cpu_us[-1]:4.0f} us per "
+                f"{'2xx   ' if stored is None else 'stored'}  idle RSS {measured.idle_kb[-1] / 1024:5.1f} MB  "
+                f"loaded RSS {measured.peak_kb[-1] / 1024:5.1f} MB"
+            )
+        kwp_rate = figures["kwp"].rate[-1]
+        ratios = "  ".join(f"kwp/{peer} {kwp_rate / figures[peer].rate[-1]:.2f}" for peer in args.peers)
         report.say(
-            f"  round {round_no + 1} ratios: kwp/baseline {rps['kwp'][-1] / rps['baseline'][-1]:.2f}  "
-            f"pending/empty {rps['kwp-pending'][-1] / rps['kwp'][-1]:.2f}  "
-            f"(kwp/baseline-noform {rps['kwp'][-1] / rps['baseline-noform'][-1]:.2f})   load {load()}"
+            f"  round {round_no + 1} ratios: {ratios}  pending/empty {figures['kwp-pending'].rate[-1] / kwp_rate:.2f}"
+            f"   load {load()}"
         )
     full_template.unlink()
-    receive_ratio = median([k / b for k, b in zip(rps["kwp"], rps["baseline"])])
-    pending_ratio = median([p / k for p, k in zip(rps["kwp-pending"], rps["kwp"])])
-    idle_ratio = median([k / b for k, b in zip(idle["kwp"], idle["baseline"])])
-    noform_ratio = median([k / b for k, b in zip(rps["kwp"], rps["baseline-noform"])])
-    report.say(
-        f"  median: baseline {median(rps['baseline']):.0f} req/s, kwp {median(rps['kwp']):.0f} req/s, "
-        f"kwp with {args.pending:,} pending {median(rps['kwp-pending']):.0f} req/s; "
-        f"baseline without form parsing {median(rps['baseline-noform']):.0f} req/s "
-        f"(kwp/that {noform_ratio:.2f}, not a target)"
-    )
-    report.say(
-        f"  median CPU per request (server process, all threads): baseline {median(cpu['baseline']):.0f} us, "
-        f"baseline without form parsing {median(cpu['baseline-noform']):.0f} us, "
-        f"kwp {median(cpu['kwp']):.0f} us, kwp with {args.pending:,} pending {median(cpu['kwp-pending']):.0f} us"
-    )
-    report.say(
-        f"  median RSS: idle baseline {median(idle['baseline']) / 1024:.1f} MB, kwp {median(idle['kwp']) / 1024:.1f} MB; "
-        f"loaded baseline {median(peak['baseline']) / 1024:.1f} MB, kwp {median(peak['kwp']) / 1024:.1f} MB"
-    )
-    report.judge("receive", None if args.quick else receive_ratio >= 0.8, f"{receive_ratio:.2f}x (median of rounds)")
-    report.judge("idle_rss", None if args.quick else idle_ratio <= 1.3, f"{idle_ratio:.2f}x")
-    report.judge(
-        "pending", None if args.quick else pending_ratio >= 0.9, f"{pending_ratio:.2f}x with {args.pending:,} pending"
-    )
+
+    def ratio(a: str, b: str, series: str = "rate") -> float:
+        return median([x / y for x, y in zip(getattr(figures[a], series), getattr(figures[b], series))])
+
+    report.say("  medians (2xx/s; CPU per stored webhook, or per 2xx for the servers that store nothing):")
+    for kind in kinds:
+        measured = figures[kind]
+        report.say(
+            f"    {kind:11s} {median(measured.rate):8.0f} 2xx/s  CPU {median(measured.cpu_us):4.0f} us  "
+            f"idle RSS {median(measured.idle_kb) / 1024:5.1f} MB  loaded RSS {median(measured.peak_kb) / 1024:5.1f} MB"
+        )
+    for peer in args.peers:
+        least, _ = PEER_TARGETS[peer]
+        value = ratio("kwp", peer)
+        report.judge(
+            peer,
+            None if args.quick else value >= least,
+            f"{value:.2f}x (median of rounds; CPU per webhook kwp {median(figures['kwp'].cpu_us):.0f} us, "
+            f"{peer} {median(figures[peer].cpu_us):.0f} us)",
+        )
+    if "klein" in args.peers:
+        idle = ratio("kwp", "klein", "idle_kb")
+        report.judge("idle_rss", None if args.quick else idle <= 1.3, f"{idle:.2f}x")
+    pending = ratio("kwp-pending", "kwp")
+    report.judge("pending", None if args.quick else pending >= 0.9, f"{pending:.2f}x with {args.pending:,} pending")
 
 
 class RssSampler(threading.Thread):
@@ -381,49 +502,170 @@ class RssSampler(threading.Thread):
             self.done.wait(0.01)
 
 
+@dataclass
+class Drained:
+    ids: list[int]
+    seconds: float
+    cpu_seconds: float
+    idle_kb: int
+    peak_kb: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.ids) / self.seconds
+
+
+def drain(server: Server, timeout: float) -> Drained:
+    """One GET of the whole queue, read as a stream, parsed at the end."""
+    idle = server.rss_kb()
+    sampler = RssSampler(server.pid, timeout)
+    sampler.start()
+    cpu_before = server.cpu_seconds()
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    connection.request("GET", f"/api/webhook/{CHANNEL}", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    chunks = []
+    while chunk := response.read(256 * 1024):
+        chunks.append(chunk)
+    elapsed = time.monotonic() - started
+    cpu = server.cpu_seconds() - cpu_before
+    connection.close()
+    sampler.done.set()
+    sampler.join()
+    items = json.loads(b"".join(chunks)) if response.status == 200 else []
+    return Drained([item["id"] for item in items], elapsed, cpu, idle, sampler.largest)
+
+
 def bench_drain(args, work: Path, report: Report) -> None:
-    report.say(f"== drain: one GET of a {args.drain:,}-webhook backlog, streamed, {args.drain_rounds} rounds")
+    """kwp and the in-memory server each stream a backlog to one GET, in
+    alternating order; the ratio of their rates is taken in each round."""
+    report.say(
+        f"== drain: one GET of a {args.drain:,}-webhook backlog, streamed, against the in-memory server, "
+        f"{args.drain_rounds} rounds"
+    )
     config = write_config(work / "drain.yml")
-    growths, rates = [], []
+    ratios, growths, rates = [], [], []
+    cpus: dict[str, list[float]] = {"kwp": [], "memory": []}
     for round_no in range(args.drain_rounds):
-        db = work / f"drain-{round_no}.db"
-        create_db(db, args.drain)
-        kwp = Kwp(work, config, db).start()
-        try:
-            time.sleep(args.settle)
-            idle = kwp.rss_kb()
-            sampler = RssSampler(kwp.pid, args.drain_timeout)
-            sampler.start()
-            started = time.monotonic()
-            connection = http.client.HTTPConnection("127.0.0.1", kwp.port, timeout=args.drain_timeout)
-            connection.request("GET", f"/api/webhook/{CHANNEL}", headers={"Authorization": f"Bearer {TOKEN}"})
-            response = connection.getresponse()
-            chunks = []
-            while chunk := response.read(256 * 1024):
-                chunks.append(chunk)
-            elapsed = time.monotonic() - started
-            connection.close()
-            sampler.done.set()
-            sampler.join()
-        finally:
-            kwp.stop()
-        items = json.loads(b"".join(chunks)) if response.status == 200 else []
-        left = count_rows(db)
-        db.unlink()
-        growth = (sampler.largest - idle) / 1024
-        rate = len(items) / elapsed
-        growths.append(growth)
-        rates.append(rate)
-        ok = len(items) == args.drain and len({i["id"] for i in items}) == args.drain and left == 0
-        report.honest &= ok
-        report.say(
-            f"  round {round_no + 1}: {len(items):,} webhooks in {elapsed:.2f}s = {rate:,.0f}/s, RSS idle "
-            f"{idle / 1024:.1f} MB, peak {sampler.largest / 1024:.1f} MB (+{growth:.1f} MB); "
-            f"left in the database {left} -> {'OK' if ok else 'MISMATCH'}   load {load()}"
-        )
-    growth, rate = median(growths), median(rates)
+        drained: dict[str, Drained] = {}
+        for kind in ("kwp", "memory") if round_no % 2 == 0 else ("memory", "kwp"):
+            db = work / f"drain-{round_no}.db"
+            if kind == "kwp":
+                kwpdb.fill(db, CHANNEL, STORED_HEADERS, (BODY for _ in range(args.drain)))
+                server = Kwp(work, config, db)
+            else:
+                server = MemoryDrain(work, args.drain)
+            server.start()
+            try:
+                time.sleep(args.settle)
+                drained[kind] = result = drain(server, args.drain_timeout)
+            finally:
+                server.stop()
+            left = 0
+            if kind == "kwp":
+                left = kwpdb.pending(db, CHANNEL)
+                db.unlink()
+            cpus[kind].append(result.cpu_seconds / max(len(result.ids), 1) * 1e6)
+            ok = len(result.ids) == args.drain and len(set(result.ids)) == args.drain and left == 0
+            report.honest &= ok
+            report.say(
+                f"  round {round_no + 1} {kind:6s}: {len(result.ids):,} webhooks in {result.seconds:.2f}s = "
+                f"{result.rate:,.0f}/s, CPU {cpus[kind][-1]:.1f} us per webhook, "
+                f"RSS idle {result.idle_kb / 1024:.1f} MB, peak {result.peak_kb / 1024:.1f} MB "
+                f"(+{(result.peak_kb - result.idle_kb) / 1024:.1f} MB); left pending {left} -> "
+                f"{'OK' if ok else 'MISMATCH'}"
+            )
+        kwp = drained["kwp"]
+        ratios.append(kwp.rate / drained["memory"].rate)
+        growths.append((kwp.peak_kb - kwp.idle_kb) / 1024)
+        rates.append(kwp.rate)
+        report.say(f"  round {round_no + 1} ratio: kwp/memory {ratios[-1]:.2f}   load {load()}")
+    ratio, growth, rate = median(ratios), median(growths), median(rates)
+    report.judge(
+        "drain_ratio",
+        None if args.quick else ratio >= 0.5,
+        f"{ratio:.2f}x (median of rounds; CPU per webhook kwp {median(cpus['kwp']):.1f} us, "
+        f"memory {median(cpus['memory']):.1f} us)",
+    )
     report.judge("drain_rss", None if args.quick else growth < 60, f"+{growth:.1f} MB (median)")
     report.judge("drain_rate", None if args.quick else rate >= 20000, f"{rate:,.0f} webhooks/s (median)")
+
+
+def numbered_bodies(count: int):
+    """BODY with "number" counting 0 .. count-1: the push target checks order by it."""
+    for number in range(count):
+        yield BODY.replace(b'"number":42', b'"number":%d' % number)
+
+
+def push_once(args, work: Path, concurrency: int, label: str) -> tuple[float, float, bool, str]:
+    """kwp forwards a pre-filled backlog to the push target until it is
+    empty: (webhooks/s, kwp's CPU per webhook in us, honest, details)."""
+    port = free_port()
+    target = subprocess.Popen(
+        pinned(LOAD_CPU, [sys.executable, str(BENCH / "push_target.py"), str(port), str(args.push), str(args.push_timeout)]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    db = work / f"push-{label}.db"
+    try:
+        wait_listening(port, target, "push target", lambda: "")
+        kwpdb.fill(db, CHANNEL, STORED_HEADERS, numbered_bodies(args.push))
+        config = write_config(work / f"push-{label}.yml", f"http://127.0.0.1:{port}/hook", concurrency)
+        kwp = Kwp(work, config, db).start()
+        try:
+            cpu_before = kwp.cpu_seconds()
+            out, _ = target.communicate(timeout=args.push_timeout + 30)
+            cpu = kwp.cpu_seconds() - cpu_before
+            deadline = time.monotonic() + 10
+            while kwpdb.pending(db, CHANNEL) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            kwp.stop()
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+    tally = json.loads(out)
+    left = kwpdb.pending(db, CHANNEL)
+    db.unlink()
+    complete = tally["distinct"] == args.push
+    ok = complete and tally["repeated"] == 0 and left == 0 and (tally["in_order"] or concurrency > 1)
+    seconds = (tally["last_at"] - tally["first_at"]) if complete else float("inf")
+    rate = (args.push - 1) / seconds if seconds > 0 else 0.0
+    details = (
+        f"{tally['distinct']:,} of {args.push:,} delivered ({tally['deliveries']:,} deliveries, "
+        f"{tally['repeated']} repeated, {'in order' if tally['in_order'] else 'not in order'}), left pending {left}"
+    )
+    return rate, cpu / max(tally["distinct"], 1) * 1e6, ok, details
+
+
+def bench_push(args, work: Path, report: Report) -> None:
+    """Push throughput: the rate from the first delivery to the last."""
+    report.say(
+        f"== push: kwp forwards a backlog of {args.push:,} to a keep-alive target that answers 200 at once, "
+        f"concurrency 1 and 8, {args.push_rounds} rounds"
+    )
+    rates: dict[int, list[float]] = {c: [] for c in PUSH_TARGETS}
+    cpus: dict[int, list[float]] = {c: [] for c in PUSH_TARGETS}
+    for round_no in range(args.push_rounds):
+        order = list(PUSH_TARGETS) if round_no % 2 == 0 else list(PUSH_TARGETS)[::-1]
+        for concurrency in order:
+            rate, cpu, ok, details = push_once(args, work, concurrency, f"{round_no}-{concurrency}")
+            report.honest &= ok
+            rates[concurrency].append(rate)
+            cpus[concurrency].append(cpu)
+            report.say(
+                f"  round {round_no + 1} concurrency {concurrency}: {rate:,.0f} webhooks/s, kwp CPU {cpu:.0f} us "
+                f"per webhook; {details} -> {'OK' if ok else 'MISMATCH'}   load {load()}"
+            )
+    for concurrency, (key, least) in PUSH_TARGETS.items():
+        rate = median(rates[concurrency])
+        report.judge(
+            key,
+            None if args.quick else rate >= least,
+            f"{rate:,.0f} webhooks/s (median; kwp CPU {median(cpus[concurrency]):.0f} us per webhook)",
+        )
 
 
 def post_webhook(port: int, body: bytes) -> int:
@@ -520,26 +762,121 @@ def bench_forward(args, work: Path, report: Report) -> None:
     report.judge("forward", None if args.quick else p50 < 50, f"p50 {p50:.1f} ms")
 
 
-SECTIONS = {"receive": bench_receive, "drain": bench_drain, "longpoll": bench_longpoll, "forward": bench_forward}
+class Scraper(threading.Thread):
+    """GET /api/metrics every ``interval`` seconds until stopped, as a
+    Prometheus server does."""
+
+    def __init__(self, port: int, interval: float):
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval * random.random() if not self.scrapes else self.interval):
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                connection.request("GET", "/api/metrics")
+                response = connection.getresponse()
+                response.read()
+                self.scrapes += 1
+                self.failures += response.status != 200
+            except OSError:
+                self.failures += 1
+            finally:
+                connection.close()
+
+
+def bench_scrape(args, work: Path, report: Report) -> None:
+    """Receive under wrk with a backlog, with and without SCRAPERS clients
+    scraping /api/metrics, in alternating order."""
+    report.say(
+        f"== receive while scraped: {args.scrape_pending:,} pending, {SCRAPERS} scrapers every "
+        f"{args.scrape_interval:g}s, "
+        f"{args.scrape_rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections}"
+    )
+    config = write_config(work / "scrape.yml", metrics=True)
+    template = work / "scrape-template.db"
+    kwpdb.fill(template, CHANNEL, STORED_HEADERS, (BODY for _ in range(args.scrape_pending)))
+    p99: dict[str, list[float]] = {"quiet": [], "scraped": []}
+    for round_no in range(args.scrape_rounds):
+        for kind in ("quiet", "scraped") if round_no % 2 == 0 else ("scraped", "quiet"):
+            db = work / f"scrape-{round_no}-{kind}.db"
+            shutil.copyfile(template, db)
+            kwp = Kwp(work, config, db).start()
+            scrapers = [Scraper(kwp.port, args.scrape_interval) for _ in range(SCRAPERS if kind == "scraped" else 0)]
+            try:
+                time.sleep(args.settle)
+                for scraper in scrapers:
+                    scraper.start()
+                result = run_wrk(kwp.url(f"/api/webhook/{CHANNEL}"), args.seconds, args.connections)
+            finally:
+                for scraper in scrapers:
+                    scraper.stop.set()
+                for scraper in scrapers:
+                    scraper.join(15)
+                kwp.stop()
+            p99[kind].append(result.p99_ms)
+            scrapes = sum(s.scrapes for s in scrapers)
+            failures = sum(s.failures for s in scrapers)
+            report.say(
+                f"  round {round_no + 1} {kind:8s} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                f"p99 {result.p99_ms:6.1f} ms  scrapes {scrapes} ({failures} failed)   load {load()}"
+            )
+            report.honest &= failures == 0
+            honesty(report, kind, result, kwpdb.stored(db) - args.scrape_pending)
+            db.unlink()
+    template.unlink()
+    ratio = median([s / q for s, q in zip(p99["scraped"], p99["quiet"])])
+    report.judge("scrape", None if args.quick else ratio <= 2, f"p99 {ratio:.2f}x (median of rounds)")
+
+
+SECTIONS = {
+    "receive": bench_receive,
+    "drain": bench_drain,
+    "push": bench_push,
+    "longpoll": bench_longpoll,
+    "forward": bench_forward,
+    "scrape": bench_scrape,
+}
+
+
+def peer_list(value: str) -> list[str]:
+    peers = [p for p in value.split(",") if p]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peers {sorted(unknown)}; known: {','.join(PEERS)}")
+    return peers
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny counts and 1-second runs; targets not judged")
+    parser.add_argument("--peers", type=peer_list, default=list(PEERS), help=f"receive peers ({','.join(PEERS)})")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved receive rounds (5)")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server and round (10)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
     parser.add_argument("--pending", type=int, default=1_000_000, help="webhooks pending for the full-database rounds")
     parser.add_argument("--drain", type=int, default=100_000, help="backlog drained by one GET (100,000)")
-    parser.add_argument("--drain-rounds", type=int, default=3)
+    parser.add_argument("--drain-rounds", type=int, default=5)
     parser.add_argument("--drain-timeout", type=float, default=120, help="seconds a drain may take at most")
+    parser.add_argument("--push", type=int, default=20_000, help="backlog forwarded by the push rounds (20,000)")
+    parser.add_argument("--push-rounds", type=int, default=3)
+    parser.add_argument("--push-timeout", type=float, default=300, help="seconds a push round may take at most")
     parser.add_argument("--polls", type=int, default=50, help="long-poll wakes and forwards measured (50)")
+    parser.add_argument("--scrape-pending", type=int, default=400_000, help="webhooks pending while scraped (400,000)")
+    parser.add_argument("--scrape-rounds", type=int, default=3, help="rounds of receive with and without scrapers (3)")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between one scraper's scrapes (1)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between start and the idle RSS reading")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.connections = 1, 1, 8
         args.pending, args.drain, args.drain_rounds, args.polls, args.settle = 2000, 1000, 1, 5, 0.3
+        args.scrape_pending, args.scrape_rounds, args.scrape_interval = 2000, 1, 0.2
+        args.push, args.push_rounds = 300, 1
     return args
 
 
@@ -548,10 +885,22 @@ def main(argv=None) -> int:
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
+    if args.only is None or "receive" in args.only:
+        missing = [f"{peer}: {why}" for peer in args.peers if (why := peer_missing(peer))]
+        if missing:
+            print("bench: peers cannot run:\n  " + "\n  ".join(missing), file=sys.stderr)
+            return 2
+    if PINNED:
+        os.sched_setaffinity(0, {LOAD_CPU})
     report = Report()
     report.say(
         f"kwp benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
         f"load at start {load()}"
+    )
+    report.say(
+        f"  servers on CPU {SERVER_CPU}; wrk, clients and the push target on CPU {LOAD_CPU}"
+        if PINNED
+        else "  one CPU: nothing pinned"
     )
     report.say(f"  uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     with tempfile.TemporaryDirectory(prefix="kwp-bench-") as tmp:
@@ -561,7 +910,10 @@ def main(argv=None) -> int:
     report.say(f"== summary (load at end {load()})")
     for key, ok in report.verdicts.items():
         report.say(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {TARGETS[key]}")
-    report.say(f"  {'PASS' if report.honest else 'FAIL'}  honesty: every 2xx stored, every drained webhook returned once")
+    report.say(
+        f"  {'PASS' if report.honest else 'FAIL'}  honesty: every 2xx stored, every drained or pushed webhook "
+        "delivered once"
+    )
     failed = not report.honest or any(ok is False for ok in report.verdicts.values())
     return 1 if failed else 0
 

@@ -32,9 +32,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from kwp import verify
-from kwp.config import Channel, Config
+from kwp.config import DEFAULT_CONSUMER, DEFAULT_LEASE_SECONDS, Channel, Config, Consumer
+from kwp.headers import passed_on
 from kwp.receive import stored_headers
-from kwp.storage import DEAD, PENDING, ChannelState, ForwardItem
+from kwp.storage import DEAD, PENDING, Attempt, ForwardItem, QueueState
 
 log = Logger()
 
@@ -48,6 +49,9 @@ JITTER = 0.25
 MAX_RETRY_AFTER = 86400
 # After a storage failure, before the forwarder looks at the queue again.
 ERROR_PAUSE = 1.0
+# How often a forwarder without the lease tries to take it, at most: a node
+# that dies is replaced within the lease plus this.
+LEASE_RETRY = 1.0
 # How long a stop waits for attempts in flight before cancelling them.
 STOP_GRACE = 10
 # A retry time this close counts as due (float rounding of timer deadlines).
@@ -99,28 +103,34 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
-def delivery_id(channel: str, webhook_id: int) -> str:
-    return f"{channel}-{webhook_id}"
+def delivery_id(channel: str, webhook_id: int, consumer: str = DEFAULT_CONSUMER) -> str:
+    """The X-Kwp-Delivery-Id of a webhook to a consumer, from the forwarder
+    and the relay alike: the same for every attempt and replay."""
+    if consumer == DEFAULT_CONSUMER:
+        return f"{channel}-{webhook_id}"
+    return f"{channel}.{consumer}-{webhook_id}"
 
 
-def outgoing_headers(channel: Channel, ignored: frozenset[str], item: ForwardItem, attempt: int) -> Headers:
-    """The stored headers minus hop-by-hop and ignored ones, re-signed when
-    the channel says so, plus the delivery id and the attempt number."""
-    forward = channel.forward
-    drop = set(OWN_HEADERS)
-    if forward.sign_header:
-        drop.add(forward.sign_header.lower())
+def outgoing_headers(
+    channel: Channel, consumer: Consumer, ignored: frozenset[str], item: ForwardItem, attempt: int, now: float
+) -> tuple[Headers, list[str]]:
+    """The headers of one attempt: the stored ones that are passed on (see
+    kwp.headers, minus ``ignored``), signed at ``now`` when the consumer's
+    forward says so, plus the delivery id and the attempt number; and the
+    names of stored headers left out because they cannot be sent."""
+    forward = consumer.forward
+    replaced = OWN_HEADERS | verify.forward_signature_names(forward)
+    stored = stored_headers(json.loads(item.headers_json), ignored | replaced)
+    kept, unsendable = passed_on(stored, forward.headers)
     headers = Headers()
-    for name, value in stored_headers(json.loads(item.headers_json), ignored).items():
-        if name not in drop:
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    if forward.sign_header:
-        secret = forward.sign_secret or channel.secrets[0]
-        signature = verify.sign_forward(forward.sign_template, secret, item.body)
-        headers.addRawHeader(forward.sign_header.encode("latin-1"), signature.encode("latin-1"))
-    headers.addRawHeader(b"X-Kwp-Delivery-Id", delivery_id(channel.name, item.id).encode())
+    for name, value in kept.items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    webhook = delivery_id(channel.name, item.id, consumer.name)
+    for name, value in verify.forward_signature(forward, item.body, webhook, now).items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    headers.addRawHeader(b"X-Kwp-Delivery-Id", webhook.encode())
     headers.addRawHeader(b"X-Kwp-Attempt", str(attempt).encode())
-    return headers
+    return headers, unsendable
 
 
 def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -132,14 +142,16 @@ def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
     return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
 
 
-class _CappedBody(Protocol):
-    """Keeps the first ``limit`` bytes of a response body and then hangs up,
-    so a huge or endless body costs neither memory nor time."""
+class CappedBody(Protocol):
+    """Keeps the first ``limit`` bytes of a response body and then hangs up
+    (``truncated`` tells), so a huge or endless body costs neither memory
+    nor time."""
 
     def __init__(self, limit: int):
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+        self.truncated = False
         self.done = Deferred(lambda _: self._hang_up())
 
     def _hang_up(self) -> None:
@@ -152,6 +164,7 @@ class _CappedBody(Protocol):
             self._parts.append(data[:room])
             self._size += min(room, len(data))
         if len(data) > room:
+            self.truncated = True
             self._hang_up()
 
     def connectionLost(self, reason) -> None:
@@ -200,31 +213,42 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
 
 
 class Forwarder(Service):
-    """Delivers one channel's webhooks to its ``forward.url``."""
+    """Delivers one push consumer's webhooks to its ``forward.url``.
+
+    It forwards only while it holds the consumer's forwarding lease in the
+    storage (several nodes may share it): it takes the lease when free,
+    renews it every third of ``lease_seconds``, writes each outcome fenced
+    by the lease's token, and gives it up when it stops.  Without the lease
+    it tries again every LEASE_RETRY seconds, or at once when the storage
+    says the lease was released."""
 
     def __init__(
         self,
         channel: Channel,
+        consumer: Consumer,
         ignored_headers: frozenset[str],
         storage,
         notifier,
         clock,
         client,
-        report: Callable[[str, str, float], None] | None = None,
+        report: Callable[[str, str, str, float], None] | None = None,
         randomness: Callable[[], float] = random.random,
         grace: float = STOP_GRACE,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ):
-        self.name = channel.name
+        self.name = forwarder_name(channel.name, consumer.name)
         self.channel = channel
-        self.identity = _identity(channel, ignored_headers)
-        self.forward = channel.forward
-        self._url, self._auth = split_credentials(channel.forward.url)
+        self.consumer = consumer
+        self.queue_key = (channel.name, consumer.name)
+        self.identity = _identity(channel, consumer, ignored_headers)
+        self.forward = consumer.forward
+        self._url, self._auth = split_credentials(consumer.forward.url)
         self._ignored = ignored_headers
         self._storage = storage
         self._notifier = notifier
         self._clock = clock
         self._client = client
-        self._report = report or (lambda channel, outcome, seconds: None)
+        self._report = report or (lambda channel, consumer, outcome, seconds: None)
         self._random = randomness
         self._grace = grace
         self._in_flight: dict[int, Deferred] = {}
@@ -233,13 +257,17 @@ class Forwarder(Service):
         self._sleeper: Deferred | None = None
         self._waiter: Deferred | None = None
         self._loop: Deferred | None = None
+        self._lease_seconds = lease_seconds
+        self._owner = storage.node
+        self._token: int | None = None
+        self._renewal: task.LoopingCall | None = None
 
     # --- the service -------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
         self._loop = ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: log.failure("forwarder {channel} stopped", f, channel=self.name))
+        self._loop.addErrback(lambda f: log.failure("forwarder {forwarder} stopped", f, forwarder=self.name))
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -252,13 +280,24 @@ class Forwarder(Service):
     async def _stopped(self) -> None:
         if self._loop is not None:
             await self._loop
+        await self._wait_in_flight()
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                await self._storage.release_lease(self.channel.name, self._owner, token, consumer=self.consumer.name)
+            except Exception:
+                log.failure("forwarder {forwarder}: cannot release the lease", forwarder=self.name)
+
+    async def _wait_in_flight(self) -> None:
         if not self._in_flight:
             return
 
         def cancel_late() -> None:
             log.warn(
-                "forwarder {channel}: {n} attempts still in flight after {grace}s; cancelled, to be sent again",
-                channel=self.name,
+                "forwarder {forwarder}: {n} attempts still in flight after {grace}s; cancelled, to be sent again",
+                forwarder=self.name,
                 n=len(self._in_flight),
                 grace=self._grace,
             )
@@ -281,7 +320,7 @@ class Forwarder(Service):
     def _listen(self) -> None:
         if self._waiter is not None:
             return
-        waiter = self._waiter = self._notifier.wait(self.name)
+        waiter = self._waiter = self._notifier.wait(self.queue_key)
 
         def arrived(_):
             self._waiter = None
@@ -305,7 +344,7 @@ class Forwarder(Service):
             try:
                 delay = await self._step()
             except Exception:
-                log.failure("forwarder {channel}: cannot read the queue", channel=self.name)
+                log.failure("forwarder {forwarder}: cannot read the queue", forwarder=self.name)
                 delay = ERROR_PAUSE
             if self.running:
                 await self._sleep(delay)
@@ -314,15 +353,17 @@ class Forwarder(Service):
         """Start every attempt that is due; return how long to sleep at most
         (None: until something happens)."""
         self._kicked = False
+        if self._token is None and not await self._take_lease():
+            return min(LEASE_RETRY, self._lease_seconds / 3)
         # Listen before reading, so an insert during the read is not missed.
         self._listen()
         if self._paused is None:
-            self._paused = (await self._storage.channel_state(self.name)).paused
+            self._paused = (await self._storage.queue_state(self.channel.name, consumer=self.consumer.name)).paused
         limit = self.forward.concurrency
         if self._paused or len(self._in_flight) >= limit:
             return None
         now = self._clock.seconds()
-        window = await self._storage.forward_window(self.name, limit, now)
+        window = await self._storage.forward_window(self.channel.name, limit, now, consumer=self.consumer.name)
         wake_at = None
         for item in window:
             if not self.running or self._paused or len(self._in_flight) >= limit:
@@ -334,6 +375,58 @@ class Forwarder(Service):
             elif wake_at is None or item.next_attempt_at < wake_at:
                 wake_at = item.next_attempt_at
         return None if wake_at is None else wake_at - now
+
+    # --- the lease ---------------------------------------------------------
+
+    async def _take_lease(self) -> bool:
+        queue = self.channel.name, self._owner
+        self._token = await self._storage.acquire_lease(
+            *queue, self._clock.seconds(), self._lease_seconds, consumer=self.consumer.name
+        )
+        if self._token is None:
+            return False
+        log.info("forwarder {forwarder}: forwarding (lease token {token})", forwarder=self.name, token=self._token)
+        self._paused = None
+        self._renewal = task.LoopingCall(self._renew)
+        self._renewal.clock = self._clock
+        self._renewal.start(self._lease_seconds / 3, now=False)
+        return True
+
+    async def _renew(self) -> None:
+        token = self._token
+        if token is None or not self.running:
+            return
+        try:
+            state = await self._storage.renew_lease(
+                self.channel.name, self._owner, token, self._clock.seconds(), self._lease_seconds,
+                consumer=self.consumer.name,
+            )
+        except Exception:
+            log.failure("forwarder {forwarder}: cannot renew the lease", forwarder=self.name)
+            return
+        if state is None:
+            self._lost(token)
+        elif state.paused != self._paused:
+            self._paused = state.paused
+            self._kick()
+
+    def _lost(self, token: int) -> None:
+        """The lease of token went to another node: stop forwarding."""
+        if self._token != token:
+            return
+        log.warn("forwarder {forwarder}: lost the lease (token {token}) to another node", forwarder=self.name, token=token)
+        self._token = None
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.cancel()
+        self._kick()
+
+    def queue_changed(self) -> None:
+        """The pause switch or the lease changed, maybe on another node."""
+        self._paused = None
+        self._kick()
 
     def _start(self, item: ForwardItem) -> Deferred:
         d = ensureDeferred(self._deliver(item))
@@ -351,24 +444,31 @@ class Forwarder(Service):
     # --- one attempt -------------------------------------------------------
 
     async def _deliver(self, item: ForwardItem) -> AttemptResult:
+        token = self._token
         attempt = item.forward_attempts + 1
         started = self._clock.seconds()
         result = await self._attempt(item, attempt)
         now = self._clock.seconds()
+        logged = Attempt(now, result.status_code, result.error, round((now - started) * 1000, 3), result.body)
+        queue = dict(consumer=self.consumer.name, token=token)
         try:
             if result.success:
-                await self._storage.forward_succeeded(self.name, item.id, now)
+                written = await self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
             else:
                 max_attempts = self.forward.max_attempts
                 dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)
                 delay = None if dead else self._delay(attempt, result.retry_after)
-                await self._storage.forward_failed(
-                    self.name, item.id, now, result.error, None if dead else now + delay, DEAD if dead else PENDING
+                written = await self._storage.forward_failed(
+                    self.channel.name, item.id, logged, None if dead else now + delay, DEAD if dead else PENDING, **queue
                 )
+            if not written:
+                # Another node holds the lease now and owns this delivery.
+                self._lost(token)
+            elif not result.success:
                 if not dead:
                     log.info(
-                        "forwarder {channel}: webhook {id} attempt {n} failed ({error}); next in {delay:.1f}s",
-                        channel=self.name,
+                        "forwarder {forwarder}: webhook {id} attempt {n} failed ({error}); next in {delay:.1f}s",
+                        forwarder=self.name,
                         id=item.id,
                         n=attempt,
                         error=result.error,
@@ -376,22 +476,22 @@ class Forwarder(Service):
                     )
                 elif item.state != DEAD:
                     log.warn(
-                        "forwarder {channel}: webhook {id} is dead after {n} attempts: {error}",
-                        channel=self.name,
+                        "forwarder {forwarder}: webhook {id} is dead after {n} attempts: {error}",
+                        forwarder=self.name,
                         id=item.id,
                         n=attempt,
                         error=result.error,
                     )
         except Exception:
             log.failure(
-                "forwarder {channel}: cannot record the outcome for webhook {id}", channel=self.name, id=item.id
+                "forwarder {forwarder}: cannot record the outcome for webhook {id}", forwarder=self.name, id=item.id
             )
-            self._report(self.name, INTERNAL_ERROR, now - started)
+            self._report(self.channel.name, self.consumer.name, INTERNAL_ERROR, now - started)
             # Held back a moment, so a broken database does not turn into a
             # stream of deliveries of the same webhook.
             await task.deferLater(self._clock, ERROR_PAUSE)
             return replace(result, success=False, outcome=INTERNAL_ERROR, error="internal error: storage failed")
-        self._report(self.name, result.outcome, now - started)
+        self._report(self.channel.name, self.consumer.name, result.outcome, now - started)
         return result
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -400,10 +500,21 @@ class Forwarder(Service):
 
     async def _attempt(self, item: ForwardItem, attempt: int) -> AttemptResult:
         try:
-            headers = outgoing_headers(self.channel, self._ignored, item, attempt)
+            headers, unsendable = outgoing_headers(
+                self.channel, self.consumer, self._ignored, item, attempt, self._clock.seconds()
+            )
         except Exception:
-            log.failure("forwarder {channel}: cannot build the request for webhook {id}", channel=self.name, id=item.id)
+            log.failure(
+                "forwarder {forwarder}: cannot build the request for webhook {id}", forwarder=self.name, id=item.id
+            )
             return AttemptResult(False, INTERNAL_ERROR, error="internal error: cannot build the request")
+        if unsendable:
+            log.warn(
+                "forwarder {forwarder}: webhook {id}: headers {names} are not valid HTTP; sent without them",
+                forwarder=self.name,
+                id=item.id,
+                names=unsendable,
+            )
         exchange = ensureDeferred(self._post(item.body, headers))
         timed_out = []
 
@@ -437,7 +548,7 @@ class Forwarder(Service):
         response = await self._client.request(
             "POST", self._url, data=body, headers=headers, auth=self._auth, allow_redirects=False, unbuffered=True
         )
-        reader = _CappedBody(MAX_BODY_KEPT)
+        reader = CappedBody(MAX_BODY_KEPT)
         response.deliverBody(reader)
         content = await reader.done
         retry_after = response.headers.getRawHeaders(b"retry-after")
@@ -457,7 +568,7 @@ class Forwarder(Service):
         such webhook."""
         running = self._in_flight.get(webhook_id)
         if running is None:
-            item = await self._storage.forward_get(self.name, webhook_id)
+            item = await self._storage.forward_get(self.channel.name, webhook_id, consumer=self.consumer.name)
             if item is None:
                 return None
             running = self._in_flight.get(webhook_id) or self._start(item)
@@ -468,7 +579,7 @@ def _timestamp(value: float | None):
     return None if value is None else round(value, 3)
 
 
-def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> bytes:
+def encode_queue(state: QueueState, size: int, items: list[ForwardItem]) -> bytes:
     """The body of GET .../queue; stored payloads are valid JSON, spliced as is."""
     status = json.dumps(
         {
@@ -497,17 +608,21 @@ def encode_queue(state: ChannelState, size: int, items: list[ForwardItem]) -> by
     return b'{"status":%s,"items":[%s]}' % (status, b",".join(encoded))
 
 
-def _identity(channel: Channel, ignored: frozenset[str]) -> tuple:
+def _identity(channel: Channel, consumer: Consumer, ignored: frozenset[str]) -> tuple:
     """What a forwarder is built from; a reload that changes it replaces it."""
-    return channel.forward, channel.secrets, ignored
+    return consumer.forward, ignored
+
+
+def forwarder_name(channel: str, consumer: str) -> str:
+    return f"{channel}/{consumer}"
 
 
 class Forwarders(MultiService):
-    """The forwarders of every channel with ``forward``, and the queue API.
+    """The forwarders of every push consumer, and the queue API.
 
-    ``report(channel, outcome, seconds)`` is called after every attempt with
-    one of OK, NETWORK_ERROR, UNEXPECTED_STATUS, INTERNAL_ERROR and how long
-    the attempt took (the metrics of ops.Metrics.forward_outcome)."""
+    ``report(channel, consumer, outcome, seconds)`` is called after every
+    attempt with one of OK, NETWORK_ERROR, UNEXPECTED_STATUS, INTERNAL_ERROR
+    and how long the attempt took (the metrics of ops.Metrics.forward_outcome)."""
 
     def __init__(
         self,
@@ -517,7 +632,7 @@ class Forwarders(MultiService):
         clock,
         client,
         pool: HTTPConnectionPool | None = None,
-        report: Callable[[str, str, float], None] | None = None,
+        report: Callable[[str, str, str, float], None] | None = None,
         grace: float = STOP_GRACE,
         randomness: Callable[[], float] = random.random,
     ):
@@ -530,42 +645,51 @@ class Forwarders(MultiService):
         self.report = report
         self._grace = grace
         self._random = randomness
-        for channel in config.channels:
-            if channel.forward is not None:
-                self._add(channel, config.server.ignored_headers)
+        self._lease_seconds = config.server.lease_seconds
+        storage.on_queue_changed(self._queue_changed)
+        for channel, consumer in _push_consumers(config):
+            self._add(channel, consumer, config.server.ignored_headers)
 
-    def _add(self, channel: Channel, ignored: frozenset[str]) -> None:
+    def _queue_changed(self, channel: str, consumer: str) -> None:
+        forwarder = self.get(channel, consumer)
+        if forwarder is not None:
+            forwarder.queue_changed()
+
+    def _add(self, channel: Channel, consumer: Consumer, ignored: frozenset[str]) -> None:
         forwarder = Forwarder(
             channel,
+            consumer,
             ignored,
             self._storage,
             self._notifier,
             self._clock,
             self._client,
-            report=lambda name, outcome, seconds: self.report and self.report(name, outcome, seconds),
+            report=lambda *outcome: self.report and self.report(*outcome),
             randomness=self._random,
             grace=self._grace,
+            lease_seconds=self._lease_seconds,
         )
         forwarder.setServiceParent(self)
 
-    def get(self, name: str) -> Forwarder | None:
-        return self.namedServices.get(name)
+    def get(self, channel: str, consumer: str = DEFAULT_CONSUMER) -> Forwarder | None:
+        return self.namedServices.get(forwarder_name(channel, consumer))
 
     async def update(self, config: Config) -> None:
         """Add, replace and remove forwarders for a new config.  A replaced
         forwarder finishes its attempts in flight before the new one starts,
         so no webhook is sent by both."""
         ignored = config.server.ignored_headers
-        wanted = {c.name: c for c in config.channels if c.forward is not None}
+        self._lease_seconds = config.server.lease_seconds
+        wanted = {forwarder_name(ch.name, c.name): (ch, c) for ch, c in _push_consumers(config)}
         for forwarder in list(self):
-            channel = wanted.get(forwarder.name)
-            if channel is None or _identity(channel, ignored) != forwarder.identity:
+            pair = wanted.get(forwarder.name)
+            if pair is None or _identity(*pair, ignored) != forwarder.identity:
                 stopped = self.removeService(forwarder)
                 if stopped is not None:
                     await stopped
-        for name, channel in wanted.items():
+        for name, (channel, consumer) in wanted.items():
             if name not in self.namedServices:
-                self._add(channel, ignored)
+                self._add(channel, consumer, ignored)
 
     async def _stop(self) -> None:
         await super().stopService()
@@ -575,29 +699,33 @@ class Forwarders(MultiService):
     def stopService(self) -> Deferred:
         return ensureDeferred(self._stop())
 
-    # --- the queue API, also while a reload swaps the channel's forwarder ---
+    # --- the queue API, also while a reload swaps the consumer's forwarder ---
 
-    async def queue(self, name: str, limit: int, after: int) -> bytes:
-        state, size, items = await self._storage.queue(name, limit, after)
+    async def queue(self, channel: str, consumer: str, limit: int, after: int) -> bytes:
+        state, size, items = await self._storage.queue(channel, limit, after, consumer=consumer)
         return encode_queue(state, size, items)
 
-    async def set_paused(self, name: str, paused: bool) -> None:
-        await self._storage.set_paused(name, paused)
-        forwarder = self.get(name)
+    async def set_paused(self, channel: str, consumer: str, paused: bool) -> None:
+        await self._storage.set_paused(channel, paused, consumer=consumer)
+        forwarder = self.get(channel, consumer)
         if forwarder is not None:
             forwarder.set_paused(paused)
 
-    async def clear(self, name: str) -> int:
-        cleared = await self._storage.clear(name)
-        forwarder = self.get(name)
+    async def clear(self, channel: str, consumer: str) -> int:
+        cleared = await self._storage.clear(channel, self._clock.seconds(), consumer=consumer)
+        forwarder = self.get(channel, consumer)
         if forwarder is not None:
             forwarder.poke()
         return cleared
 
-    async def retry(self, name: str, webhook_id: int) -> AttemptResult | None:
+    async def retry(self, channel: str, consumer: str, webhook_id: int) -> AttemptResult | None:
         """None when there is no such webhook; LookupError while the
-        channel's forwarder is being replaced."""
-        forwarder = self.get(name)
+        consumer's forwarder is being replaced (or it has none)."""
+        forwarder = self.get(channel, consumer)
         if forwarder is None:
-            raise LookupError(name)
+            raise LookupError(forwarder_name(channel, consumer))
         return await forwarder.retry(webhook_id)
+
+
+def _push_consumers(config: Config):
+    return [(ch, c) for ch in config.channels for c in ch.consumers if c.forward is not None]

@@ -8,15 +8,18 @@ reload, has no series.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kwp import verify
+from kwp.auth import Identity
 from kwp.config import Channel, Config, ConfigError
+from kwp.storage import QueueState, QueueStats
 
 log = Logger()
 
@@ -24,6 +27,9 @@ log = Logger()
 # and it keeps the names that strangers post to out of the series.
 UNKNOWN_CHANNEL = "_unknown"
 FORWARD_STATUSES = frozenset({"ok", "network_error", "unexpected_status", "internal_error"})
+# The queue figures are read from the database at most once in this many
+# seconds, whatever the number of scrapers.
+QUEUE_STATS_MAX_AGE = 5.0
 RECEIVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FORWARD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -81,18 +87,24 @@ class _Scrape:
         )
         if self._stats is None:
             return
-        depth = GaugeMetricFamily("kwp_queue_depth", "Webhooks stored and not yet delivered", labels=["channel"])
+        labels = ["channel", "consumer"]
+        depth = GaugeMetricFamily("kwp_queue_depth", "Webhooks pending in a consumer's queue", labels=labels)
         age = GaugeMetricFamily(
             "kwp_queue_oldest_age_seconds",
-            "Age of the oldest stored webhook (0 when none)",
-            labels=["channel"],
+            "How long the head of a consumer's queue has waited (0 when empty)",
+            labels=labels,
         )
+        dead = GaugeMetricFamily("kwp_queue_dead", "Dead letters of a consumer (push attempts given up)", labels=labels)
         for channel in channels:
-            count, oldest = self._stats.get(channel.name, (0, None))
-            depth.add_metric([channel.name], count)
-            age.add_metric([channel.name], max(0.0, self._now - oldest) if oldest is not None else 0.0)
+            for consumer in channel.consumers:
+                stats = self._stats.get((channel.name, consumer.name), QueueStats())
+                queue = [channel.name, consumer.name]
+                depth.add_metric(queue, stats.size)
+                age.add_metric(queue, max(0.0, self._now - stats.oldest_at) if stats.oldest_at is not None else 0.0)
+                dead.add_metric(queue, stats.dead)
         yield depth
         yield age
+        yield dead
 
 
 class Metrics:
@@ -105,6 +117,10 @@ class Metrics:
         self._config = config
         self._storage = storage
         self._clock = clock
+        self._stats: dict | None = None
+        self._stats_at: float | None = None
+        self._reading = False
+        self._readers: list[Deferred] = []
         self.registry = CollectorRegistry()
         self._received = Counter(
             "kwp_webhook_receive",
@@ -122,14 +138,20 @@ class Metrics:
         self._forwarded = Counter(
             "kwp_webhook_forward",
             "Forward attempts by outcome",
-            ["channel", "status"],
+            ["channel", "consumer", "status"],
             registry=self.registry,
         )
         self._forward_seconds = Histogram(
             "kwp_webhook_forward_duration_seconds",
             "Duration of forward attempts",
-            ["channel"],
+            ["channel", "consumer"],
             buckets=FORWARD_BUCKETS,
+            registry=self.registry,
+        )
+        self._filter_errors = Counter(
+            "kwp_filter_errors",
+            "Webhooks whose consumer filter failed to evaluate (taken as no match)",
+            ["channel", "consumer"],
             registry=self.registry,
         )
 
@@ -143,78 +165,124 @@ class Metrics:
         self._received.labels(name, status).inc()
         self._receive_seconds.labels(name).observe(seconds)
 
-    def forward_outcome(self, channel: str, status: str, seconds: float) -> None:
-        """Count one forward attempt of channel: status is one of FORWARD_STATUSES."""
+    def forward_outcome(self, channel: str, consumer: str, status: str, seconds: float) -> None:
+        """Count one forward attempt of a consumer: status is one of FORWARD_STATUSES."""
         if status not in FORWARD_STATUSES:
             raise ValueError(f"unknown forward status {status!r}")
         if not _monitored(self._config(), channel):
             return
-        self._forwarded.labels(channel, status).inc()
-        self._forward_seconds.labels(channel).observe(seconds)
+        self._forwarded.labels(channel, consumer, status).inc()
+        self._forward_seconds.labels(channel, consumer).observe(seconds)
+
+    def filter_failed(self, channel: str, consumer: str) -> None:
+        if _monitored(self._config(), channel):
+            self._filter_errors.labels(channel, consumer).inc()
 
     async def scrape(self) -> bytes:
-        """The Prometheus text exposition, with queue statistics read from the
-        database (on its thread) for this scrape."""
-        try:
-            stats = await self._storage.queue_stats()
-        except Exception:
-            log.failure("metrics: cannot read the queue statistics")
-            stats = None
+        """The Prometheus text exposition, with the queue statistics of
+        :meth:`queue_stats`."""
+        stats = await self.queue_stats()
         return generate_latest(_Scrape(self.registry, self._config(), stats, self._clock.seconds()))
+
+    def queue_stats(self) -> Deferred:
+        """Deferred queue statistics, None when the database could not give
+        them.  They are read (on the database's thread) at most once in
+        QUEUE_STATS_MAX_AGE seconds; scrapes that come while a read runs share
+        it, and one that is cancelled leaves it to the others."""
+        if self._stats_at is not None and self._clock.seconds() - self._stats_at < QUEUE_STATS_MAX_AGE:
+            return succeed(self._stats)
+        reader = Deferred(self._readers.remove)
+        self._readers.append(reader)
+        if not self._reading:
+            self._reading = True
+            maybeDeferred(self._storage.queue_stats).addBoth(self._read)
+        return reader
+
+    def _read(self, result) -> None:
+        self._reading = False
+        if isinstance(result, Failure):
+            log.failure("metrics: cannot read the queue statistics", result)
+            result = None
+        else:
+            self._stats, self._stats_at = result, self._clock.seconds()
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.callback(result)
+
+
+def _queues(config: Config, channels) -> set[str]:
+    return {f"{ch.name}/{c.name}" for ch in config.channels if ch.name in channels for c in ch.consumers}
 
 
 def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-async def channels_overview(storage, channels: Sequence[Channel]) -> dict:
-    """The body of GET /api/channels for these channels: each with its one
-    consumer, ``default``, and that queue's figures."""
+async def channels_overview(storage, config: Config, identity: Identity) -> dict:
+    """The body of GET /api/channels: the channels and consumers identity
+    reaches, each queue with its figures (queue_stats) and, for a push
+    consumer, its forwarding state (queue_state).  The admin also sees the
+    queues of consumers a reload removed, while they hold webhooks."""
     stats = await storage.queue_stats()
-    pushed = [c.name for c in channels if c.forward is not None]
-    forward = await storage.forward_stats(pushed) if pushed else {}
-    states = dict(zip(pushed, await gatherResults([storage.channel_state(name) for name in pushed])))
+    channels = []
+    for channel in config.channels:
+        if not identity.reaches(channel):
+            continue
+        mine = identity.consumer
+        queues = [(c.name, c) for c in channel.consumers if mine is None or c.name == mine.name]
+        if identity.admin:
+            known = {c.name for c in channel.consumers}
+            queues += sorted((name, None) for (of, name) in stats if of == channel.name and name not in known)
+        channels.append((channel, queues))
+    pushed = [(ch.name, name) for ch, queues in channels for name, c in queues if c is not None and c.forward is not None]
+    states = dict(zip(pushed, await gatherResults([storage.queue_state(ch, consumer=name) for ch, name in pushed])))
     listed = []
-    for channel in channels:
-        size, oldest = stats.get(channel.name, (0, None))
-        consumer = {
-            "name": "default",
-            "kind": "pull",
-            "queue_size": size,
-            "oldest_pending_at": _seconds(oldest),
-            "dead": 0,
-            "paused": False,
-            "last_success_at": None,
-            "last_error_at": None,
-            "last_error_message": None,
-        }
-        if channel.forward is not None:
-            dead, oldest = forward[channel.name]
-            state = states[channel.name]
-            consumer.update(
-                kind="push",
-                oldest_pending_at=_seconds(oldest),
-                dead=dead,
-                paused=state.paused,
-                last_success_at=_seconds(state.last_success_at),
-                last_error_at=_seconds(state.last_error_at),
-                last_error_message=state.last_error_message,
+    for channel, queues in channels:
+        consumers = []
+        for name, consumer in queues:
+            figures = stats.get((channel.name, name), QueueStats())
+            state = states.get((channel.name, name), QueueState())
+            consumers.append(
+                {
+                    "name": name,
+                    "kind": "push" if consumer is not None and consumer.forward is not None else "pull",
+                    "removed": consumer is None,
+                    "queue_size": figures.size + figures.dead,
+                    "oldest_pending_at": _seconds(figures.oldest_at),
+                    "dead": figures.dead,
+                    "paused": state.paused,
+                    "last_success_at": _seconds(state.last_success_at),
+                    "last_error_at": _seconds(state.last_error_at),
+                    "last_error_message": state.last_error_message,
+                }
             )
-        listed.append({"name": channel.name, "provider": channel.provider, "consumers": [consumer]})
+        listed.append(
+            {
+                "name": channel.name,
+                "provider": channel.provider,
+                "named_consumers": channel.named_consumers,
+                "consumers": consumers,
+            }
+        )
     return {"channels": listed}
 
 
 def describe_change(old: Config, new: Config) -> str:
-    """A one-line summary of what a reload changes in the channels."""
+    """A one-line summary of what a reload changes in the channels and
+    their consumers.  A removed consumer's webhooks stay stored."""
     before = {c.name: c for c in old.channels}
     after = {c.name: c for c in new.channels}
-    added = sorted(after.keys() - before.keys())
-    removed = sorted(before.keys() - after.keys())
-    changed = sorted(n for n in after.keys() & before.keys() if after[n] != before[n])
+    kept = after.keys() & before.keys()
     parts = [f"{len(new.channels)} channels"]
-    for label, names in (("added", added), ("removed", removed), ("changed", changed)):
+    for label, names in (
+        ("added", after.keys() - before.keys()),
+        ("removed", before.keys() - after.keys()),
+        ("changed", {n for n in kept if after[n] != before[n]}),
+        ("consumers added", _queues(new, kept) - _queues(old, kept)),
+        ("consumers removed (their webhooks stay, for the admin token with ?consumer=)", _queues(old, kept) - _queues(new, kept)),
+    ):
         if names:
-            parts.append(f"{label}: {', '.join(names)}")
+            parts.append(f"{label}: {', '.join(sorted(names))}")
     return "; ".join(parts)
 
 

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kwp.errors import bad_request
+from kwp.errors import ApiError, bad_request
 from kwp.notify import Notifier
 from kwp.storage import StoredWebhook
 
@@ -29,6 +29,8 @@ MAX_LIMIT = 10000
 MAX_WAIT = 60
 MAX_LEASE = 3600
 MAX_ID = 2**63 - 1
+# Seconds a long-poll refused for its token's cap is told to wait.
+WAITERS_RETRY_AFTER = 5
 
 
 def int_arg(args: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -120,10 +122,41 @@ class Puller:
         self._storage = storage
         self._notifier = notifier
         self._clock = clock
+        # Long-polls in progress per token.
+        self._polls: dict[str, int] = {}
 
-    async def take(self, request, channel: str, query: PullQuery) -> bytes:
-        """Stream the pending webhooks of channel to request; returns the
-        closing bracket for the route to write."""
+    async def take(
+        self,
+        request,
+        channel: str,
+        consumer: str,
+        query: PullQuery,
+        token: str | None = None,
+        max_waiters: int | None = None,
+    ) -> bytes:
+        """Stream the pending webhooks of the consumer's queue to request; returns the
+        closing bracket for the route to write.  A long-poll (``wait``) is
+        refused with 429 while ``max_waiters`` others of the same token are
+        in progress."""
+        if not query.wait or token is None or max_waiters is None:
+            return await self._take(request, (channel, consumer), query)
+        polls = self._polls.get(token, 0)
+        if polls >= max_waiters:
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"this token has {polls} long-polls in progress already (server.max-waiters-per-token)",
+                {"Retry-After": str(WAITERS_RETRY_AFTER)},
+            )
+        self._polls[token] = polls + 1
+        try:
+            return await self._take(request, (channel, consumer), query)
+        finally:
+            self._polls[token] -= 1
+            if not self._polls[token]:
+                del self._polls[token]
+
+    async def _take(self, request, queue: tuple[str, str], query: PullQuery) -> bytes:
         claim_id = uuid.uuid4().hex
         # Set when the first webhook is written without a lease: fires with
         # whether the response was handed to the kernel whole.
@@ -131,24 +164,28 @@ class Puller:
 
         def settle(delivered_whole: bool):
             if delivered_whole:
-                return self._storage.finish_claim(claim_id)
-            return self._storage.release_claim(claim_id)
+                return self._storage.finish_claim(claim_id, self._clock.seconds())
+            return self._storage.release_claim(claim_id).addCallback(given_back)
 
         def written(_):
             if delivered:
                 return delivered[0].addCallback(settle)
 
         def dropped(_):
-            return self._storage.release_claim(claim_id)
+            return self._storage.release_claim(claim_id).addCallback(given_back)
+
+        def given_back(released: int):
+            if released:
+                self._notifier.fire(queue, released)
 
         request.notifyFinish().addCallbacks(written, dropped).addErrback(
-            lambda f: log.failure("settling pull {claim} on {channel}", f, claim=claim_id, channel=channel)
+            lambda f: log.failure("settling pull {claim} on {queue}", f, claim=claim_id, queue="/".join(queue))
         )
         request.setHeader(b"content-type", b"application/json")
         throttle = _Throttle()
         request.registerProducer(throttle, True)
         try:
-            await self._stream(request, channel, claim_id, query, throttle, delivered)
+            await self._stream(request, queue, claim_id, query, throttle, delivered)
         except CancelledError:
             raise
         except Exception:
@@ -161,7 +198,8 @@ class Puller:
             request.unregisterProducer()
         return b"]"
 
-    async def _stream(self, request, channel, claim_id, query, throttle, delivered) -> None:
+    async def _stream(self, request, queue, claim_id, query, throttle, delivered) -> None:
+        channel, consumer = queue
         deadline = self._clock.seconds() + query.wait
         remaining = query.limit if query.limit is not None else float("inf")
         separator = b"["
@@ -170,16 +208,21 @@ class Puller:
             asked = int(min(PAGE, remaining))
             # Waiting starts before the claim, so an insert between the claim
             # and the sleep still wakes it.
-            waiter = self._notifier.wait(channel) if sent == 0 and query.wait else None
+            waiter = self._notifier.wait_for_item(queue) if sent == 0 and query.wait else None
             try:
-                page = await self._storage.claim(channel, claim_id, asked, self._clock.seconds(), query.lease)
-                if not page and waiter is not None and self._clock.seconds() < deadline and not self._notifier.closed:
-                    await self._sleep(waiter, deadline)
-                    continue
-            finally:
-                if waiter is not None and not waiter.called:
-                    waiter.addErrback(lambda f: f.trap(CancelledError))
-                    waiter.cancel()
+                page = await self._storage.claim(
+                    channel, claim_id, asked, self._clock.seconds(), query.lease, consumer=consumer
+                )
+            except BaseException:
+                if waiter is not None:
+                    self._leave(waiter, queue)
+                raise
+            if waiter is not None:
+                if not page and self._clock.seconds() < deadline and not self._notifier.closed:
+                    if await self._sleep(waiter, deadline):
+                        continue
+                else:
+                    self._leave(waiter, queue)
             if page and query.lease is None and not delivered:
                 # A finished request may still sit in Twisted's write buffer,
                 # and a client that goes away then never gets it; only a
@@ -198,12 +241,24 @@ class Puller:
         if sent == 0:
             request.write(separator)
         elif query.lease is not None:
-            # Wake long-polls when these leases run out.
-            self._clock.callLater(query.lease, self._notifier.fire, channel)
+            # Wake as many long-polls when these leases run out.
+            self._clock.callLater(query.lease, self._notifier.fire, queue, sent)
 
-    async def _sleep(self, waiter: Deferred, deadline: float) -> None:
+    def _leave(self, waiter: Deferred, queue: tuple[str, str]) -> None:
+        """Stop waiting without having claimed since waiter fired: a wake it
+        got (during its claim) may be for a webhook that the claim did not
+        take, so it goes to the next waiter."""
+        if waiter.called:
+            self._notifier.fire(queue)
+        else:
+            waiter.addErrback(lambda f: f.trap(CancelledError))
+            waiter.cancel()
+
+    async def _sleep(self, waiter: Deferred, deadline: float) -> bool:
+        """Whether waiter fired before the deadline."""
         waiter.addTimeout(deadline - self._clock.seconds(), self._clock)
         try:
             await waiter
         except TimeoutError:
-            pass
+            return False
+        return True

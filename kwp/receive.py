@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 
 from kwp import verify
 from kwp.config import Channel, Config
 from kwp.errors import ApiError, channel_not_found
-from kwp.notify import Notifier
-from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, StorageUnavailable
+from kwp.routing import route
+from kwp.storage import DUPLICATE, QUEUE_FULL, NewWebhook, Route, StorageUnavailable
+
+log = Logger()
 
 HOP_BY_HOP = frozenset(
     {
@@ -101,10 +104,12 @@ def parse_json(body: bytes) -> Any:
     """The JSON value of body; raises ApiError 422.
 
     Only UTF-8 text of strict JSON is taken (no NaN or Infinity), so the stored
-    bytes can be spliced unchanged into the JSON that pulls return."""
+    bytes can be spliced unchanged into the JSON that pulls return.  A value
+    nested deeper than the parser's recursion allows is refused like any other
+    bad body."""
     try:
         return _decoder.decode(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(422, "invalid_json", "the body is not valid UTF-8 JSON") from None
 
 
@@ -128,10 +133,24 @@ class Received:
 class Receiver:
     """Steps 5-9 of §4.1 over a complete request."""
 
-    def __init__(self, storage, notifier: Notifier, clock):
+    def __init__(self, storage, clock, filter_failed=None):
         self._storage = storage
-        self._notifier = notifier
         self._clock = clock
+        # filter_failed(channel, consumer): a consumer's filter raised.
+        self._filter_failed = filter_failed or (lambda channel, consumer: None)
+
+    def _routes(self, channel: Channel, headers: dict[str, str], value) -> tuple[Route, ...]:
+        def failed(consumer: str, error: Exception) -> None:
+            log.warn(
+                "channel {channel}: the filter of consumer {consumer} failed, so it does not take the webhook: {error}",
+                channel=channel.name,
+                consumer=consumer,
+                error=error,
+            )
+            self._filter_failed(channel.name, consumer)
+
+        taken = set(route(((c.name, c.filter) for c in channel.consumers), headers, value, failed))
+        return tuple(Route(c.name, c.max_queue) for c in channel.consumers if c.name in taken)
 
     async def receive(self, config: Config, channel: Channel, headers: dict[str, str], body: bytes) -> Received:
         """Steps 5-9 for a channel whose header checks (check_headers) passed."""
@@ -144,23 +163,24 @@ class Receiver:
         challenge = verify.slack_url_verification(channel, value)
         if challenge is not None:
             return Received("challenge", challenge=challenge)
+        kept = stored_headers(headers, config.server.ignored_headers)
+        routes = self._routes(channel, kept, value)
         webhook = NewWebhook(
             channel=channel.name,
-            headers_json=_headers_encoder.encode(stored_headers(headers, config.server.ignored_headers)),
+            headers_json=_headers_encoder.encode(kept),
             body=body,
             received_at=now,
             delivery_id=verify.delivery_id(channel, headers, value),
             dedup_window=channel.dedup_window_seconds,
-            max_queue=channel.max_queue,
+            routes=routes,
         )
         try:
             result = await self._storage.insert(webhook)
         except StorageUnavailable as e:
-            # Not the contract's 500: a full disk or a read-only database is a
-            # refusal for now, and 503 with Retry-After makes senders retry
-            # later, as for queue_full (docs/OPERATIONS.md).
+            # A full disk or a read-only database is a refusal for now, not a
+            # bug: 503 with Retry-After makes senders retry later.
             message = f"the webhook could not be stored now: {e}"
-            raise ApiError(503, "internal_error", message, {"Retry-After": "60"}) from e
+            raise ApiError(503, "storage_unavailable", message, {"Retry-After": "60"}) from e
         except CancelledError:
             # The sender has gone; the storage keeps the webhook all the same.
             raise
@@ -170,5 +190,4 @@ class Receiver:
             return Received("duplicate")
         if result is QUEUE_FULL:
             raise ApiError(503, "queue_full", "the channel's queue is full", {"Retry-After": "30"})
-        self._notifier.fire(channel.name)
         return Received("ok", result)

@@ -4,30 +4,38 @@ POST each webhook, in order, to a target on the inside network.
 Only outbound connections.  A webhook is acked only after the target answered
 2xx, so whatever restarts (the relay, the proxy, the target) an unacked
 webhook comes back when its lease ends: delivery is at least once, and each
-POST carries ``X-Kwp-Delivery-Id`` so the target can drop a repeat.
+POST carries ``X-Kwp-Delivery-Id`` so the target can drop a repeat.  No
+redirect is followed, and no answer of the proxy is read beyond
+``max_response`` bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import random
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from kwp.forward import http_client
+from kwp.config import DEFAULT_CONSUMER
+from kwp.forward import MAX_BODY_KEPT, OWN_HEADERS, CappedBody, delivery_id, http_client
+from kwp.headers import passed_on
 from kwp.receive import stored_headers
 
 log = Logger()
 
 # How much longer than `wait` a long-poll may take before it counts as lost.
 POLL_SLACK = 30
+# The largest answer of the proxy read (a poll of `batch` webhooks, bodies in
+# base64); a larger one is a failure, retried with backoff.
+MAX_RESPONSE = 32 * 1024 * 1024
 
 
 class RelayError(Exception):
@@ -36,7 +44,9 @@ class RelayError(Exception):
 
 @dataclass(frozen=True)
 class RelaySettings:
-    source: str  # the channel's pull URL: https://proxy/api/webhook/NAME
+    # The channel's pull URL, https://proxy/api/webhook/NAME, with
+    # ?consumer=NAME for one consumer of a channel that has several.
+    source: str
     token: str
     target: str
     lease: int = 60
@@ -45,6 +55,18 @@ class RelaySettings:
     timeout: float = 30
     min_delay: float = 1
     max_delay: float = 60
+    max_response: int = MAX_RESPONSE
+
+    @property
+    def channel(self) -> str:
+        """The channel's name: the last segment of the source URL's path."""
+        return channel_of(self.source)
+
+    @property
+    def consumer(self) -> str:
+        """The consumer ``?consumer=`` names in the source URL, else the
+        implicit one of a channel without consumers."""
+        return parse_qs(urlsplit(self.source).query).get("consumer", [DEFAULT_CONSUMER])[-1]
 
 
 @dataclass(frozen=True)
@@ -79,19 +101,40 @@ class Backoff:
         self.failures = 0
 
 
+def channel_of(source: str) -> str:
+    return unquote(urlsplit(source).path.rstrip("/").rpartition("/")[2])
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _with_path(url: str, suffix: str, query: dict | None = None) -> str:
+    """url with suffix added to its path and query added to its own query."""
     parts = urlsplit(url)
     path = parts.path.rstrip("/") + suffix
-    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query or {}), ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode([*parse_qsl(parts.query), *(query or {}).items()]), ""))
 
 
-def target_headers(item: Item, attempt: int) -> Headers:
+def target_headers(channel: str, consumer: str, item: Item, attempt: int) -> tuple[Headers, list[str]]:
+    """The headers of a POST to the target: the stored ones that are passed
+    on (kwp.headers), the delivery id and the attempt number; and the names
+    of stored headers left out because they cannot be sent."""
+    stored = stored_headers(item.headers, OWN_HEADERS)
+    kept, unsendable = passed_on(stored)
     headers = Headers()
-    for name, value in stored_headers(item.headers, frozenset()).items():
+    for name, value in kept.items():
         headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    headers.setRawHeaders(b"x-kwp-delivery-id", [str(item.id).encode()])
-    headers.setRawHeaders(b"x-kwp-attempt", [str(attempt).encode()])
-    return headers
+    headers.addRawHeader(b"x-kwp-delivery-id", delivery_id(channel, item.id, consumer).encode())
+    headers.addRawHeader(b"x-kwp-attempt", str(attempt).encode())
+    return headers, unsendable
 
 
 class Relay:
@@ -168,12 +211,19 @@ class Relay:
     async def _sleep(self, seconds: float) -> None:
         await self._interrupt(task.deferLater(self._clock, seconds, lambda: None))
 
-    def _call(self, method: str, url: str, headers: Headers, data: bytes | None, timeout: float) -> Deferred:
-        """(status, body) of one request, failing with TimeoutError after timeout."""
+    def _call(self, method: str, url: str, headers: Headers, data: bytes | None, timeout: float, limit: int):
+        """(status, response, body, truncated) of one request, with no
+        redirect followed and at most limit bytes of body read; failing with
+        TimeoutError after timeout."""
 
         async def call():
-            response = await self._http.request(method, url, headers=headers, data=data)
-            return response.code, await response.content()
+            response = await self._http.request(
+                method, url, headers=headers, data=data, allow_redirects=False, unbuffered=True
+            )
+            reader = CappedBody(limit)
+            response.deliverBody(reader)
+            body = await reader.done
+            return response.code, response, body, reader.truncated
 
         return ensureDeferred(call()).addTimeout(timeout, self._clock)
 
@@ -183,13 +233,20 @@ class Relay:
         headers = self._auth.copy()
         if data is not None:
             headers.setRawHeaders(b"content-type", [b"application/json"])
-        call = self._call(method, url, headers, data, timeout or self._settings.timeout)
+        limit = self._settings.max_response
+        call = self._call(method, url, headers, data, timeout or self._settings.timeout, limit)
         try:
-            status, body = await (self._interrupt(call) if interruptible else call)
+            status, response, body, truncated = await (self._interrupt(call) if interruptible else call)
             if status in (400, 401, 403, 404):
                 raise RelayError(f"the proxy refused {method} {urlsplit(url).path}: {status} {body[:200]!r}")
+            if 300 <= status < 400:
+                location = (response.headers.getRawHeaders(b"location") or [b"?"])[0].decode("latin-1")
+                raise RelayError(f"the proxy redirects {urlsplit(url).path} to {location!r} ({status}); "
+                                 "relay from the URL it names (redirects are not followed)")
             if not 200 <= status < 300:
                 raise ValueError(f"status {status}")
+            if truncated:
+                raise ValueError(f"the answer is larger than {limit} bytes (--max-response-size; or a smaller --batch)")
             answer = json.loads(body)
         except (CancelledError, RelayError):
             raise
@@ -218,19 +275,20 @@ class Relay:
         return items
 
     async def _order_is_safe(self, first: int) -> bool:
-        """After a start, a crashed predecessor may still hold leases on older
-        webhooks; delivering now would overtake them.  Then wait until every
+        """After a start, a crashed predecessor may still hold leases on
+        webhooks ahead in the queue; delivering now would overtake them.  The
+        head of the queue (the list, in queue order, leased ones included)
+        must be the first webhook this relay leased; else wait until every
         lease, ours included, has run out, and poll again."""
         answer = await self._proxy("GET", self._list_url)
         if answer is None:
             await self._proxy_backoff_sleep()
             return False
-        older = [i["id"] for i in answer if i["id"] < first]
-        if not older:
+        if not answer or answer[0]["id"] == first:
             return True
         log.info(
-            "webhook {older} is leased elsewhere (an earlier relay?); waiting {lease}s for its lease to end",
-            older=older[0],
+            "webhook {ahead} is leased elsewhere (an earlier relay?); waiting {lease}s for its lease to end",
+            ahead=answer[0]["id"],
             lease=self._settings.lease,
         )
         await self._sleep(self._settings.lease + 1)
@@ -241,10 +299,15 @@ class Relay:
         attempt = 0
         while not self._stopping:
             attempt += 1
-            headers = target_headers(item, attempt)
+            headers, unsendable = target_headers(self._settings.channel, self._settings.consumer, item, attempt)
+            if unsendable and attempt == 1:
+                log.warn("webhook {id}: headers {names} are not valid HTTP; sent without them", id=item.id,
+                         names=unsendable)
             try:
                 # Not interrupted by stop(): its outcome decides the ack.
-                status, _ = await self._call("POST", self._settings.target, headers, item.body, self._settings.timeout)
+                status, *_ = await self._call(
+                    "POST", self._settings.target, headers, item.body, self._settings.timeout, MAX_BODY_KEPT
+                )
             except Exception as e:
                 failure = f"{type(e).__name__}: {e}"
             else:

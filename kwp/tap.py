@@ -10,35 +10,21 @@ import sys
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, threads
-from twisted.logger import (
-    FileLogObserver,
-    FilteringLogObserver,
-    ILogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    formatEventAsClassicLogText,
-    formatTime,
-    jsonFileLogObserver,
-)
+from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from kwp.config import ConfigError, load_config
+from kwp.config import ConfigError, load_config, unsafe_settings
 from kwp.forward import Forwarders, http_client
+from kwp.logs import LOG_LEVELS, log_stream, make_access_log, make_log_observer
 from kwp.notify import Notifier
 from kwp.ops import Reloader
-from kwp.storage import StorageError, open_storage
+from kwp.storage import StorageError, open_storage, redacted
+from kwp.storage.prune import Pruner
 from kwp.web import IDLE_TIMEOUT, RECEIVE_TIMEOUT, KwpApp, KwpSite
 
 log = Logger()
 
-LOG_LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warn": LogLevel.warn,
-    "warning": LogLevel.warn,
-    "error": LogLevel.error,
-}
 # How long a stop waits for requests in flight before closing the database.
 STOP_GRACE = 10
 
@@ -74,7 +60,13 @@ class Options(usage.Options):
     longdesc = "kwp: a webhooks proxy. Options win over KWP_* environment variables."
     optParameters = [
         ["config", "c", None, "YAML file with channels and server settings [env KWP_CONFIG; config.yml]"],
-        ["database", "d", None, "SQLite file path, sqlite:///path or :memory: [env KWP_DATABASE; data/kwp.db]"],
+        [
+            "database",
+            "d",
+            None,
+            "SQLite file path, sqlite:///path, :memory: or postgresql://user:pass@host:port/db"
+            " [env KWP_DATABASE; data/kwp.db]",
+        ],
         ["log-format", None, None, "text or json [env KWP_LOG_FORMAT; text]"],
         ["log-level", None, None, "debug, info, warn or error [env KWP_LOG_LEVEL; info]"],
         ["receive-timeout", None, RECEIVE_TIMEOUT, "seconds a request may take to arrive whole", positive_seconds],
@@ -129,63 +121,31 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-class _TimeStamps:
-    """Twisted's formatTime, computed once per second.  The text log shows
-    whole seconds, and formatting the time costs as much as the rest of a
-    request's log line."""
-
-    def __init__(self):
-        self._second: int | None = None
-        self._text = ""
-
-    def __call__(self, when: float | None) -> str:
-        if when is None:
-            return formatTime(None)
-        second = int(when)
-        if second != self._second:
-            self._second, self._text = second, formatTime(second)
-        return self._text
+class StartupError(SystemExit, Exception):
+    """A start-up failure told in one line, once twistd has started: as a
+    SystemExit, Python writes its message (to the log, where twistd has sent
+    standard error by then) and exits with status 1, without a traceback; as
+    an Exception, twistd removes its pid file and passes the message to the
+    parent of a daemon, which prints it."""
 
 
-class TextAccessLog:
-    """Writes the line of each request to the text log's stream, exactly as
-    the text observer prints an info event of kwp.web.  Going through the
-    logger (event, publisher, level filter, format string) costs about 25us
-    a request, a tenth of a whole receive; twisted.web's own access log
-    bypasses the logger likewise."""
-
-    def __init__(self, stream):
-        self._stream = stream
-        self._stamps = _TimeStamps()
-
-    def __call__(self, when: float, line: str) -> None:
-        self._stream.write(f"{self._stamps(when)} [kwp.web#info] {line}\n")
-        self._stream.flush()
-
-
-def make_access_log(log_format: str, level: str, stream=None) -> TextAccessLog | None:
-    """The direct writer of request lines for a text log at info or debug
-    level; None otherwise (JSON lines stay events of the logger)."""
-    if log_format != "text" or level not in ("debug", "info"):
-        return None
-    return TextAccessLog(stream or sys.stdout)
-
-
-def make_log_observer(log_format: str, level: str, stream=None):
-    stream = stream or sys.stdout
-    if log_format == "json":
-        observer = jsonFileLogObserver(stream, recordSeparator="")
+def _cannot_listen(error: CannotListenError) -> StartupError:
+    if error.interface:
+        where = f"{error.interface}:{error.port}"
     else:
-        # textFileLogObserver(stream), with the time stamps cached.
-        stamps = _TimeStamps()
-        observer = FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, formatTime=stamps))
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LOG_LEVELS[level])])
+        where = f"port {error.port}" if isinstance(error.port, int) else str(error.port)
+    reason = getattr(error.socketError, "strerror", None) or error.socketError
+    message = f"kwp: cannot listen on {where}: {reason}"
+    # Where the other start-up errors go (a daemon's is /dev/null).
+    sys.__stderr__.write(message + "\n")
+    return StartupError(message)
 
 
 class KwpService(MultiService):
-    """The storage, the forwarders, the listeners, and a stop in a fixed
-    order: stop listening, let requests in flight finish (bounded), let
-    forward attempts in flight finish (bounded), then close the database."""
+    """The storage, the forwarders, the pruner of delivery ids, the
+    listeners, and a stop in a fixed order: stop listening, let requests in
+    flight finish (bounded), let forward attempts in flight finish (bounded),
+    let a pruning batch finish, then close the database."""
 
     def __init__(self, app: KwpApp, site: KwpSite, listeners, log_observer, clock, load_config):
         super().__init__()
@@ -200,6 +160,8 @@ class KwpService(MultiService):
         self._previous_sighup = None
         app.storage.setServiceParent(self)
         app.forwarders.setServiceParent(self)
+        self.pruner = Pruner(app.storage, lambda: app.config, clock)
+        self.pruner.setServiceParent(self)
         self.listeners = []
         for endpoint in listeners:
             listener = StreamServerEndpointService(endpoint, site)
@@ -222,11 +184,35 @@ class KwpService(MultiService):
     def _sighup(self, signum, frame):
         self._clock.callFromThread(self.reload)
 
+    def privilegedStartService(self):
+        # The listeners bind here (twistd calls it before dropping privileges).
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise _cannot_listen(e) from None
+
     def startService(self):
         # Before the listeners start: a SIGHUP sent once the port answers must
         # find the handler, not the default action (which ends the process).
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        # After the reactor has installed its own handlers.
+        self._clock.callWhenRunning(signal.signal, signal.SIGTERM, self._sigterm)
         super().startService()
+
+    def _sigterm(self, signum, frame):
+        # The reactor's own handler makes twistd end by raising the signal
+        # again, an exit by signal that supervisors report as a failure; a
+        # SIGTERM is the ordinary stop, so kwp stops the reactor itself and
+        # twistd exits with status 0.
+        self._clock.callFromThread(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        log.info("SIGTERM: stopping")
+        try:
+            self._clock.stop()
+        except ReactorNotRunning:
+            # A second SIGTERM while stopping.
+            pass
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -243,6 +229,7 @@ class KwpService(MultiService):
             except defer.TimeoutError:
                 log.warn("{what} still open after {grace}s; stopping anyway", what=what, grace=STOP_GRACE)
         yield defer.maybeDeferred(self.app.forwarders.stopService)
+        yield defer.maybeDeferred(self.pruner.stopService)
         yield defer.maybeDeferred(self.app.storage.stopService)
         log.info("kwp stopped")
 
@@ -251,6 +238,9 @@ def make_app(config, storage, reactor, ui_token: str | None = None) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
     app's metrics; ui_token is an admin token besides the config's."""
     notifier = Notifier()
+    # Webhooks stored by this node or (PostgreSQL) another one wake as many
+    # waiters of each queue.
+    storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c), n) for c, n in consumers.items()])
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders, ui_token)
@@ -258,17 +248,35 @@ def make_app(config, storage, reactor, ui_token: str | None = None) -> KwpApp:
     return app
 
 
+def load_beside_ui_token(path: str, ui_token: str | None):
+    """The config of path; ConfigError too when ui_token (UI_ACCESS_TOKEN,
+    an admin token) is also a channel's or a consumer's token, which would
+    make that token's holder an admin."""
+    config = load_config(path)
+    if ui_token is None:
+        return config
+    for channel in config.channels:
+        if channel.token == ui_token:
+            raise ConfigError([f"UI_ACCESS_TOKEN is the api-read-token of channel {channel.name!r}; give it its own token"])
+        for consumer in channel.consumers:
+            if consumer.token == ui_token:
+                raise ConfigError(
+                    [
+                        f"UI_ACCESS_TOKEN is the token of consumer {consumer.name!r} of channel {channel.name!r};"
+                        " give it its own token"
+                    ]
+                )
+    return config
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    ui_token = options["ui-access-token"]
     try:
-        config = load_config(options["config"])
+        config = load_beside_ui_token(options["config"], ui_token)
     except ConfigError as e:
         raise SystemExit("kwp: invalid configuration:\n" + "\n".join(f"  {line}" for line in e.errors))
-    ui_token = options["ui-access-token"]
-    shared = next((c.name for c in config.channels if c.token == ui_token), None)
-    if shared is not None:
-        raise SystemExit(f"kwp: UI_ACCESS_TOKEN is the api-read-token of channel {shared!r}; give it its own token")
     try:
         storage = open_storage(options["database"], reactor)
     except StorageError as e:
@@ -278,20 +286,24 @@ def makeService(options, reactor=None):
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
     app = make_app(config, storage, reactor, ui_token)
-    access_log = make_access_log(options["log-format"], options["log-level"])
+    # twistd's own options, when it runs kwp: where it would log.
+    stream = log_stream(getattr(options, "parent", None), reactor)
+    access_log = make_access_log(options["log-format"], options["log-level"], stream)
     site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"], access_log)
-    observer = make_log_observer(options["log-format"], options["log-level"])
+    observer = make_log_observer(options["log-format"], options["log-level"], stream)
     log.info(
         "kwp: {channels} channels from {path}, database {database}",
         channels=len(config.channels),
         path=config.path,
-        database=options["database"],
+        database=redacted(options["database"]),
     )
+    for warning in unsafe_settings(config):
+        log.warn("{warning}", warning=warning)
     # Absolute: a daemonized twistd changes directory before any reload.
     path = os.path.abspath(options["config"])
 
     def reload_config():
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_config, path)
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_beside_ui_token, path, ui_token)
 
     service = KwpService(app, site, listeners, observer, reactor, reload_config)
     tune_gc()

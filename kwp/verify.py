@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -25,7 +26,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
-from kwp.config import Channel, Network
+from kwp.config import Channel, Forward, Network
 from kwp.templates import Template, TemplateError
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "sign",
     "sender_headers",
     "sign_forward",
+    "forward_signature",
+    "forward_signature_names",
     "signature_ok",
     "slack_url_verification",
 ]
@@ -151,7 +154,9 @@ class Scheme:
     a provider name.  ``header`` is the header carrying the secret or the
     signature, spelled for display (look it up lower-cased).  A delivery id,
     when the sender gives one, is in ``delivery_header`` or in the top-level
-    ``delivery_field`` of the JSON body.  Timestamped schemes read
+    ``delivery_field`` of the JSON body; when ``delivery_scope`` names a
+    header, its value is part of the id (several GitHub hooks send one event
+    with one delivery id, each with its own hook id).  Timestamped schemes read
     ``timestamp_header`` (Stripe puts its timestamp inside the signature
     header) and refuse anything more than ``tolerance`` seconds away from now.
     """
@@ -160,6 +165,7 @@ class Scheme:
     header: str | None = None
     delivery_header: str | None = None
     delivery_field: str | None = None
+    delivery_scope: str | None = None
     timestamp_header: str | None = None
     tolerance: int | None = None
 
@@ -177,7 +183,9 @@ class Scheme:
 NONE = Scheme("none")
 
 PRESETS: Mapping[str, Scheme] = {
-    "github": Scheme("github", "X-Hub-Signature-256", delivery_header="X-GitHub-Delivery"),
+    "github": Scheme(
+        "github", "X-Hub-Signature-256", delivery_header="X-GitHub-Delivery", delivery_scope="X-GitHub-Hook-ID"
+    ),
     "gitlab": Scheme("gitlab", "X-Gitlab-Token", delivery_header="X-Gitlab-Event-UUID"),
     "telegram": Scheme("telegram", "X-Telegram-Bot-Api-Secret-Token", delivery_field="update_id"),
     "stripe": Scheme("stripe", "Stripe-Signature", delivery_field="id", tolerance=TOLERANCE_SECONDS),
@@ -211,13 +219,21 @@ def scheme_for(channel: Channel) -> Scheme:
     ``secret-type`` and the secret templates apply only to channels without a
     provider.  Without a provider, ``secret-header`` selects "plain" or
     "hmac" by ``secret-type``; without either, nothing is checked.
+
+    Every check of a request asks for it, so it is computed once per
+    combination of the three keys.
     """
-    if channel.provider is not None:
-        preset = PRESETS[channel.provider]
-        return replace(preset, header=channel.secret_header) if channel.secret_header else preset
-    if channel.secret_header:
-        kind = "hmac" if channel.secret_type == "hmac-sha256" else "plain"
-        return Scheme(kind, channel.secret_header)
+    return _scheme(channel.provider, channel.secret_header, channel.secret_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _scheme(provider: str | None, secret_header: str | None, secret_type: str) -> Scheme:
+    if provider is not None:
+        preset = PRESETS[provider]
+        return replace(preset, header=secret_header) if secret_header else preset
+    if secret_header:
+        kind = "hmac" if secret_type == "hmac-sha256" else "plain"
+        return Scheme(kind, secret_header)
     return NONE
 
 
@@ -261,7 +277,7 @@ def plain_ok(channel: Channel, headers: Headers) -> bool:
     list is accepted.  A channel with nothing plain to check passes (its
     signature, if any, is checked by :func:`signature_ok` once the body is in).
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not scheme.plain or not channel.secrets:
         return True
     value = _header(headers, scheme.header)
@@ -334,6 +350,20 @@ def _verify_slack(scheme: Scheme, channel: Channel, headers: Headers, body: byte
     return _equals_any(hex_digest.lower(), _hex_hmacs(channel.secrets, _slack_content(timestamp, body)))
 
 
+# Svix, and the senders built on it (Clerk, Resend), spell the Standard
+# Webhooks headers with their own prefix; the official svix library reads both.
+_SVIX_SPELLING = {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp", "webhook-signature": "svix-signature"}
+
+
+def _standard_header(headers: Headers, name: str | None) -> str | None:
+    """A Standard Webhooks header, else the same header in Svix's spelling."""
+    value = _header(headers, name)
+    if value is None and name:
+        alias = _SVIX_SPELLING.get(name.lower())
+        value = headers.get(alias) if alias else None
+    return value
+
+
 def _standard_webhooks_key(secret: str) -> bytes | None:
     """The HMAC key of a ``whsec_``-prefixed (or bare) base64 secret, as the
     reference library decodes it; None when it is not base64."""
@@ -349,14 +379,19 @@ def _standard_webhooks_content(msg_id: str, timestamp: str, body: bytes) -> byte
     return _bytes(f"{msg_id}.{timestamp}.") + body
 
 
+def _standard_webhooks_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    return base64.b64encode(_hmac(key, _standard_webhooks_content(msg_id, timestamp, body))).decode()
+
+
 def _verify_standard_webhooks(scheme: Scheme, channel: Channel, headers: Headers, body: bytes, now: float) -> bool:
-    """webhook-id, webhook-timestamp and space-separated ``v1,BASE64`` signatures."""
-    msg_id = _header(headers, scheme.delivery_header)
-    timestamp = _header(headers, scheme.timestamp_header) or ""
+    """webhook-id, webhook-timestamp and space-separated ``v1,BASE64`` signatures
+    (or svix-id, svix-timestamp, svix-signature)."""
+    msg_id = _standard_header(headers, scheme.delivery_header)
+    timestamp = _standard_header(headers, scheme.timestamp_header) or ""
     if not msg_id or not _fresh(timestamp, now, scheme.tolerance):
         return False
     signatures = []
-    for item in (_header(headers, scheme.header) or "").split(" "):
+    for item in (_standard_header(headers, scheme.header) or "").split(" "):
         version, _, encoded = item.partition(",")
         if version == "v1":
             try:
@@ -391,7 +426,7 @@ def signature_ok(channel: Channel, headers: Headers, body: bytes, now: float) ->
     the tolerance in either direction.  A signed scheme without any secret
     refuses everything: there is no key to check against.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     verifier = _VERIFIERS.get(scheme.kind)
     if verifier is None:
         return True
@@ -405,22 +440,39 @@ def delivery_id(channel: Channel, headers: Headers, body_json: Any) -> str | Non
     """The sender's id for this delivery, the same on its retries; None if none.
 
     From a header (GitHub X-GitHub-Delivery, GitLab X-Gitlab-Event-UUID,
-    Shopify X-Shopify-Webhook-Id, Standard Webhooks webhook-id) or from the
-    body (Telegram ``update_id``, the Stripe event ``id``, Slack's
-    ``event_id`` of an event_callback).  Meta and channels without a provider
-    have none.  An empty id, or one longer than 256 characters, is None.
+    Shopify X-Shopify-Webhook-Id, Standard Webhooks webhook-id or svix-id) or
+    from the body (Telegram ``update_id``, the Stripe event ``id``, Slack's
+    ``event_id`` of an event_callback).  GitHub's is prefixed with the
+    X-GitHub-Hook-ID that sent it, when there is one.  Meta and channels
+    without a provider have none.  An empty id, one longer than 256
+    characters, or one that is not Unicode text (a lone surrogate, which
+    JSON's ``\\u`` escapes allow), is None.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     value: Any = None
     if scheme.delivery_header:
-        value = _header(headers, scheme.delivery_header)
+        if scheme.kind == "standard-webhooks":
+            value = _standard_header(headers, scheme.delivery_header)
+        else:
+            value = _header(headers, scheme.delivery_header)
+        scope = _header(headers, scheme.delivery_scope)
+        if value and scope:
+            value = f"{scope}/{value}"
     elif scheme.delivery_field and isinstance(body_json, dict):
         value = body_json.get(scheme.delivery_field)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > MAX_DELIVERY_ID_LENGTH or not _is_text(value):
         return None
     return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- signing (§5.3 /sign and the forwarder) ----------------------------------
@@ -455,7 +507,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
     another second is another message (and not taken for a redelivery).
     Raises :class:`NotSigned` for a channel without an HMAC scheme or secret.
     """
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not scheme.signed or not channel.secrets or not scheme.header:
         raise NotSigned(f"channel {channel.name!r} does not verify an HMAC signature")
     secret = channel.secrets[0]
@@ -482,7 +534,7 @@ def sign(channel: Channel, body: bytes, now: float, msg_id: str | None = None) -
             raise NotSigned(f"channel {channel.name!r}: the webhook secret is not base64")
         if msg_id is None:
             msg_id = "msg_" + hashlib.sha256(f"{timestamp}.".encode() + body).hexdigest()[:32]
-        signature = base64.b64encode(_hmac(key, _standard_webhooks_content(msg_id, timestamp, body))).decode()
+        signature = _standard_webhooks_signature(key, msg_id, timestamp, body)
         value = f"v1,{signature}"
         extra.update({"webhook-id": msg_id, "webhook-timestamp": timestamp})
     else:
@@ -496,7 +548,7 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
     with the channel's first secret.  Empty for a channel that checks nothing."""
     if secret is not None:
         channel = replace(channel, secrets=(secret,))
-    scheme = channel.scheme
+    scheme = scheme_for(channel)
     if not channel.secrets or not scheme.header:
         return {}
     if scheme.plain:
@@ -505,10 +557,44 @@ def sender_headers(channel: Channel, body: bytes, now: float, secret: str | None
 
 
 def sign_forward(sign_template: Template | None, secret: str, body: bytes) -> str:
-    """The forwarder's signature header value: hex HMAC-SHA256 of the body,
+    """The hmac signature header value: hex HMAC-SHA256 of the body,
     rendered through ``sign_template`` as ``signature`` (bare hex without one)."""
     signature = _hmac(secret, body).hex()
     return sign_template.render(signature=signature) if sign_template else signature
+
+
+# What a sender may have signed a webhook with in the Standard Webhooks way
+# (and Svix's spelling of it): replaced when kwp signs that way itself.
+_STANDARD_WEBHOOKS_HEADERS = frozenset(
+    f"{prefix}-{name}" for prefix in ("webhook", "svix") for name in ("id", "timestamp", "signature")
+)
+
+
+def forward_signature_names(forward: Forward) -> frozenset[str]:
+    """The lower-cased names of stored headers that the forward's signature
+    replaces (so a target never gets two)."""
+    if forward.sign_scheme == "standard-webhooks":
+        return _STANDARD_WEBHOOKS_HEADERS
+    return frozenset({forward.sign_header.lower()}) if forward.sign_header else frozenset()
+
+
+def forward_signature(forward: Forward, body: bytes, msg_id: str, now: float) -> dict[str, str]:
+    """The headers signing one forward attempt, made at ``now``.
+
+    ``hmac``: ``sign-header`` with :func:`sign_forward` (nothing without a
+    sign-header).  ``standard-webhooks``: webhook-id ``msg_id``,
+    webhook-timestamp ``now`` and webhook-signature ``v1,`` and the base64
+    HMAC of ``msg_id.timestamp.body`` keyed with the ``whsec_`` sign-secret,
+    so a target accepts the attempt however long after the receive it is made.
+    """
+    if forward.sign_scheme == "standard-webhooks":
+        timestamp = str(int(now))
+        key = _standard_webhooks_key(forward.sign_secret)
+        signature = _standard_webhooks_signature(key, msg_id, timestamp, body)
+        return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature}"}
+    if forward.sign_header:
+        return {forward.sign_header: sign_forward(forward.sign_template, forward.sign_secret, body)}
+    return {}
 
 
 # --- handshakes (§4.3) -------------------------------------------------------

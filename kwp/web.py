@@ -19,9 +19,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from kwp import __version__, console, verify
-from kwp.auth import authorize, authorize_admin, visible_channels
+from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, identify, unknown_consumer
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
+from kwp.logs import printable
 from kwp.ops import Metrics, channels_overview
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
@@ -36,6 +37,8 @@ IDLE_TIMEOUT = 30
 # Bytes of a refused body read and thrown away so the client can read the
 # answer; a client that sends more is disconnected.
 DISCARD_LIMIT = 8 * 1024 * 1024
+# twisted.web sends "Unknown Status" for the codes it does not know.
+REASONS = {**http.RESPONSES, 422: b"Unprocessable Entity", 429: b"Too Many Requests"}
 # One line per request, written by KwpSite.log.
 ACCESS_FORMAT = "{method} {path} {status} {size}B {duration_ms:.1f}ms channel={channel}"
 
@@ -78,23 +81,32 @@ def _page(request) -> tuple[int, int]:
 
 
 def _error(request, error: ApiError) -> bytes:
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, REASONS.get(error.status, b"Error"))
     request.setHeader(b"content-type", b"application/json")
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())
     return error.body()
 
 
-def _failure_body(request, failure) -> bytes:
-    """The JSON error body of a failed request; what is not an ApiError, or
-    a 5xx with a cause, is logged for the operator."""
+def _api_error(failure) -> ApiError:
+    """What a failed request answers.  A body nested deeper than the JSON
+    parser's recursion allows is the client's doing: 400, as for any other
+    body a route cannot read.  What is not an ApiError, or a 5xx with a
+    cause, is logged for the operator."""
     error = failure.value
+    if isinstance(error, RecursionError):
+        return bad_request("the body is nested too deeply")
     if not isinstance(error, ApiError):
         log.failure("unexpected error", failure=failure)
-        error = ApiError(500, "internal_error", "internal error")
-    elif error.status >= 500 and error.__cause__ is not None:
+        return ApiError(500, "internal_error", "internal error")
+    if error.status >= 500 and error.__cause__ is not None:
         log.failure("request failed", failure=failure)
-    return _error(request, error)
+    return error
+
+
+def _failure_body(request, failure) -> bytes:
+    """The JSON error body of a failed request."""
+    return _error(request, _api_error(failure))
 
 
 def _finish(request, body: bytes) -> None:
@@ -136,7 +148,10 @@ class KwpRequest(Request):
 
     For a POST to a channel the checks of steps 1-4 run in gotLength; a refused
     request has its body read into nothing and then gets the refusal.  Every
-    other request may not exceed the largest body limit of the config."""
+    other request may not exceed the largest body limit of the config.  A
+    body that passes its limit while it arrives (chunked), and a refused one
+    that declares more than DISCARD_LIMIT, are answered at once, without
+    reading the rest, and the connection closed."""
 
     kwp_config: Config | None = None
     kwp_headers: dict[str, str] | None = None
@@ -144,6 +159,8 @@ class KwpRequest(Request):
     # The channel whose header checks passed in gotLength, if any.
     kwp_checked: Channel | None = None
     kwp_channel: str = "-"
+    # Answered before the end of its body (KwpRequest._answer_now).
+    kwp_answered = False
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
@@ -172,15 +189,22 @@ class KwpRequest(Request):
         super().gotLength(length)
 
     def _refuse(self, refusal: ApiError, length: int | None = None) -> None:
-        if length is not None and length > DISCARD_LIMIT:
-            # Too much to read and throw away: answer now and hang up.
-            self.channel.answer_and_close(refusal)
-            return
         self.kwp_refusal = refusal
         self.content = _Discard()
         # No "100 Continue" for a request that is refused already.
         self.requestHeaders.removeHeader(b"expect")
         self._last_on_its_connection()
+        if length is not None and length > DISCARD_LIMIT:
+            # Too much to read and throw away.
+            self._answer_now()
+
+    def _answer_now(self) -> None:
+        """Answer the refusal before the body has ended; the connection
+        closes after the answer and the rest of the body is not read."""
+        self.kwp_answered = True
+        channel = self.channel
+        channel.answered_early = True
+        self.requestReceived(channel._command, channel._path, channel._version)
 
     def _last_on_its_connection(self) -> None:
         """Answer with Connection: close, and close after the answer."""
@@ -188,13 +212,19 @@ class KwpRequest(Request):
         self.channel.persistent = False
 
     def handleContentChunk(self, data):
+        if self.kwp_answered:
+            # What was read with the chunk that passed the limit.
+            return
         super().handleContentChunk(data)
         if self.kwp_refusal is not None:
             if self.content.size > DISCARD_LIMIT:
                 self.channel.transport.abortConnection()
         elif self._limit is not None and self.content.tell() > self._limit:
+            # Only a chunked body gets here: a declared length over the
+            # limit was refused in gotLength.
             self.content.close()
             self._refuse(too_large(self._limit))
+            self._answer_now()
 
     def process(self):
         refusal = self._unroutable()
@@ -246,6 +276,9 @@ class KwpChannel(http.HTTPChannel):
     request line for ever."""
 
     _deadline = None
+    # Set when the request being received was answered before the end of
+    # its body: the end that may still arrive is no request.
+    answered_early = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -265,6 +298,10 @@ class KwpChannel(http.HTTPChannel):
         if self._deadline is None and data and not self._handlingRequest:
             self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def allContentReceived(self):
+        if not self.answered_early:
+            super().allContentReceived()
 
     def request_received(self) -> None:
         """The request being received is complete: stop its deadline."""
@@ -303,7 +340,7 @@ class KwpChannel(http.HTTPChannel):
         """Answer the request being received with error, without reading
         the rest of it, and close the connection."""
         body = error.body()
-        reason = http.RESPONSES.get(error.status, b"Error")
+        reason = REASONS.get(error.status, b"Error")
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (error.status, reason, len(body), body)
@@ -392,18 +429,22 @@ class KwpSite(Site):
 
     def log(self, request):
         now = self.reactor.seconds()
+        # What the client wrote is escaped: a %0A in the channel name of the
+        # URL is a newline once decoded.
         fields = {
-            "method": request.method.decode("latin-1"),
-            "path": request.path.decode("latin-1"),
+            "method": printable(request.method.decode("latin-1")),
+            "path": printable(request.path.decode("latin-1")),
             "status": request.code,
             "size": request.sentLength,
-            "duration_ms": (now - getattr(request, "kwp_started", now)) * 1000,
-            "channel": request.kwp_channel,
+            "duration_ms": round((now - getattr(request, "kwp_started", now)) * 1000, 3),
+            "channel": printable(request.kwp_channel),
         }
         if self.access_log is not None:
             self.access_log(now, ACCESS_FORMAT.format_map(fields))
         else:
-            log.info(ACCESS_FORMAT, request_size=request.getHeader(b"content-length"), **fields)
+            length = request.getHeader(b"content-length")
+            request_size = int(length) if length and length.isdigit() else None
+            log.info(ACCESS_FORMAT, request_size=request_size, **fields)
 
 
 class KwpRoot(Resource):
@@ -441,9 +482,9 @@ class KwpApp:
         # UI_ACCESS_TOKEN: an admin token from the environment, beside the config's.
         self.ui_token = ui_token
         self.console = console.Console()
-        self.receiver = Receiver(storage, notifier, clock)
-        self.puller = Puller(storage, notifier, clock)
         self.metrics = Metrics(lambda: self.config, storage, clock)
+        self.receiver = Receiver(storage, clock, self.metrics.filter_failed)
+        self.puller = Puller(storage, notifier, clock)
 
     def resource(self) -> KwpRoot:
         return KwpRoot(self)
@@ -452,15 +493,29 @@ class KwpApp:
         """The config a request started with, even if a reload came since."""
         return getattr(request, "kwp_config", None) or self.config
 
-    def _authorize(self, request, name: str):
+    def _access(self, request, name: str) -> Access:
         request.kwp_channel = name
         return authorize(self._config(request), name, _authorization(request), self.ui_token)
 
-    def _authorize_forward(self, request, name: str):
-        channel = self._authorize(request, name)
-        if channel.forward is None or self.forwarders is None:
-            raise bad_request(f"channel {name!r} has no forward block; its queue is read with GET /api/webhook/{name}")
-        return channel
+    async def _queue(self, request, name: str, kind: str | None = None) -> tuple[Channel, str]:
+        """The channel and the consumer whose queue a per-queue request acts
+        on.  ``kind`` "pull" or "push" refuses a consumer of the other kind
+        (400).  A consumer that a reload removed is reached by the admin
+        token while it still holds webhooks, whatever the kind."""
+        access = self._access(request, name)
+        channel = access.channel
+        name_of_queue = access.queue(_args(request).get("consumer"))
+        consumer = channel.consumer(name_of_queue)
+        if consumer is None:
+            if not access.identity.admin or not await self.storage.holds(channel.name, name_of_queue):
+                raise unknown_consumer(channel, name_of_queue)
+            return channel, name_of_queue
+        what, query = (f"channel {name!r}", "") if consumer.implicit else (f"consumer {consumer.name!r}", f"?consumer={consumer.name}")
+        if kind == "pull" and consumer.forward is not None:
+            raise bad_request(f"{what} delivers by push; see GET /api/webhook/{name}/queue{query}")
+        if kind == "push" and (consumer.forward is None or self.forwarders is None):
+            raise bad_request(f"{what} has no forward block; its queue is read with GET /api/webhook/{name}{query}")
+        return channel, name_of_queue
 
     @app.handle_errors(ApiError)
     def _api_error(self, request, failure):
@@ -505,9 +560,9 @@ class KwpApp:
             if failure.check(CancelledError):
                 # A webhook already handed to the storage is stored all the same.
                 return failure
-            code = failure.value.code if isinstance(failure.value, ApiError) else "internal_error"
-            self.metrics.received(config, name, code, self.clock.seconds() - started)
-            return _failure_body(request, failure)
+            error = _api_error(failure)
+            self.metrics.received(config, name, error.code, self.clock.seconds() - started)
+            return _error(request, error)
 
         return d.addCallbacks(answered, failed)
 
@@ -541,20 +596,22 @@ class KwpApp:
             request.kwp_channel = name
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return challenge.encode()
-        channel = self._authorize(request, name)
-        if channel.forward is not None:
-            raise bad_request(f"channel {name!r} delivers by push; see GET /api/webhook/{name}/queue")
+        channel, consumer = await self._queue(request, name, "pull")
         query = PullQuery.parse(args)
         if request.method == b"HEAD":
             # The router sends HEAD here too, and twisted.web drops the body it
             # writes: a pull would delete (or lease) webhooks nobody received.
             request.setHeader(b"content-type", b"application/json")
             return b""
-        return await self.puller.take(request, channel.name, query)
+        config = self._config(request)
+        token = bearer_token(_authorization(request))
+        return await self.puller.take(request, channel.name, consumer, query, token, config.server.max_waiters_per_token)
 
     @app.route("/api/webhook/<string:name>/sign", methods=["POST"])
     def sign(self, request, name):
-        channel = self._authorize(request, name)
+        access = self._access(request, name)
+        access.require_channel_token()
+        channel = access.channel
         try:
             signed = verify.sign(channel, request.content.read(), self.clock.seconds())
         except ValueError as e:
@@ -573,7 +630,9 @@ class KwpApp:
     async def test_send(self, request, name):
         """Run a payload through the channel's own receive path, signed or
         carrying the secret as its sender would, and answer what it answered."""
-        channel = self._authorize(request, name)
+        access = self._access(request, name)
+        access.require_channel_token()
+        channel = access.channel
         config = self._config(request)
         try:
             spec = json.loads(request.content.read())
@@ -585,7 +644,11 @@ class KwpApp:
             raise bad_request('"secret" must be a string')
         body = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "user-agent": f"kwp-test-send/{__version__}"}
-        headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        try:
+            headers.update(verify.sender_headers(channel, body, self.clock.seconds(), secret))
+        except verify.NotSigned as e:
+            # A Standard Webhooks secret that is not base64.
+            raise bad_request(str(e)) from None
         check_headers(config, name, headers, None, len(body))
         received = await self.receiver.receive(config, channel, headers, body)
         request.setHeader(b"content-type", b"application/json")
@@ -593,57 +656,60 @@ class KwpApp:
 
     @app.route("/api/webhook/<string:name>/ack", methods=["POST"])
     async def ack(self, request, name):
-        channel = self._authorize(request, name)
+        channel, consumer = await self._queue(request, name)
         ids = parse_ids(request.content.read())
-        acked = await self.storage.ack(channel.name, ids)
+        acked = await self.storage.ack(channel.name, ids, self.clock.seconds(), consumer=consumer)
         return _json(request, {"acked": acked})
 
     @app.route("/api/webhook/<string:name>/list", methods=["GET"])
     async def list(self, request, name):
-        channel = self._authorize(request, name)
-        items = await self.storage.list(channel.name, *_page(request))
+        channel, consumer = await self._queue(request, name)
+        items = await self.storage.list(channel.name, *_page(request), consumer=consumer)
         request.setHeader(b"content-type", b"application/json")
         return b"[" + b",".join(encode(item, True) for item in items) + b"]"
 
     @app.route("/api/webhook/<string:name>/<int:webhook_id>", methods=["DELETE"])
     async def delete(self, request, name, webhook_id):
-        channel = self._authorize(request, name)
-        if webhook_id > MAX_ID or not await self.storage.delete(channel.name, webhook_id):
+        channel, consumer = await self._queue(request, name)
+        now = self.clock.seconds()
+        if webhook_id > MAX_ID or not await self.storage.delete(channel.name, webhook_id, now, consumer=consumer):
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue", methods=["GET"])
     async def queue(self, request, name):
-        channel = self._authorize_forward(request, name)
-        body = await self.forwarders.queue(channel.name, *_page(request))
+        channel, consumer = await self._queue(request, name, "push")
+        body = await self.forwarders.queue(channel.name, consumer, *_page(request))
         request.setHeader(b"content-type", b"application/json")
         return body
 
     @app.route("/api/webhook/<string:name>/queue/<any(pause, resume):action>", methods=["POST"])
     async def pause(self, request, name, action):
-        channel = self._authorize_forward(request, name)
-        await self.forwarders.set_paused(channel.name, action == "pause")
+        channel, consumer = await self._queue(request, name, "push")
+        await self.forwarders.set_paused(channel.name, consumer, action == "pause")
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue/clear", methods=["POST"])
     async def clear(self, request, name):
-        channel = self._authorize_forward(request, name)
-        await self.forwarders.clear(channel.name)
+        channel, consumer = await self._queue(request, name, "push")
+        await self.forwarders.clear(channel.name, consumer)
         request.setResponseCode(http.NO_CONTENT)
         return b""
 
     @app.route("/api/webhook/<string:name>/queue/retry/<int:webhook_id>", methods=["POST"])
     async def retry(self, request, name, webhook_id):
-        channel = self._authorize_forward(request, name)
+        channel, consumer = await self._queue(request, name, "push")
         if webhook_id > MAX_ID:
             # No row can have it, and SQLite cannot even be asked for it.
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
+        if channel.consumer(consumer) is None:
+            raise bad_request(f"consumer {consumer!r} was removed from the config: nothing forwards its webhooks")
         try:
-            result = await self.forwarders.retry(channel.name, webhook_id)
+            result = await self.forwarders.retry(channel.name, consumer, webhook_id)
         except LookupError:
-            restarting = "the channel's forwarder is restarting; try again"
+            restarting = "the consumer's forwarder is restarting; try again"
             raise ApiError(503, "internal_error", restarting, {"Retry-After": "1"}) from None
         if result is None:
             raise not_found(f"no webhook {webhook_id} on channel {name!r}")
@@ -664,8 +730,10 @@ class KwpApp:
 
     @app.route("/api/metrics", methods=["GET"])
     async def metrics_text(self, request):
-        if not self._config(request).server.metrics:
+        config = self._config(request)
+        if not config.server.metrics:
             raise not_found("metrics are off (server.metrics)")
+        authorize_metrics(config, _authorization(request))
         body = await self.metrics.scrape()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return body
@@ -678,8 +746,9 @@ class KwpApp:
 
     @app.route("/api/channels", methods=["GET"])
     async def channels(self, request):
-        channels = visible_channels(self._config(request), _authorization(request), self.ui_token)
-        return _json(request, await channels_overview(self.storage, channels))
+        config = self._config(request)
+        identity = identify(config, _authorization(request), self.ui_token)
+        return _json(request, await channels_overview(self.storage, config, identity))
 
     @app.route("/", methods=["GET"])
     def home(self, request):

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from tests.forward_support import Target
-from tests.support import CHROMIUM, CHROMIUM_ARGS, Daemon, LocalKwp, LogCapture, write_config
+from tests.support import CHROMIUM, CHROMIUM_ARGS, Backend, Daemon, LocalKwp, LogCapture, PostgresDatabases, write_config
 
 BASIC_CONFIG = {
     "server": {"admin-token": "admin-secret-token"},
@@ -73,6 +73,31 @@ def daemon(tmp_path):
         return Daemon(tmp_path, config_path, tmp_path / db_name, extra_args, env).start()
 
     yield from _tracked(make, Daemon.kill)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases():
+    """Creates a database of its own for each test that asks."""
+    databases = PostgresDatabases()
+    databases.sweep()
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """The test's database on each backend: backend.start() gives a started
+    storage service on it, backend.execute(sql) runs SQL on it."""
+    if request.param == "sqlite":
+        b = Backend("sqlite", str(tmp_path / "kwp.db"))
+        yield b
+        b.stop_all()
+        return
+    databases = request.getfixturevalue("postgres_databases")
+    b = Backend("postgresql", databases.create())
+    yield b
+    b.stop_all()
+    databases.drop(b.url)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kwp.storage import NewWebhook
+from kwp.storage.queries import insert_batch
 from kwp.storage.sqlite import SQLiteStorage
 from tests.support import Daemon
 
@@ -20,18 +22,18 @@ CONFIG = {"channels": [{"name": CHANNEL, "token": TOKEN}]}
 
 
 def fill(db_path: Path, count: int, payload_size: int) -> None:
-    """count webhooks of about payload_size bytes each, ids 1..count."""
+    """count webhooks of about payload_size bytes each, ids 1..count, written
+    by the storage's own batch insert."""
     SQLiteStorage(str(db_path), None).prepare()
     padding = "x" * payload_size
     connection = sqlite3.connect(db_path)
     with connection:
-        connection.executemany(
-            "INSERT INTO webhooks (channel, headers, body, received_at) VALUES (?, ?, ?, ?)",
-            (
-                (CHANNEL, '{"content-type":"application/json"}', b'{"n":%d,"pad":"%s"}' % (n, padding.encode()), 1.0e9)
-                for n in range(count)
-            ),
-        )
+        for start in range(0, count, 10_000):
+            batch = [
+                NewWebhook(CHANNEL, '{"content-type":"application/json"}', b'{"n":%d,"pad":"%s"}' % (n, padding.encode()), 1.0e9)
+                for n in range(start, min(count, start + 10_000))
+            ]
+            insert_batch(connection.cursor(), SQLiteStorage.dialect, batch)
     connection.close()
 
 

@@ -11,12 +11,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kwp.storage import ChannelState, IStorage, NewWebhook, StoredWebhook
+from kwp.config import DEFAULT_CONSUMER
+from kwp.storage import IStorage, NewWebhook, QueueState, StoredWebhook
 
 
 @dataclass
 class _Row:
     channel: str
+    consumer: str
     headers_json: str
     body: bytes
     received_at: float
@@ -30,60 +32,67 @@ class _Row:
 
 @implementer(IStorage)
 class MemoryStorage:
-    """Every call answers at once.  No dedup windows and no max-queue."""
+    """Every call answers at once.  Each route of a webhook is a row in its
+    consumer's queue; a delivered row is gone (no history).  No dedup
+    windows and no max-queue."""
 
     def __init__(self):
-        self.rows: dict[int, _Row] = {}
+        self.rows: dict[tuple[int, str], _Row] = {}
         self._next_id = 1
 
     def insert(self, webhook: NewWebhook):
         id, self._next_id = self._next_id, self._next_id + 1
-        self.rows[id] = _Row(webhook.channel, webhook.headers_json, webhook.body, webhook.received_at)
+        for route in webhook.routes:
+            self.rows[id, route.consumer] = _Row(
+                webhook.channel, route.consumer, webhook.headers_json, webhook.body, webhook.received_at
+            )
         return succeed(id)
 
-    def _of(self, channel):
-        return sorted((id, row) for id, row in self.rows.items() if row.channel == channel)
+    def _of(self, channel, consumer):
+        return sorted((id, row) for (id, _), row in self.rows.items() if (row.channel, row.consumer) == (channel, consumer))
 
-    def claim(self, channel, claim_id, limit, now, lease_seconds=None):
-        for _, row in self._of(channel):
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER):
+        for _, row in self._of(channel, consumer):
             if row.lease_until is not None and row.lease_until <= now:
                 row.claim = row.lease_until = None
-        taken = [(id, row) for id, row in self._of(channel) if row.claim is None][:limit]
+        taken = [(id, row) for id, row in self._of(channel, consumer) if row.claim is None][:limit]
         for _, row in taken:
             row.claim = claim_id
             row.lease_until = None if lease_seconds is None else now + lease_seconds
             row.deliveries += 1
         return succeed([row.stored(id) for id, row in taken])
 
-    def finish_claim(self, claim_id):
-        for id in [id for id, row in self.rows.items() if row.claim == claim_id]:
-            del self.rows[id]
+    def finish_claim(self, claim_id, now):
+        for key in [key for key, row in self.rows.items() if row.claim == claim_id]:
+            del self.rows[key]
         return succeed(None)
 
     def release_claim(self, claim_id):
+        released = 0
         for row in self.rows.values():
             if row.claim == claim_id:
                 row.claim = row.lease_until = None
                 row.deliveries -= 1
-        return succeed(None)
+                released += 1
+        return succeed(released)
 
-    def ack(self, channel, ids):
+    def ack(self, channel, ids, now, *, consumer=DEFAULT_CONSUMER):
         acked = 0
         for id in ids:
-            row = self.rows.get(id)
+            row = self.rows.get((id, consumer))
             if row is not None and row.channel == channel and row.deliveries > 0:
-                del self.rows[id]
+                del self.rows[id, consumer]
                 acked += 1
         return succeed(acked)
 
-    def list(self, channel, limit, after=0):
-        return succeed([row.stored(id) for id, row in self._of(channel) if id > after][:limit])
+    def list(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER):
+        return succeed([row.stored(id) for id, row in self._of(channel, consumer) if id > after][:limit])
 
-    def delete(self, channel, webhook_id):
-        row = self.rows.get(webhook_id)
+    def delete(self, channel, webhook_id, now, *, consumer=DEFAULT_CONSUMER):
+        row = self.rows.get((webhook_id, consumer))
         if row is None or row.channel != channel:
             return succeed(False)
-        del self.rows[webhook_id]
+        del self.rows[webhook_id, consumer]
         return succeed(True)
 
     def ping(self):
@@ -91,14 +100,12 @@ class MemoryStorage:
 
 
 class FakeStorage:
-    """Answers the queue figures at once: queue_stats with stats ({channel:
-    (depth, oldest received_at)}), or fails with it when it is an exception;
-    forward_stats with forward ({channel: (dead, oldest pending
-    received_at)}); channel_state with states ({channel: ChannelState})."""
+    """Answers the queue figures at once: queue_stats with stats
+    ({(channel, consumer): QueueStats}), or fails with it when it is an
+    exception; queue_state with states ({(channel, consumer): QueueState})."""
 
-    def __init__(self, stats=None, forward=None, states=None):
+    def __init__(self, stats=None, states=None):
         self.stats = stats or {}
-        self.forward = forward or {}
         self.states = states or {}
 
     def queue_stats(self):
@@ -106,11 +113,8 @@ class FakeStorage:
             return fail(self.stats)
         return succeed(dict(self.stats))
 
-    def forward_stats(self, channels):
-        return succeed({name: self.forward.get(name, (0, None)) for name in channels})
-
-    def channel_state(self, channel):
-        return succeed(self.states.get(channel, ChannelState()))
+    def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER):
+        return succeed(self.states.get((channel, consumer), QueueState()))
 
 
 class _Transport:

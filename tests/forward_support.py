@@ -15,77 +15,120 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from kwp.storage import PENDING, ChannelState, ForwardItem
+from kwp.config import DEFAULT_CONSUMER
+from kwp.storage import PENDING, Attempt, ForwardItem, QueueState
 
 
 class MemoryStorage:
-    """The forward part of IStorage over a dict, answering synchronously."""
+    """The push part of IStorage over dicts, answering synchronously; each
+    queue is a (channel, consumer) pair."""
+
+    node = "this-node"
 
     def __init__(self):
-        self.rows: dict[int, tuple[str, ForwardItem]] = {}
-        self.states: dict[str, ChannelState] = {}
+        self.rows: dict[int, tuple[tuple[str, str], ForwardItem]] = {}
+        self.states: dict[tuple[str, str], QueueState] = {}
+        self.attempts: list[tuple[int, str, Attempt]] = []
         self._next_id = 1
+        # queue -> [owner, token, until]: the forwarding leases.
+        self.leases: dict[tuple[str, str], list] = {}
+        self.queue_callbacks: list = []
 
-    def add(self, channel: str, body: bytes = b'{"n": 1}', headers: dict | None = None, at: float = 0.0) -> int:
+    def add(self, channel: str, body: bytes = b'{"n": 1}', headers: dict | None = None, at: float = 0.0,
+            consumer: str = DEFAULT_CONSUMER) -> int:
         webhook_id = self._next_id
         self._next_id += 1
         headers_json = json.dumps(headers if headers is not None else {"content-type": "application/json"})
-        self.rows[webhook_id] = (channel, ForwardItem(webhook_id, headers_json, body, at))
+        self.rows[webhook_id] = ((channel, consumer), ForwardItem(webhook_id, headers_json, body, at))
         return webhook_id
 
     def item(self, webhook_id: int) -> ForwardItem | None:
         row = self.rows.get(webhook_id)
         return row[1] if row else None
 
-    def _items(self, channel: str) -> list[ForwardItem]:
-        return [item for c, item in sorted(self.rows.values(), key=lambda r: r[1].id) if c == channel]
+    def _items(self, queue: tuple[str, str]) -> list[ForwardItem]:
+        return [item for q, item in sorted(self.rows.values(), key=lambda r: r[1].id) if q == queue]
 
-    def _note(self, channel: str, **values) -> None:
-        self.states[channel] = replace(self.states.get(channel, ChannelState()), **values)
+    def _note(self, queue: tuple[str, str], **values) -> None:
+        self.states[queue] = replace(self.states.get(queue, QueueState()), **values)
 
-    def forward_window(self, channel, limit, now):
-        return succeed([i for i in self._items(channel) if i.state == PENDING][:limit])
+    def forward_window(self, channel, limit, now, *, consumer=DEFAULT_CONSUMER):
+        return succeed([i for i in self._items((channel, consumer)) if i.state == PENDING][:limit])
 
-    def forward_get(self, channel, webhook_id):
+    def forward_get(self, channel, webhook_id, *, consumer=DEFAULT_CONSUMER):
         row = self.rows.get(webhook_id)
-        return succeed(row[1] if row and row[0] == channel else None)
+        return succeed(row[1] if row and row[0] == (channel, consumer) else None)
 
-    def forward_succeeded(self, channel, webhook_id, now):
-        self.rows.pop(webhook_id, None)
-        self._note(channel, last_success_at=now)
+    def on_queue_changed(self, callback):
+        self.queue_callbacks.append(callback)
+
+    def acquire_lease(self, channel, owner, now, seconds, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.setdefault((channel, consumer), [None, 0, None])
+        if lease[0] not in (None, owner) and lease[2] > now:
+            return succeed(None)
+        if lease[0] != owner:
+            lease[1] += 1
+        lease[0], lease[2] = owner, now + seconds
+        return succeed(lease[1])
+
+    def renew_lease(self, channel, owner, token, now, seconds, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.get((channel, consumer))
+        if lease is None or lease[:2] != [owner, token]:
+            return succeed(None)
+        lease[2] = now + seconds
+        return succeed(self.states.get((channel, consumer), QueueState()))
+
+    def release_lease(self, channel, owner, token, *, consumer=DEFAULT_CONSUMER):
+        lease = self.leases.get((channel, consumer))
+        if lease is not None and lease[:2] == [owner, token]:
+            lease[0] = lease[2] = None
         return succeed(None)
 
-    def forward_failed(self, channel, webhook_id, now, error, next_attempt_at, state):
+    def _fenced(self, channel, consumer, token) -> bool:
+        return token is None or self.leases.get((channel, consumer), [None, 0])[1] == token
+
+    def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER, token=None):
+        if not self._fenced(channel, consumer, token):
+            return succeed(False)
+        self.attempts.append((webhook_id, consumer, attempt))
+        self.rows.pop(webhook_id, None)
+        self._note((channel, consumer), last_success_at=attempt.at)
+        return succeed(True)
+
+    def forward_failed(self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER, token=None):
+        if not self._fenced(channel, consumer, token):
+            return succeed(False)
+        self.attempts.append((webhook_id, consumer, attempt))
         if webhook_id in self.rows:
-            item = self.rows[webhook_id][1]
+            queue, item = self.rows[webhook_id]
             self.rows[webhook_id] = (
-                channel,
+                queue,
                 replace(
                     item,
                     forward_attempts=item.forward_attempts + 1,
-                    last_attempt_at=now,
-                    last_error=error,
+                    last_attempt_at=attempt.at,
+                    last_error=attempt.error,
                     next_attempt_at=next_attempt_at,
                     state=state,
                 ),
             )
-        self._note(channel, last_error_at=now, last_error_message=error)
+        self._note((channel, consumer), last_error_at=attempt.at, last_error_message=attempt.error)
+        return succeed(True)
+
+    def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER):
+        return succeed(self.states.get((channel, consumer), QueueState()))
+
+    def set_paused(self, channel, paused, *, consumer=DEFAULT_CONSUMER):
+        self._note((channel, consumer), paused=paused)
         return succeed(None)
 
-    def channel_state(self, channel):
-        return succeed(self.states.get(channel, ChannelState()))
-
-    def set_paused(self, channel, paused):
-        self._note(channel, paused=paused)
-        return succeed(None)
-
-    def queue(self, channel, limit, after):
-        items = self._items(channel)
-        state = self.states.get(channel, ChannelState())
+    def queue(self, channel, limit, after, *, consumer=DEFAULT_CONSUMER):
+        items = self._items((channel, consumer))
+        state = self.states.get((channel, consumer), QueueState())
         return succeed((state, len(items), [i for i in items if i.id > after][:limit]))
 
-    def clear(self, channel):
-        doomed = [i.id for i in self._items(channel)]
+    def clear(self, channel, now, *, consumer=DEFAULT_CONSUMER):
+        doomed = [i.id for i in self._items((channel, consumer))]
         for webhook_id in doomed:
             del self.rows[webhook_id]
         return succeed(len(doomed))
@@ -175,7 +218,8 @@ class FakeClient:
 
 class Target(Resource):
     """A webhook receiver on 127.0.0.1 in this process.  ``status`` is what it
-    answers (``None``: never answers); every request is kept in ``received``."""
+    answers (``None``: never answers), unless ``judge(body, headers)`` gives
+    another status; every request is kept in ``received``."""
 
     isLeaf = True
 
@@ -187,6 +231,7 @@ class Target(Resource):
         self.status = 200
         self.body = b"ok"
         self.delay = 0.0
+        self.judge = None
         self.received: list[dict] = []
         self._waiters: list[tuple[int, Deferred]] = []
         self._protocols: set = set()
@@ -222,23 +267,23 @@ class Target(Resource):
         return f"http://127.0.0.1:{self.port.getHost().port}/hook"
 
     def render_POST(self, request):
-        self.received.append(
-            {
-                "body": request.content.read(),
-                "headers": {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
-                "at": time.monotonic(),
-                "status": self.status,
-            }
-        )
+        body = request.content.read()
+        headers = {
+            k.decode().lower(): b", ".join(v).decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        status = self.status
+        if self.judge is not None:
+            status = self.judge(body, headers) or status
+        self.received.append({"body": body, "headers": headers, "at": time.monotonic(), "status": status})
         for waiter in [w for w in self._waiters if len(self.received) >= w[0]]:
             self._waiters.remove(waiter)
             waiter[1].callback(None)
-        if self.status is None:
+        if status is None:
             return NOT_DONE_YET
 
         def answer():
             if not request._disconnected:
-                request.setResponseCode(self.status)
+                request.setResponseCode(status)
                 request.write(self.body)
                 request.finish()
 

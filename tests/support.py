@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+import pytest_twisted
 import treq
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent
+from urllib.parse import urlsplit
 
 from kwp.config import parse_config
+from kwp.storage import open_storage
+from kwp.storage.postgres import PostgresStorage
 from kwp.storage.sqlite import SQLiteStorage
 from kwp.tap import make_app
 from kwp.web import KwpSite
@@ -39,8 +47,139 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Stock twistd ends by re-raising the signal it stopped on.
-CLEAN_EXIT = (0, -signal.SIGTERM)
+# The exit statuses of a stop by SIGTERM: 0 only (stock twistd would end by
+# re-raising the signal).
+CLEAN_EXIT = (0,)
+
+
+# The PostgreSQL server of the tests, and a database there that they may
+# connect to; each test gets a database of its own (PostgresDatabases).
+POSTGRES_URL = os.environ.get("KWP_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_url(name: str, base: str = POSTGRES_URL) -> str:
+    """base with its database replaced by name."""
+    return urlsplit(base)._replace(path="/" + name, query="").geturl()
+
+
+class PostgresDatabases:
+    """The PostgreSQL databases of one test process: a template migrated
+    once, a fresh copy of it for each test (as Synapse's tests do), every
+    one dropped at the end.  Databases of test processes that died are
+    dropped when the next one starts."""
+
+    def __init__(self, base: str = POSTGRES_URL):
+        self.base = base
+        self.prefix = f"kwp_test_{os.getpid()}_"
+        self._count = 0
+        self._template: str | None = None
+
+    def _admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.base, autocommit=True)
+
+    def sweep(self) -> None:
+        with self._admin() as admin:
+            names = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'kwp_test_%'")]
+            for name in names:
+                pid = name.split("_")[2]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def create(self, migrated: bool = True) -> str:
+        """The URL of a new database (an empty one unless migrated)."""
+        with self._admin() as admin:
+            if migrated and self._template is None:
+                self._template = self.prefix + "template"
+                admin.execute(f'CREATE DATABASE "{self._template}"')
+                PostgresStorage(postgres_url(self._template, self.base), reactor).prepare()
+            self._count += 1
+            name = f"{self.prefix}{self._count}"
+            template = f' TEMPLATE "{self._template}"' if migrated else ""
+            admin.execute(f'CREATE DATABASE "{name}"{template}')
+        return postgres_url(name, self.base)
+
+    def drop(self, url: str) -> None:
+        with self._admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
+
+    def drop_all(self) -> None:
+        with self._admin() as admin:
+            names = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (self.prefix + "%",))
+            for (name,) in list(names):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own, on a free 127.0.0.1 port with
+    its data in a temp directory, for tests that stop and start it.  Run as
+    the postgres user when the tests run as root (initdb refuses root)."""
+
+    def __init__(self):
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+        self.dir = Path(tempfile.mkdtemp(prefix="kwp-pg-"))
+        self.port = free_port()
+        self._as = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self._as, str(self.bin / program), *args], check=True, capture_output=True, timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Backend:
+    """One test's database on SQLite or PostgreSQL: storages started on it
+    (stopped at the end) and SQL run on it directly."""
+
+    def __init__(self, name: str, url: str):
+        self.name = name
+        self.url = url
+        self._started: list = []
+
+    def open(self):
+        """A prepared storage service, not started."""
+        return open_storage(self.url, reactor)
+
+    def start(self):
+        storage = self.open()
+        storage.startService()
+        self._started.append(storage)
+        return storage
+
+    def stop_all(self) -> None:
+        for storage in self._started:
+            if storage.running:
+                pytest_twisted.blockon(storage.stopService())
+
+    def execute(self, sql: str, args=()) -> list:
+        """Rows of one statement in its own transaction (``?`` placeholders)."""
+        if self.name == "sqlite":
+            import sqlite3
+
+            with sqlite3.connect(self.url) as connection:
+                return connection.execute(sql, args).fetchall()
+        with psycopg.connect(self.url) as connection:
+            cursor = connection.execute(sql.replace("?", "%s"), args)
+            return cursor.fetchall() if cursor.description else []
 
 
 def write_config(path: Path, data: dict) -> Path:

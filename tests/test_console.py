@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python import usage
@@ -18,7 +20,7 @@ from twisted.python import usage
 from kwp.config import parse_config
 from kwp.console import load_assets
 from kwp.notify import Notifier
-from kwp.storage import ChannelState
+from kwp.storage import QueueState, QueueStats
 from kwp.tap import Options, makeService
 from kwp.web import KwpApp
 from tests.conftest import BASIC_CONFIG
@@ -44,6 +46,14 @@ CONFIG = {
             "provider": "github",
             "webhook-secret": "hub-secret",
             "forward": {"url": "http://127.0.0.1:9/hook"},
+        },
+        {
+            "name": "gh",
+            "token": "gh-token",
+            "consumers": [
+                {"name": "ci", "token": "ci-token"},
+                {"name": "chat", "forward": {"url": "http://127.0.0.1:9/chat"}},
+            ],
         },
     ],
 }
@@ -151,6 +161,7 @@ def _consumer(**changes) -> dict:
     consumer = {
         "name": "default",
         "kind": "pull",
+        "removed": False,
         "queue_size": 0,
         "oldest_pending_at": None,
         "dead": 0,
@@ -163,48 +174,71 @@ def _consumer(**changes) -> dict:
     return consumer
 
 
-def test_api_channels_gives_each_queue_its_figures():
-    storage = FakeStorage(
-        stats={"open": (3, 100.12345), "hub": (5, 50.0)},
-        forward={"hub": (2, 70.5)},
-        states={"hub": ChannelState(True, 200.0, 300.0, "unexpected status 502")},
-    )
+def _channel(name, *consumers, provider=None, named=False) -> dict:
+    return {"name": name, "provider": provider, "named_consumers": named, "consumers": list(consumers or [_consumer()])}
+
+
+STATS = {
+    ("open", "default"): QueueStats(3, 100.12345, 0),
+    ("hub", "default"): QueueStats(3, 70.5, 2),
+    ("gh", "ci"): QueueStats(4, 80.0, 0),
+    ("gh", "chat"): QueueStats(1, 90.0, 1),
+    # A consumer that a reload removed, with webhooks left in its queue.
+    ("gh", "old"): QueueStats(2, 60.0, 0),
+}
+STATES = {
+    ("hub", "default"): QueueState(True, 200.0, 300.0, "unexpected status 502"),
+    ("gh", "chat"): QueueState(False, 400.0, None, None),
+}
+HUB = _channel(
+    "hub",
+    _consumer(
+        kind="push",
+        # Dead letters are in the queue, but not among those waiting.
+        queue_size=5,
+        oldest_pending_at=70.5,
+        dead=2,
+        paused=True,
+        last_success_at=200.0,
+        last_error_at=300.0,
+        last_error_message="unexpected status 502",
+    ),
+    provider="github",
+)
+CI = _consumer(name="ci", queue_size=4, oldest_pending_at=80.0)
+CHAT = _consumer(name="chat", kind="push", queue_size=2, oldest_pending_at=90.0, dead=1, last_success_at=400.0)
+OLD = _consumer(name="old", removed=True, queue_size=2, oldest_pending_at=60.0)
+
+
+def test_api_channels_gives_each_queue_its_figures_and_the_admin_the_queues_of_removed_consumers():
+    storage = FakeStorage(stats=STATS, states=STATES)
     answer = ask(stub_app(storage=storage), "GET", "/api/channels", ADMIN)
     assert answer.code == 200 and answer.headers["content-type"] == "application/json"
     assert answer.json() == {
         "channels": [
-            {"name": "github", "provider": None, "consumers": [_consumer()]},
-            {"name": "open", "provider": None, "consumers": [_consumer(queue_size=3, oldest_pending_at=100.123)]},
-            {"name": "small", "provider": None, "consumers": [_consumer()]},
-            {
-                "name": "hub",
-                "provider": "github",
-                "consumers": [
-                    _consumer(
-                        kind="push",
-                        queue_size=5,
-                        # The oldest stored one is dead: the oldest pending one is younger.
-                        oldest_pending_at=70.5,
-                        dead=2,
-                        paused=True,
-                        last_success_at=200.0,
-                        last_error_at=300.0,
-                        last_error_message="unexpected status 502",
-                    )
-                ],
-            },
+            _channel("github"),
+            _channel("open", _consumer(queue_size=3, oldest_pending_at=100.123)),
+            _channel("small"),
+            HUB,
+            _channel("gh", CI, CHAT, OLD, named=True),
         ]
     }
 
 
-def test_api_channels_lists_only_what_the_token_reaches():
-    stub = stub_app()
-    names = lambda token: [c["name"] for c in ask(stub, "GET", "/api/channels", token).json()["channels"]]  # noqa: E731
-    everything = ["github", "open", "small", "hub"]
-    assert names(ADMIN) == everything
-    assert names(UI_TOKEN) == everything
-    assert names("github-token") == ["github"]
-    assert names("hub-token") == ["hub"]
+@pytest.mark.parametrize(
+    "token, channels",
+    [
+        (UI_TOKEN, [_channel("github"), _channel("open"), _channel("small"), HUB, _channel("gh", CI, CHAT, OLD, named=True)]),
+        ("hub-token", [HUB]),
+        # A channel token reaches every consumer of its channel, but a removed
+        # one only through the admin token.
+        ("gh-token", [_channel("gh", CI, CHAT, named=True)]),
+        ("ci-token", [_channel("gh", CI, named=True)]),
+    ],
+)
+def test_api_channels_lists_only_what_the_token_reaches(token, channels):
+    storage = FakeStorage(stats={**STATS, ("open", "default"): QueueStats()}, states=STATES)
+    assert ask(stub_app(storage=storage), "GET", "/api/channels", token).json() == {"channels": channels}
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Basic abc", "Bearer not-a-token", f"Bearer {UI_TOKEN} x"])
@@ -231,6 +265,7 @@ def test_ui_access_token_is_an_admin_token_for_the_whole_api():
     # The config's admin token still works, and a channel token is still a channel token.
     assert ask(stub, "GET", "/api/config", ADMIN).code == 200
     assert ask(stub, "GET", "/api/config", "open-token").code == 403
+    assert ask(stub, "GET", "/api/config", "ci-token").code == 403
     # Without UI_ACCESS_TOKEN, its value is no token at all.
     assert ask(stub_app(ui_token=None), "GET", "/api/config", UI_TOKEN).code == 401
 
@@ -254,11 +289,11 @@ def test_ui_access_token_comes_from_the_environment_only():
         Options(environ={}).parseOptions(["--ui-access-token", "t0ken"])
 
 
-def _service(tmp_path, environ):
+def _service(tmp_path, environ, reactor=None):
     path = write_config(tmp_path / "config.yml", CONFIG)
     options = Options(environ=environ)
     options.parseOptions(["-c", str(path), "-d", str(tmp_path / "kwp.db"), "-l", "tcp:0:interface=127.0.0.1"])
-    return makeService(options, reactor=Clock())
+    return makeService(options, reactor=reactor or Clock())
 
 
 def test_make_service_gives_the_app_the_ui_access_token(tmp_path):
@@ -266,9 +301,23 @@ def test_make_service_gives_the_app_the_ui_access_token(tmp_path):
     assert _service(tmp_path, {}).app.ui_token is None
 
 
-def test_a_ui_access_token_that_is_a_channel_token_stops_start_up(tmp_path):
+def test_a_ui_access_token_that_is_a_channel_or_consumer_token_stops_start_up(tmp_path):
     with pytest.raises(SystemExit, match="UI_ACCESS_TOKEN is the api-read-token of channel 'open'"):
         _service(tmp_path, {"UI_ACCESS_TOKEN": "open-token"})
+    with pytest.raises(SystemExit, match="UI_ACCESS_TOKEN is the token of consumer 'ci' of channel 'gh'"):
+        _service(tmp_path, {"UI_ACCESS_TOKEN": "ci-token"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_gives_a_consumer_the_ui_access_token_is_refused(tmp_path, captured_log):
+    service = _service(tmp_path, {"UI_ACCESS_TOKEN": "t0ken"}, reactor)
+    running = service.app.config
+    data = json.loads(json.dumps(CONFIG))
+    data["channels"][-1]["consumers"].append({"name": "late", "token": "t0ken"})
+    write_config(tmp_path / "config.yml", data)
+    assert await service.reload() is False
+    assert service.app.config is running
+    assert "UI_ACCESS_TOKEN is the token of consumer 'late' of channel 'gh'" in captured_log.text()
 
 
 def test_the_wheel_ships_the_console(tmp_path):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
+from datetime import datetime
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +110,36 @@ def test_startup_failures_exit_non_zero(tmp_path, args, message):
     assert message in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("foreground", [True, False], ids=["foreground", "daemonized"])
+def test_a_port_in_use_stops_startup_with_one_line(tmp_path, foreground):
+    config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
+    pidfile = tmp_path / "twistd.pid"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, "--pidfile", str(pidfile), *(["-n"] if foreground else []), "kwp", "-c", str(config),
+             "-l", f"tcp:{port}:interface=127.0.0.1", "-d", str(tmp_path / "k.db")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30, env=daemon_env(),
+        )
+    assert result.returncode == 1
+    message = f"kwp: cannot listen on 127.0.0.1:{port}: Address already in use"
+    if foreground:
+        assert result.stderr == message + "\n"
+    else:
+        # twistd's parent prints what the daemon told it, and points at the log.
+        assert message in result.stderr and len(result.stderr.splitlines()) == 2
+        # The daemon logs its failure as it exits, after its parent returned.
+        log = tmp_path / "twistd.log"
+        deadline = time.monotonic() + 10
+        while message not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert message in log.read_text()
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not pidfile.exists()
+
+
 def test_json_logs_one_line_per_request_without_secrets(daemon):
     d = daemon(extra_args=["--log-format", "json", "--log-level", "info"])
     post(d, "github", {"private": "payload-text"}, {"X-Hub-Signature-256": "gh-secret"})
@@ -114,11 +148,19 @@ def test_json_logs_one_line_per_request_without_secrets(daemon):
     d.stop()
     lines = [line for line in d.log().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]
-    requests = [r for r in records if r.get("log_namespace") == "kwp.web" and "status" in r]
-    assert [(r["method"], r["status"], r["channel"]) for r in requests] == [
-        ("POST", 200, "github"), ("GET", 200, "github"), ("GET", 401, "github")]
-    assert all("duration_ms" in r for r in requests)
+    assert all(isinstance(r, dict) and {"time", "level", "namespace", "message"} <= set(r) for r in records)
+    assert all(not isinstance(value, (dict, list)) for r in records for value in r.values())
+    requests = [r for r in records if r["namespace"] == "kwp.web" and "status" in r]
+    assert [(r["method"], r["path"], r["status"], r["channel"], r["level"]) for r in requests] == [
+        ("POST", "/api/webhook/github", 200, "github", "info"), ("GET", "/api/webhook/github", 200, "github", "info"),
+        ("GET", "/api/webhook/github", 401, "github", "info")]
+    assert all(isinstance(r["duration_ms"], float) and isinstance(r["size"], int) for r in requests)
+    assert requests[0]["message"].startswith("POST /api/webhook/github 200 ")
+    assert datetime.fromisoformat(requests[0]["time"].replace("Z", "+00:00")).tzinfo is not None
     text = d.log()
+    assert not [key for r in records for key in r if key.startswith("log_")]
+    for raw in ("log_flattened", "__class_uuid__", "{path}", "{method}"):
+        assert raw not in text
     for secret in ("gh-secret", "github-token", "payload-text", "query-secret", "wrong-token"):
         assert secret not in text
 
@@ -127,14 +169,75 @@ def test_text_logs_one_line_per_request_as_the_logger_prints_them(daemon):
     d = daemon()
     post(d, "open", {"private": "payload-text"})
     pull(d, "open", "open-token")
+    # The channel name is percent-decoded: %0A would be a line of its own.
+    forged = "nope%0A2026-01-01T00:00:00%2B0000%20[kwp.web%23info]%20forged%0D"
+    assert post(d, forged, {})[0] == 404
     d.stop()
     lines = d.log().splitlines()
     requests = [line for line in lines if " [kwp.web#info] " in line]
     assert [line.split(" [kwp.web#info] ")[1].split()[:3] for line in requests] == [
-        ["POST", "/api/webhook/open", "200"], ["GET", "/api/webhook/open", "200"]]
+        ["POST", "/api/webhook/open", "200"], ["GET", "/api/webhook/open", "200"], ["POST", f"/api/webhook/{forged}", "404"]]
+    assert requests[2].endswith(" channel=nope\\n2026-01-01T00:00:00+0000 [kwp.web#info] forged\\r")
     stamp = lines[0].split(" ")[0]
     assert all(len(line.split(" ")[0]) == len(stamp) for line in requests)
+    assert all(line.startswith((stamp[:4], "\t")) for line in lines), lines
     assert "payload-text" not in d.log()
+
+
+# Runs a command that daemonizes (twistd without -n) as this process's child
+# subreaper, so that the daemon, orphaned by twistd's double fork, is its
+# child: it prints the status twistd's first process exits with, then waits
+# for the daemon named in the pidfile and prints the daemon's exit status.
+_REAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+with open(sys.argv[1] + ".out", "w") as out:
+    print(subprocess.run(sys.argv[2:], stdout=out, stderr=out).returncode, flush=True)
+with open(sys.argv[1]) as f:
+    pid = int(f.read())
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def _line(proc: subprocess.Popen, timeout: float = 15) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else f"(nothing within {timeout}s)"
+
+
+@pytest.mark.parametrize("logfile", [None, "logs/custom.log"])
+def test_a_daemon_logs_to_its_log_file_and_exits_zero_on_sigterm(tmp_path, logfile):
+    config = write_config(tmp_path / "config.yml", BASIC_CONFIG)
+    port = free_port()
+    pidfile = tmp_path / "twistd.pid"
+    args = ["--pidfile", str(pidfile)] + ([f"--logfile={tmp_path / logfile}"] if logfile else [])
+    (tmp_path / "logs").mkdir()
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(pidfile), TWISTD, *args, "kwp", "-c", str(config),
+         "-l", f"tcp:{port}:interface=127.0.0.1", "-d", str(tmp_path / "kwp.db")],
+        cwd=tmp_path, env=daemon_env(), stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert _line(reaper) == "0\n", (tmp_path / "twistd.pid.out").read_text()
+        status, body = post(_Base(port), "open", {"n": 1})
+        assert status == 200, body
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        assert _line(reaper) == "0\n"
+        assert reaper.wait(15) == 0
+    finally:
+        if reaper.poll() is None and pidfile.exists():
+            # Not reaped yet, so the pid is still the daemon's.
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        reaper.kill()
+    log = (tmp_path / (logfile or "twistd.log")).read_text()
+    assert " [kwp.web#info] POST /api/webhook/open 200 " in log
+    assert "kwp stopped" in log
+    if logfile:
+        assert not (tmp_path / "twistd.log").exists()
+
+
+class _Base:
+    def __init__(self, port):
+        self.base = f"http://127.0.0.1:{port}"
 
 
 def test_environment_configures_the_tac_file(tmp_path):

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from kwp.config import parse_config
 from kwp.ops import Metrics
+from kwp.storage import QueueStats
 from tests.fakes import FakeStorage
 from tests.support import ROOT, free_port, scrape
 
@@ -38,6 +39,20 @@ def test_systemd_unit_and_tls_drop_in_verify(tmp_path):
     shutil.copy(DEPLOY / "kwp-tls.conf", tmp_path / "kwp.service.d" / "tls.conf")
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     complaints = [line for line in result.stderr.splitlines() if "kwp.service" in line or "tls.conf" in line]
+    assert result.returncode == 0, result.stderr
+    assert complaints == []
+
+
+def test_systemd_template_unit_for_several_nodes_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "kwp@.service"
+    unit.write_text((DEPLOY / "kwp@.service").read_text().replace("/opt/kwp/.venv", str(VENV)))
+    instance = tmp_path / "kwp@8081.service"
+    instance.symlink_to(unit)
+    result = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in result.stderr.splitlines() if "kwp@" in line]
     assert result.returncode == 0, result.stderr
     assert complaints == []
 
@@ -66,9 +81,10 @@ def _exposed_names() -> set[str]:
     config = parse_config({"server": {"metrics": True}, "channels": [{"name": "a", "token": "t"}]})
     clock = Clock()
     clock.advance(1000.0)
-    metrics = Metrics(lambda: config, FakeStorage({"a": (1, 900.0)}), clock)
+    metrics = Metrics(lambda: config, FakeStorage({("a", "default"): QueueStats(1, 900.0)}), clock)
     metrics.received(config, "a", "ok", 0.1)
-    metrics.forward_outcome("a", "ok", 0.1)
+    metrics.forward_outcome("a", "default", "ok", 0.1)
+    metrics.filter_failed("a", "default")
     return set(scrape(metrics))
 
 
@@ -88,6 +104,27 @@ def test_alert_rules_pass_promtool():
         pytest.skip("promtool is not installed (Debian package prometheus)")
     result = subprocess.run(
         [promtool, "check", "rules", str(DEPLOY / "kwp-alerts.yml")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrape_job_sends_the_metrics_token_and_loads_the_rules(tmp_path):
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert (job["job_name"], job["metrics_path"]) == ("kwp", "/api/metrics")
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    assert config["rule_files"] == ["kwp-alerts.yml"]
+    assert 'up{job="kwp"}' in (DEPLOY / "kwp-alerts.yml").read_text()
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    token = tmp_path / "kwp-metrics-token"
+    token.write_text("scraper-token\n")
+    shutil.copy(DEPLOY / "kwp-alerts.yml", tmp_path / "kwp-alerts.yml")
+    text = (DEPLOY / "prometheus.yml").read_text().replace("/etc/prometheus/kwp-metrics-token", str(token))
+    (tmp_path / "prometheus.yml").write_text(text)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -3,14 +3,18 @@ storage: schedule, Retry-After, dead letters, pause, order, concurrency."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import re
+import time
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -25,7 +29,7 @@ from kwp.forward import (
     retry_after_seconds,
 )
 from kwp.notify import Notifier
-from kwp.storage import DEAD, PENDING
+from kwp.storage import DEAD, PENDING, QueueState
 from tests.forward_support import FakeClient, MemoryStorage
 
 URL = "http://target.invalid/hook"
@@ -50,14 +54,16 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
         outcomes=[],
     )
     kit.config = config(forward, **channel)
+    channel = kit.config.channel("ch")
     kit.forwarder = Forwarder(
-        kit.config.channel("ch"),
+        channel,
+        channel.consumers[0],
         frozenset({"x-ignored"}),
         kit.storage,
         kit.notifier,
         clock,
         kit.client,
-        report=lambda name, outcome, seconds: kit.outcomes.append((name, outcome)),
+        report=lambda name, consumer, outcome, seconds: kit.outcomes.append((name, outcome)),
         randomness=randomness,
         grace=5,
     )
@@ -65,7 +71,7 @@ def make(forward=None, script=(), randomness=lambda: 0.0, storage=None, **channe
 
     def post(body=b'{"n": 1}', headers=None):
         webhook_id = kit.storage.add("ch", body, headers)
-        kit.notifier.fire("ch")
+        kit.notifier.fire(("ch", "default"))
         return webhook_id
 
     kit.post = post
@@ -111,7 +117,7 @@ def test_delivers_at_once_on_insert_with_stored_headers_and_own_headers():
     assert sent.kwargs["allow_redirects"] is False
     sent.respond(200)
     assert kit.storage.item(webhook_id) is None
-    assert kit.storage.states["ch"].last_success_at == 0
+    assert kit.storage.states["ch", "default"].last_success_at == 0
     assert kit.outcomes == [("ch", "ok")]
 
 
@@ -323,31 +329,131 @@ def test_expected_status_is_the_only_success():
     assert kit.storage.item(webhook_id) is None
 
 
-def test_re_signs_with_sign_header_and_first_webhook_secret():
+def test_re_signs_with_sign_header_and_sign_secret_replacing_the_senders_header():
     kit = make(
-        {"sign-header": "X-Hub-Signature-256", "sign-template": "sha256={{ signature }}"},
+        {"sign-header": "X-Hub-Signature-256", "sign-secret": "forward-key", "sign-template": "sha256={{ signature }}"},
         **{"webhook-secret": ["new-secret", "old-secret"], "secret-header": "X-Hub-Signature-256"},
     )
     body = b'{"action": "opened"}'
-    kit.post(body, {"content-type": "application/json", "x-hub-signature-256": "new-secret"})
-    expected = "sha256=" + hmac.new(b"new-secret", body, hashlib.sha256).hexdigest()
+    kit.post(body, {"content-type": "application/json", "x-hub-signature-256": "sha256=from-the-sender"})
+    expected = "sha256=" + hmac.new(b"forward-key", body, hashlib.sha256).hexdigest()
     sent = kit.client.sent[0]
     assert sent.headers.getRawHeaders(b"x-hub-signature-256") == [expected.encode()]
 
 
-def test_sign_secret_wins_over_webhook_secret():
-    kit = make(
-        {"sign-header": "X-Sig", "sign-secret": "forward-key"}, **{"webhook-secret": "in", "secret-header": "X-In"}
-    )
-    kit.post(b"{}")
-    assert kit.client.sent[0].header("x-sig") == hmac.new(b"forward-key", b"{}", hashlib.sha256).hexdigest()
-
-
-def test_sign_header_without_any_secret_is_a_config_error():
-    with pytest.raises(ConfigError, match="sign-header needs sign-secret"):
-        config({"sign-header": "X-Sig"})
+def test_sign_header_needs_its_own_sign_secret():
+    # The webhook-secret verifies what comes in; it never signs what goes out.
+    with pytest.raises(ConfigError) as error:
+        config({"sign-header": "X-Sig"}, **{"webhook-secret": "in", "secret-header": "X-In"})
+    assert error.value.errors == [
+        "config.yml: channels[0] (ch): forward: key 'sign-secret': is required with sign-header "
+        "(the webhook-secret never signs what kwp forwards)"
+    ]
     with pytest.raises(ConfigError, match="forward: key 'url'"):
         config({"url": "ftp://nope"})
+
+
+def test_headers_that_are_never_passed_on():
+    kit = make(**{"webhook-secret": "tg-secret", "secret-header": "X-Telegram-Bot-Api-Secret-Token"})
+    never = {
+        "cookie": "session=1",
+        "authorization": "Bearer inside-token",
+        "forwarded": "for=10.0.0.1",
+        "x-forwarded-for": "10.0.0.1",
+        "x-forwarded-host": "kwp.example",
+        "x-forwarded-proto": "https",
+        "x-real-ip": "10.0.0.1",
+        "x-http-method-override": "DELETE",
+        "x-method-override": "DELETE",
+        "x-http-method": "DELETE",
+        "expect": "100-continue",
+        "content-encoding": "gzip",
+    }
+    kit.post(b"{}", {"content-type": "application/json", "x-telegram-bot-api-secret-token": "tg-secret", **never})
+    sent = kit.client.sent[0]
+    assert {name: sent.header(name) for name in never} == dict.fromkeys(never)
+    # A plain channel's secret header is passed on: the app behind may check it.
+    assert sent.header("x-telegram-bot-api-secret-token") == "tg-secret"
+    assert sent.header("content-type") == "application/json"
+
+
+def test_headers_allowlist_passes_only_those_and_kwps_own():
+    kit = make({"headers": ["X-GitHub-Event", "x-github-delivery", "Cookie-Free"], "sign-header": "X-Sig",
+                "sign-secret": "k"})
+    kit.post(b"{}", {"content-type": "application/json", "x-github-event": "push", "x-github-delivery": "d-1",
+                     "x-github-hook-id": "7", "user-agent": "GitHub-Hookshot"})
+    sent = kit.client.sent[0]
+    names = sorted(name.decode().lower() for name, _ in sent.headers.getAllRawHeaders())
+    assert names == ["content-type", "x-github-delivery", "x-github-event", "x-kwp-attempt", "x-kwp-delivery-id",
+                     "x-sig"]
+
+
+def test_headers_allowlist_cannot_name_a_header_that_is_never_passed_on():
+    with pytest.raises(ConfigError, match=r"forward: key 'headers': 'x-forwarded-for' is never passed on"):
+        config({"headers": ["X-GitHub-Event", "X-Forwarded-For"]})
+
+
+def test_a_stored_header_that_is_not_valid_http_is_left_out_and_the_rest_goes():
+    kit = make()
+    webhook_id = kit.post(b"{}", {"content-type": "application/json", "x bad name": "1", "x-control": "a\x01b",
+                                  "x-wide": "\u20ac", "x-fine": "caf\xe9\tok"})
+    sent = kit.client.sent[0]
+    names = {name.decode().lower() for name, _ in sent.headers.getAllRawHeaders()}
+    assert names == {"content-type", "x-fine", "x-kwp-attempt", "x-kwp-delivery-id"}
+    assert sent.headers.getRawHeaders(b"x-fine") == [b"caf\xe9\tok"]
+    sent.respond(200)
+    assert kit.storage.item(webhook_id) is None
+
+
+WHSEC = "whsec_" + base64.b64encode(b"forward signing key 0123456").decode()
+
+
+def test_standard_webhooks_signs_each_attempt_afresh():
+    # The first attempt is made at the receive; the retry 400 s later, when a
+    # signature made at the receive is refused by the official library.
+    received_at = time.time() - 400
+    kit = make({"sign-scheme": "standard-webhooks", "sign-secret": WHSEC, "interval-seconds": 400})
+    kit.clock.advance(received_at)
+    body = b'{"type": "invoice.paid", "n": 1.50}'
+    kit.post(body, {"content-type": "application/json", "webhook-id": "msg_sender", "webhook-timestamp": "1",
+                    "webhook-signature": "v1,c2VuZGVy", "svix-id": "msg_s", "svix-timestamp": "1",
+                    "svix-signature": "v1,c3ZpeA=="})
+    kit.client.sent[0].respond(500)
+    kit.clock.advance(400)
+    first, second = kit.client.sent
+    wh = Webhook(WHSEC)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        wh.verify(body, single_headers(first))
+    assert wh.verify(body, single_headers(second)) == {"type": "invoice.paid", "n": 1.5}
+    for sent in (first, second):
+        headers = single_headers(sent)
+        assert headers["webhook-id"] == headers["x-kwp-delivery-id"] == "ch-1"
+        assert not {"svix-id", "svix-timestamp", "svix-signature"} & headers.keys()
+    assert int(single_headers(second)["webhook-timestamp"]) == int(received_at + 400)
+
+
+def single_headers(sent) -> dict[str, str]:
+    """The headers of a request as a dict; fails when one is sent twice."""
+    headers = {}
+    for name, values in sent.headers.getAllRawHeaders():
+        assert len(values) == 1, (name, values)
+        headers[name.decode().lower()] = values[0].decode("latin-1")
+    return headers
+
+
+@pytest.mark.parametrize(
+    "forward, error",
+    [
+        ({}, "key 'sign-secret': is required with sign-scheme 'standard-webhooks'"),
+        ({"sign-secret": "plain-text"}, "key 'sign-secret': must be a Standard Webhooks secret"),
+        ({"sign-secret": "whsec_not base64!"}, "key 'sign-secret': must be a Standard Webhooks secret"),
+        ({"sign-secret": WHSEC, "sign-header": "X-Sig"}, "key 'sign-header': is not used with sign-scheme"),
+        ({"sign-secret": WHSEC, "sign-template": "{{ signature }}"}, "key 'sign-template': is not used"),
+    ],
+)
+def test_standard_webhooks_config_errors(forward, error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        config({"sign-scheme": "standard-webhooks", **forward})
 
 
 def test_stop_waits_for_attempts_in_flight_then_cancels_them():
@@ -401,7 +507,7 @@ def test_queue_encodes_status_and_items():
     forwarders = Forwarders(config({"max-attempts": 1}), storage, Notifier(), clock, FakeClient(clock, [500]))
     storage.add("ch", b'{"a": [1.50]}', {"x-a": "1"}, at=12.7)
     forwarders.startService()
-    body = json.loads(ensureDeferred(forwarders.queue("ch", 100, 0)).result)
+    body = json.loads(ensureDeferred(forwarders.queue("ch", "default", 100, 0)).result)
     assert body == {
         "status": {
             "paused": False,
@@ -424,7 +530,7 @@ def test_queue_encodes_status_and_items():
             }
         ],
     }
-    assert ensureDeferred(forwarders.clear("ch")).result == 1
+    assert ensureDeferred(forwarders.clear("ch", "default")).result == 1
     ensureDeferred(forwarders.stopService())
 
 
@@ -444,3 +550,88 @@ def test_make_service_wires_forwarders_between_storage_and_listeners(tmp_path):
     for hook in service.on_reload:
         hook(config({"url": "http://elsewhere.invalid/"}))
     assert forwarders.get("ch").forward.url == "http://elsewhere.invalid/"
+
+
+def test_each_push_consumer_has_its_own_forwarder_pause_and_log():
+    clock = Clock()
+    storage = MemoryStorage()
+    client = FakeClient(clock)
+    notifier = Notifier()
+    consumers = [
+        {"name": "ci", "forward": {"url": URL, "interval-seconds": 1}},
+        {"name": "chat", "forward": {"url": URL + "/chat", "interval-seconds": 1}},
+        {"name": "pull", "token": "pull-token"},
+    ]
+    cfg = parse_config({"channels": [{"name": "ch", "token": "t", "consumers": consumers}]})
+    outcomes = []
+    forwarders = Forwarders(cfg, storage, notifier, clock, client, report=lambda *o: outcomes.append(o[:3]))
+    forwarders.startService()
+    assert sorted(f.name for f in forwarders) == ["ch/chat", "ch/ci"]
+    ensureDeferred(forwarders.set_paused("ch", "chat", True))
+    for consumer in ("ci", "chat"):
+        storage.add("ch", b'{"n": 1}', consumer=consumer)
+        notifier.fire(("ch", consumer))
+    [sent] = client.sent
+    assert sent.url == URL and sent.header("x-kwp-delivery-id") == "ch.ci-1"
+    clock.advance(0.25)
+    sent.respond(502, b"bad gateway " * 200)
+    assert outcomes == [("ch", "ci", "unexpected_status")]
+    [(webhook_id, consumer, attempt)] = storage.attempts
+    assert (webhook_id, consumer, attempt.status_code, attempt.duration_ms) == (1, "ci", 502, 250.0)
+    assert attempt.error.startswith("unexpected status 502") and attempt.response_excerpt.startswith("bad gateway")
+    ensureDeferred(forwarders.set_paused("ch", "chat", False))
+    assert [s.url for s in client.sent] == [URL, URL + "/chat"]
+    assert client.sent[1].header("x-kwp-delivery-id") == "ch.chat-2"
+    ensureDeferred(forwarders.stopService())
+
+
+# --- the forwarding lease (several nodes on one database) -------------------------
+
+
+def test_a_forwarder_without_the_lease_sends_nothing_until_the_holder_s_lease_ends():
+    storage = MemoryStorage()
+    storage.leases["ch", "default"] = ["other-node", 1, 10.0]
+    kit = make(storage=storage)
+    kit.post()
+    kit.clock.advance(9.5)
+    assert kit.client.sent == []
+    # Tried again each second at most: taken over within a second of the end.
+    kit.clock.advance(1.0)
+    [sent] = kit.client.sent
+    assert sent.at <= 11.0 and storage.leases["ch", "default"][:2] == ["this-node", 2]
+
+
+def test_a_forwarder_renews_its_lease_and_gives_it_up_when_it_stops():
+    kit = make()
+    lease = kit.storage.leases["ch", "default"]
+    assert lease == ["this-node", 1, 10.0]
+    kit.clock.advance(10 / 3)
+    assert lease[2] == pytest.approx(10 / 3 + 10)
+    kit.forwarder.stopService()
+    assert lease[0] is None
+
+
+def test_an_outcome_after_the_lease_went_to_another_node_is_not_written_and_sending_stops():
+    kit = make()
+    first = kit.post()
+    [sent] = kit.client.sent
+    # Meanwhile another node took the lease over (this one was stuck).
+    kit.storage.leases["ch", "default"] = ["other-node", 2, 100.0]
+    sent.respond(200)
+    assert kit.storage.item(first) is not None and kit.storage.attempts == []
+    kit.post()
+    kit.clock.advance(5)
+    assert len(kit.client.sent) == 1
+
+
+def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_next_renewal():
+    heard = make()
+    heard.storage.states["ch", "default"] = QueueState(paused=True)
+    heard.forwarder.queue_changed()
+    heard.post()
+    assert heard.client.sent == []
+    renewed = make()
+    renewed.storage.states["ch", "default"] = QueueState(paused=True)
+    renewed.clock.advance(10 / 3)
+    renewed.post()
+    assert renewed.client.sent == []

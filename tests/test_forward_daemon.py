@@ -4,11 +4,14 @@ target is down."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest_twisted
 import treq
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -91,3 +94,68 @@ async def test_nothing_lost_across_a_restart_while_the_target_is_down(daemon, ta
     await until(lambda: _is_empty(kwp), 10, "the queue is empty")
     assert [json.loads(body)["n"] for body in t.delivered()] == list(range(15))
     assert kwp.stop() in CLEAN_EXIT
+
+
+SENDER_SECRET = "whsec_" + base64.b64encode(b"the sender's key, not ours").decode()
+FORWARD_SECRET = "whsec_" + base64.b64encode(b"kwp signs for the inside with this").decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_standard_webhooks_signature_is_made_afresh_for_each_attempt(daemon, target):
+    t = target()
+    inside = Webhook(FORWARD_SECRET)
+    verdicts = []
+
+    def verify(body, headers):
+        try:
+            inside.verify(body, headers)
+        except WebhookVerificationError as e:
+            verdicts.append(str(e))
+            return 401
+        verdicts.append("ok")
+        return None
+
+    t.judge = verify
+    t.status = 500
+    kwp = daemon(
+        {
+            "channels": [
+                {
+                    "name": "push",
+                    "token": "push-token",
+                    "provider": "standard-webhooks",
+                    "webhook-secret": SENDER_SECRET,
+                    "forward": {
+                        "url": t.url,
+                        "interval-seconds": 1.5,
+                        "sign-scheme": "standard-webhooks",
+                        "sign-secret": FORWARD_SECRET,
+                    },
+                }
+            ]
+        }
+    )
+    body = b'{"type": "user.created", "data": {"id": 1}}'
+    signed = Webhook(SENDER_SECRET).sign("msg_from_the_sender", datetime.now(timezone.utc), body.decode())
+    response = await treq.post(
+        f"{kwp.base}/api/webhook/push",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "webhook-id": "msg_from_the_sender",
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": signed,
+        },
+    )
+    assert response.code == 200, await response.text()
+    webhook_id = json.loads(await response.content())["id"]
+    await t.wait_for(1)
+    t.status = 200
+    await t.wait_for(2)
+    await until(lambda: _is_empty(kwp), 10, "the queue is empty")
+    assert verdicts == ["ok", "ok"]
+    first, second = (r["headers"] for r in t.received)
+    assert first["webhook-id"] == second["webhook-id"] == first["x-kwp-delivery-id"] == f"push-{webhook_id}"
+    assert int(second["webhook-timestamp"]) > int(first["webhook-timestamp"])
+    assert second["webhook-signature"].count("v1,") == 1 and second["webhook-signature"] != signed
+    assert t.delivered() == [body]

@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from kwp.forward import MAX_BODY_KEPT
+from kwp.storage import Attempt, NewWebhook
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
 from tests.support import free_port, metric_samples, until
 
@@ -59,10 +60,10 @@ async def test_attempts_are_counted_in_the_metrics(local_kwp, target):
     await until(lambda: _empty(kwp))
     samples = metric_samples(await (await kwp.get("/api/metrics")).content())
     assert samples["kwp_webhook_forward_total"] == {
-        (("channel", "push"), ("status", "unexpected_status")): 1,
-        (("channel", "push"), ("status", "ok")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "unexpected_status")): 1,
+        (("channel", "push"), ("consumer", "default"), ("status", "ok")): 1,
     }
-    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"),): 2}
+    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "push"), ("consumer", "default")): 2}
 
 
 @pytest_twisted.ensureDeferred
@@ -273,15 +274,71 @@ async def test_v1_database_is_migrated_with_its_webhooks(tmp_path):
     try:
         [item] = await storage.forward_window("push", 10, 0)
         assert (item.body, item.state, item.forward_attempts, item.next_attempt_at) == (b"{}", "pending", 0, None)
-        await storage.forward_failed("push", item.id, 6, "boom", None, "dead")
+        await storage.forward_failed("push", item.id, Attempt(6, error="boom"), None, "dead")
         assert await storage.forward_window("push", 10, 0) == []
         state, size, [dead] = await storage.queue("push", 10, 0)
         assert (size, dead.state, dead.forward_attempts, state.last_error_message) == (1, "dead", 1, "boom")
         await storage.set_paused("push", True)
-        assert (await storage.channel_state("push")).paused is True
-        assert (await storage.channel_state("push")).last_error_at == 6
-        await storage.forward_succeeded("push", item.id, 7)
+        assert (await storage.queue_state("push")).paused is True
+        assert (await storage.queue_state("push")).last_error_at == 6
+        await storage.forward_succeeded("push", item.id, Attempt(7, 200))
         assert await storage.forward_get("push", item.id) is None
-        assert (await storage.channel_state("push")).last_success_at == 7
+        assert (await storage.queue_state("push")).last_success_at == 7
     finally:
         storage.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_header_the_target_refuses_shows_in_the_queue_api_and_the_metrics(local_kwp, target):
+    t = target()
+    t.judge = lambda body, headers: 431 if len(headers.get("x-big", "")) > 1000 else None
+    t.body = b"Request Header Fields Too Large"
+    config = kwp_config(t.url)
+    config["server"]["metrics"] = True
+    kwp = local_kwp(config)
+    refused = json.loads(await (await kwp.post("push", {"n": 1}, {"X-Big": "b" * 2000})).content())["id"]
+    await kwp.post("push", {"n": 2})
+    await until(lambda: len(t.received) >= 3, what="a few attempts")
+    view = await queue(kwp)
+    head = view["items"][0]
+    assert head["id"] == refused and head["state"] == "pending" and head["forward_attempts"] >= 2
+    assert head["last_attempt_error"] == "unexpected status 431: Request Header Fields Too Large"
+    assert view["status"]["last_error_message"] == head["last_attempt_error"]
+    samples = metric_samples(await (await kwp.get("/api/metrics")).content())
+    forwarded = samples["kwp_webhook_forward_total"]
+    assert forwarded[(("channel", "push"), ("consumer", "default"), ("status", "unexpected_status"))] >= 2
+    # In receive order, the refused webhook holds the next one until an
+    # operator removes it (or max-attempts parks it).
+    assert t.delivered() == []
+    response = await treq.delete(kwp.url(f"/api/webhook/push/{refused}"), headers={"Authorization": "Bearer push-token"})
+    assert response.code == 204
+    await until(lambda: _empty(kwp))
+    assert t.delivered() == [b'{"n": 2}']
+
+
+def strict(body, headers):
+    """As Node's, Go's and nginx's HTTP servers: 400 for a control character
+    in a header value (Twisted's server lets it through)."""
+    return 400 if any(ch < " " and ch != "\t" or ch == "\x7f" for v in headers.values() for ch in v) else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_header_that_is_not_valid_http_does_not_block_the_channel(local_kwp, target, captured_log):
+    t = target()
+    t.judge = strict
+    config = kwp_config(t.url)
+    config["server"]["metrics"] = True
+    kwp = local_kwp(config)
+    # Twisted's server stores a control character in a value...
+    await kwp.post("push", {"n": 1}, {"X-Control": "a\x01b", "X-Fine": "yes"})
+    # ... and a row written by anything else may hold a name no client sends.
+    headers = json.dumps({"content-type": "application/json", "x bad name": "1", "x-fine": "too"})
+    await kwp.storage.insert(NewWebhook("push", headers, b'{"n": 2}', time.time()))
+    kwp.forwarders.get("push").poke()
+    await until(lambda: _empty(kwp))
+    assert t.delivered() == [b'{"n": 1}', b'{"n": 2}']
+    assert [r["headers"].get("x-fine") for r in t.received] == ["yes", "too"]
+    assert not any("x-control" in r["headers"] or "x bad name" in r["headers"] for r in t.received)
+    samples = metric_samples(await (await kwp.get("/api/metrics")).content())
+    assert samples["kwp_webhook_forward_total"] == {(("channel", "push"), ("consumer", "default"), ("status", "ok")): 2}
+    assert "headers ['x-control'] are not valid HTTP; sent without them" in captured_log.text()

@@ -1,5 +1,5 @@
 """Verification through the HTTP layer: providers signed by their own
-libraries, IP allowlists behind proxies, dedup, handshakes, /sign, /test-send."""
+libraries (svix for the Svix spelling of Standard Webhooks), IP allowlists behind proxies, dedup, handshakes, /sign, /test-send."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest_twisted
 import slack_sdk.signature
 import standardwebhooks
 import stripe
+import svix.webhooks
 import treq
 
 from tests.support import assert_error, body_json
@@ -75,6 +76,24 @@ async def test_github_rotation_tampering_and_dedup(local_kwp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_github_hooks_sharing_a_delivery_are_both_stored(local_kwp):
+    kwp = local_kwp(CONFIG)
+    body = json.dumps({"action": "opened"}).encode()
+    guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+
+    async def send(hook_id):
+        headers = {"X-Hub-Signature-256": github_signature("new-secret", body), "X-GitHub-Delivery": guid,
+                   "X-GitHub-Hook-ID": hook_id}
+        return await body_json(await kwp.post("gh", body, headers))
+
+    assert (await send("101"))["status"] == "ok"
+    assert (await send("202"))["status"] == "ok"
+    assert (await send("101"))["status"] == "duplicate"
+    assert (await send("202"))["status"] == "duplicate"
+    assert len(await stored(kwp, "gh")) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_stripe_signed_by_stripe_library(local_kwp):
     kwp = local_kwp(CONFIG)
     body = json.dumps({"id": "evt_1", "type": "charge.succeeded"})
@@ -127,6 +146,24 @@ async def test_standard_webhooks_signed_by_reference_library(local_kwp):
     tampered = dict(headers, **{"webhook-id": "msg_2"})
     await assert_error(await kwp.post("sw", body.encode(), tampered), 401, "unauthorized")
     assert len(await stored(kwp, "sw")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_standard_webhooks_in_svix_spelling_signed_by_svix(local_kwp):
+    kwp = local_kwp(CONFIG)
+    body = json.dumps({"type": "user.created"})
+    now = datetime.now(tz=timezone.utc)
+    signature = svix.webhooks.Webhook(SW_SECRET).sign("msg_svix", now, body)
+    headers = {"svix-id": "msg_svix", "svix-timestamp": str(int(now.timestamp())), "svix-signature": signature}
+    assert await body_json(await kwp.post("sw", body.encode(), headers)) == {"status": "ok", "id": 1}
+    assert (await body_json(await kwp.post("sw", body.encode(), headers)))["status"] == "duplicate"
+    # The same message in the Standard Webhooks spelling is the same delivery.
+    standard = standardwebhooks.Webhook(SW_SECRET).sign("msg_svix", now, body)
+    same = {"webhook-id": "msg_svix", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": standard}
+    assert (await body_json(await kwp.post("sw", body.encode(), same)))["status"] == "duplicate"
+    await assert_error(await kwp.post("sw", body.encode(), dict(headers, **{"svix-id": "msg_2"})), 401, "unauthorized")
+    [item] = await stored(kwp, "sw")
+    assert json.loads(item.headers_json)["svix-id"] == "msg_svix"
 
 
 @pytest_twisted.ensureDeferred

@@ -10,17 +10,27 @@ from ipaddress import ip_network
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 
 from kwp import ops
 from kwp.auth import authorize_admin
-from kwp.config import Channel, ConfigError, parse_config, redacted
+from kwp.config import (
+    CHANNEL_KEYS,
+    CONSUMER_KEYS,
+    FORWARD_KEYS,
+    SERVER_KEYS,
+    Channel,
+    ConfigError,
+    parse_config,
+    redacted,
+)
+from kwp.storage import QueueStats
 from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
-from kwp.storage import sqlite as sqlite_storage
+from kwp.storage.sqlite import SQLiteStorage
 from tests.fakes import FakeStorage
 from tests.support import body_json, metric_samples, scrape
 
@@ -79,21 +89,23 @@ def test_each_app_has_its_own_registry():
 
 def test_forward_outcomes_and_their_statuses():
     holder, metrics = make_metrics()
-    metrics.forward_outcome("github", "ok", 0.2)
-    metrics.forward_outcome("github", "network_error", 15.0)
-    metrics.forward_outcome("quiet", "ok", 0.2)
+    metrics.forward_outcome("github", "default", "ok", 0.2)
+    metrics.forward_outcome("github", "default", "network_error", 15.0)
+    metrics.forward_outcome("quiet", "default", "ok", 0.2)
     with pytest.raises(ValueError):
-        metrics.forward_outcome("github", "teapot", 0.1)
+        metrics.forward_outcome("github", "default", "teapot", 0.1)
     samples = scrape(metrics)
+    queue = (("channel", "github"), ("consumer", "default"))
     assert samples["kwp_webhook_forward_total"] == {
-        (("channel", "github"), ("status", "ok")): 1,
-        (("channel", "github"), ("status", "network_error")): 1,
+        (*queue, ("status", "ok")): 1,
+        (*queue, ("status", "network_error")): 1,
     }
-    assert samples["kwp_webhook_forward_duration_seconds_count"] == {(("channel", "github"),): 2}
+    assert samples["kwp_webhook_forward_duration_seconds_count"] == {queue: 2}
 
 
 def test_security_config_queue_depth_and_oldest_age():
-    holder, metrics = make_metrics(stats={"open": (5, 940.0), "quiet": (3, 10.0)}, now=1000.0)
+    stats = {("open", "default"): QueueStats(5, 940.0, 2), ("quiet", "default"): QueueStats(3, 10.0)}
+    holder, metrics = make_metrics(stats=stats, now=1000.0)
     samples = scrape(metrics)
     security = samples["kwp_channel_security_config"]
     assert security[(("channel", "github"), ("feature", "secret"))] == 1
@@ -102,8 +114,10 @@ def test_security_config_queue_depth_and_oldest_age():
     assert security[(("channel", "open"), ("feature", "secret"))] == 0
     assert security[(("channel", "open"), ("feature", "max_queue"))] == 1
     assert {dict(k)["channel"] for k in security} == {"github", "open"}
-    assert samples["kwp_queue_depth"] == {(("channel", "github"),): 0, (("channel", "open"),): 5}
-    assert samples["kwp_queue_oldest_age_seconds"] == {(("channel", "github"),): 0, (("channel", "open"),): 60}
+    github, open_ = (("channel", "github"), ("consumer", "default")), (("channel", "open"), ("consumer", "default"))
+    assert samples["kwp_queue_depth"] == {github: 0, open_: 5}
+    assert samples["kwp_queue_oldest_age_seconds"] == {github: 0, open_: 60}
+    assert samples["kwp_queue_dead"] == {github: 0, open_: 2}
     assert samples["kwp_database_up"] == {(): 1}
 
 
@@ -114,6 +128,44 @@ def test_a_database_failure_still_answers_the_scrape():
     assert samples["kwp_database_up"] == {(): 0}
     assert "kwp_queue_depth" not in samples
     assert samples["kwp_webhook_receive_total"][(("channel", "github"), ("status", "ok"))] == 1
+
+
+class SlowStats:
+    """queue_stats answers with a Deferred that the test fires; counts reads."""
+
+    def __init__(self):
+        self.reads: list[Deferred] = []
+
+    def queue_stats(self):
+        self.reads.append(Deferred())
+        return self.reads[-1]
+
+
+def test_queue_figures_are_read_once_for_concurrent_scrapes_and_kept_a_few_seconds():
+    holder = Holder(parse_config(CONFIG))
+    clock = Clock()
+    clock.advance(1000)
+    storage = SlowStats()
+    metrics = ops.Metrics(lambda: holder.config, storage, clock)
+    scrapes = [Deferred.fromCoroutine(metrics.scrape()) for _ in range(4)]
+    scrapes[1].addErrback(lambda f: f.trap(CancelledError))
+    scrapes[1].cancel()
+    assert len(storage.reads) == 1 and not any(s.called for s in scrapes if s is not scrapes[1])
+    storage.reads[0].callback({("open", "default"): QueueStats(5, 940.0)})
+    queue = (("channel", "open"), ("consumer", "default"))
+    for scrape_ in scrapes[:1] + scrapes[2:]:
+        assert metric_samples(scrape_.result)["kwp_queue_depth"][queue] == 5
+    clock.advance(ops.QUEUE_STATS_MAX_AGE - 0.1)
+    assert scrape(metrics)["kwp_queue_oldest_age_seconds"][queue] == pytest.approx(64.9)
+    assert len(storage.reads) == 1
+    clock.advance(0.1)
+    again = Deferred.fromCoroutine(metrics.scrape())
+    assert len(storage.reads) == 2
+    storage.reads[1].errback(RuntimeError("disk on fire"))
+    assert metric_samples(again.result)["kwp_database_up"] == {(): 0}
+    # A failure is not kept: the next scrape asks again.
+    Deferred.fromCoroutine(metrics.scrape())
+    assert len(storage.reads) == 3
 
 
 def test_series_follow_the_running_config():
@@ -245,9 +297,48 @@ def test_redacted_config_holds_no_secret():
     plain = redacted(config)
     url = "https://<redacted>@example.com:8443/hook?key=<redacted>&x=<redacted>"
     assert plain["channels"][0]["forward"]["url"] == url
-    assert plain["channels"][0]["secrets"] == ["<redacted>", "<redacted>"]
+    assert plain["channels"][0]["webhook-secret"] == ["<redacted>", "<redacted>"]
     assert plain["server"]["admin-token"] == "<redacted>"
     assert plain["channels"][0]["secret-header"] == "X-Secret"
+
+
+def test_redacted_config_speaks_config_yml():
+    config = parse_config({
+        "server": {"admin-token": "s-admin", "metrics": True},
+        "channels": [
+            {**SECRETS["channels"][0], "secret-type": "hmac-sha256",
+             "secret-extract-template": '{{ raw | replace(from="sha256=", to="") }}'},
+            {"name": "gh", "token": "s-gh-token", "provider": "github", "webhook-secret": "s-gh"},
+            {"name": "meta", "token": "s-meta-token", "provider": "meta", "webhook-secret": "s-meta",
+             "verify-token": "s-verify"},
+            {"name": "fan", "token": "s-fan-token", "consumers": [
+                {"name": "ci", "token": "s-ci-token", "filter": "body.action == 'push'"},
+                {"name": "chat", "forward": {"url": "https://u:s-chat-password@chat/hook", "sign-header": "X-S",
+                                             "sign-secret": "s-chat-sign"}},
+            ]},
+        ],
+    })
+    plain = redacted(config)
+    assert set(plain["server"]) == set(SERVER_KEYS)
+    hmac, gh, meta, fan = plain["channels"]
+    # A channel without consumers shows its forward as in config.yml.
+    assert set(hmac) == set(CHANNEL_KEYS) - {"consumers"} and set(hmac["forward"]) == set(FORWARD_KEYS)
+    assert fan["forward"] is None and [set(c) for c in fan["consumers"]] == [set(CONSUMER_KEYS)] * 2
+    ci, chat = fan["consumers"]
+    assert (ci["token"], ci["filter"], chat["token"]) == ("<redacted>", "body.action == 'push'", None)
+    assert chat["forward"]["url"] == "https://<redacted>@chat/hook" and chat["forward"]["sign-secret"] == "<redacted>"
+    assert (hmac["api-read-token"], hmac["secret-type"], hmac["provider"]) == ("<redacted>", "hmac-sha256", None)
+    assert hmac["secret-extract-template"] == '{{ raw | replace(from="sha256=", to="") }}'
+    assert hmac["secret-sign-template"] is None and hmac["forward"]["sign-secret"] == "<redacted>"
+    # A provider decides the secret type and the templates: none is shown.
+    decided = {"secret-type", "secret-extract-template", "secret-sign-template", "consumers"}
+    assert set(gh) == set(CHANNEL_KEYS) - decided
+    assert (gh["provider"], gh["webhook-secret"], gh["verify-token"]) == ("github", ["<redacted>"], None)
+    assert (meta["provider"], meta["verify-token"]) == ("meta", "<redacted>")
+    text = json.dumps(plain)
+    for secret in ("s-admin", "s-gh", "s-meta", "s-verify", "s-read-token", "s-secret-1", "s-sign-secret", "s-fan",
+                   "s-ci", "s-chat"):
+        assert secret not in text
 
 
 def test_authorize_admin():
@@ -272,10 +363,11 @@ def test_full_and_read_only_errors_are_recognized(tmp_path):
     connection.execute("PRAGMA query_only = 1")
     with pytest.raises(sqlite3.Error) as e:
         connection.execute("INSERT INTO t VALUES (1)")
-    assert isinstance(sqlite_storage._unavailable(e.value), StorageUnavailable)
-    assert sqlite_storage._unavailable(sqlite3.OperationalError("database or disk is full")) is not None
-    assert sqlite_storage._unavailable(sqlite3.OperationalError("no such table: x")) is None
-    assert sqlite_storage._unavailable(ValueError("x")) is None
+    unavailable = SQLiteStorage(str(tmp_path / "kwp.db"), None)._unavailable
+    assert isinstance(unavailable(e.value), StorageUnavailable)
+    assert unavailable(sqlite3.OperationalError("database or disk is full")) is not None
+    assert unavailable(sqlite3.OperationalError("no such table: x")) is None
+    assert unavailable(ValueError("x")) is None
 
 
 # --- on a real listener ---------------------------------------------------------
@@ -307,9 +399,30 @@ async def test_metrics_count_every_receive_outcome(local_kwp):
         (("channel", "github"), ("status", "payload_too_large")): 1,
         (("channel", "_unknown"), ("status", "channel_not_found")): 1,
     }
-    assert samples["kwp_queue_depth"] == {(("channel", "github"),): 3, (("channel", "open"),): 0}
+    assert samples["kwp_queue_depth"] == {
+        (("channel", "github"), ("consumer", "default")): 3,
+        (("channel", "open"), ("consumer", "default")): 0,
+    }
     assert samples["kwp_webhook_receive_duration_seconds_count"][(("channel", "github"),)] == 6
     assert "quiet" not in str(samples)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_metrics_token_is_needed_when_one_is_set(local_kwp):
+    data = json.loads(json.dumps(CONFIG))
+    data["server"]["metrics-token"] = "scraper-token"
+    kwp = local_kwp(data)
+    for token in (None, "wrong", "admin-secret-token", "github-token"):
+        response = await kwp.get("/api/metrics", token)
+        body = await body_json(response)
+        assert (response.code, body["error"]) == (401, "unauthorized")
+        assert "scraper-token" not in body["message"]
+    response = await kwp.get("/api/metrics", "scraper-token")
+    assert response.code == 200
+    assert "kwp_queue_depth" in metric_samples(await response.content())
+    data["server"]["metrics"] = False
+    kwp.app.config = parse_config(data)
+    assert (await kwp.get("/api/metrics", "scraper-token")).code == 404
 
 
 @pytest_twisted.ensureDeferred

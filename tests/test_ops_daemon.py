@@ -68,9 +68,10 @@ async def test_metrics_count_what_was_sent(daemon):
         (("channel", "open"), ("status", "queue_full")): 2,
         (("channel", "_unknown"), ("status", "channel_not_found")): 6,
     }
-    assert samples["kwp_queue_depth"] == {(("channel", "github"),): 7, (("channel", "open"),): 3}
+    queues = {(("channel", "github"), ("consumer", "default")), (("channel", "open"), ("consumer", "default"))}
+    assert samples["kwp_queue_depth"] == dict(zip(sorted(queues), (7, 3)))
     ages = samples["kwp_queue_oldest_age_seconds"]
-    assert set(ages) == {(("channel", "github"),), (("channel", "open"),)}
+    assert set(ages) == queues
     assert all(age >= 0 for age in ages.values())
     assert samples["kwp_channel_security_config"][(("channel", "github"), ("feature", "secret"))] == 1
     assert "quiet" not in str(samples) and "guess" not in str(samples)
@@ -145,20 +146,25 @@ def test_check_config_reports_every_error(tmp_path):
     bad["channels"][0]["secret-type"] = "rot13"
     bad["channels"][1]["max-queue"] = 0
     bad["channels"].append({"name": "bad name!", "token": "open-token"})
+    bad["channels"].append({"name": "fan", "token": "fan-token", "consumers": [{"name": "ci", "filter": "body.["}]})
     path = write_config(tmp_path / "bad.yml", bad)
     result = run_kwp("check-config", str(path))
     assert result.returncode == 1
     assert result.stdout == ""
     errors = result.stderr.strip().splitlines()
-    assert errors[-1] == f"{path}: 5 error(s)"
+    assert errors[-1] == f"{path}: 6 error(s)"
     joined = "\n".join(errors)
-    for needle in ["'metrix'", "did you mean 'metrics'", "rot13", "'max-queue'", "bad name!", "same token"]:
+    for needle in ["'metrix'", "did you mean 'metrics'", "rot13", "'max-queue'", "bad name!", "same token",
+                   "channels[4] (fan): consumers[0] (ci): key 'filter': invalid JMESPath expression"]:
         assert needle in joined
 
-    good = write_config(tmp_path / "good.yml", CONFIG)
+    good = json.loads(json.dumps(CONFIG))
+    good["channels"].append({"name": "fan", "token": "fan-token", "consumers": [
+        {"name": "ci", "filter": "body.action == 'push'"}, {"name": "chat", "forward": {"url": "http://chat/hook"}}]})
+    good = write_config(tmp_path / "good.yml", good)
     result = run_kwp("check-config", str(good))
     assert result.returncode == 0
-    assert result.stdout == f"{good}: OK, 3 channels (0 forwarding)\n"
+    assert result.stdout == f"{good}: OK, 4 channels, 5 consumers (1 forwarding)\n"
 
     missing = run_kwp("check-config", str(tmp_path / "missing.yml"))
     assert missing.returncode == 1 and "cannot read the file" in missing.stderr

@@ -25,9 +25,10 @@ CONFIG = {"channels": [{"name": "open", "token": "open-token"}]}
 class RelayProcess:
     def __init__(self, workdir: Path, daemon, target: Target):
         self.args = [
-            KWP, "relay", "--from", f"{daemon.base}/api/webhook/open", "--token", "open-token",
+            KWP, "relay", "--from", f"{daemon.base}/api/webhook/open", "--token-file", str(workdir / "token"),
             "--to", target.url, "--lease", "2", "--wait", "5", "--batch", "4", "--timeout", "5",
         ]
+        (workdir / "token").write_text("open-token\n")
         self.log_path = workdir / "relay.log"
         self.proc = None
 
@@ -54,7 +55,7 @@ def body(n: int) -> bytes:
 
 async def post(daemon, n: int) -> None:
     response = await treq.post(f"{daemon.base}/api/webhook/open", data=body(n),
-                               headers={"Content-Type": "application/json", "X-Custom": f"c{n}"})
+                               headers={"Content-Type": "application/json", "X-Custom": f"c{n}", "Cookie": "s=1"})
     assert response.code == 200, await response.text()
 
 
@@ -85,7 +86,8 @@ async def test_relay_delivers_everything_in_order_through_restarts(daemon, tmp_p
         first = target.received[0]["headers"]
         assert first["x-custom"] == "c0"
         assert first["content-type"] == "application/json"
-        assert first["x-kwp-delivery-id"].isdigit()
+        assert first["x-kwp-delivery-id"].startswith("open-") and first["x-kwp-delivery-id"][5:].isdigit()
+        assert "cookie" not in first
 
         # The target fails, then goes away, then comes back.
         target.status = 500

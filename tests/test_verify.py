@@ -1,7 +1,7 @@
 """Tests for kwp.verify: client IPs, plain tokens, signatures, providers, signing.
 
 Signed requests come from the providers' own reference code where it exists
-(stripe, slack_sdk, standardwebhooks) and from published test vectors.
+(stripe, slack_sdk, standardwebhooks, svix) and from published test vectors.
 """
 
 import base64
@@ -16,6 +16,7 @@ import pytest
 import slack_sdk.signature
 import standardwebhooks
 import stripe
+import svix.webhooks
 from hypothesis import given, settings, strategies as st
 
 from kwp.config import Channel
@@ -234,6 +235,14 @@ def test_secret_header_overrides_the_preset_header() -> None:
 def test_provider_wins_over_secret_type() -> None:
     scheme = scheme_for(channel(provider="github", secrets=("s",), secret_type="plain"))
     assert scheme.kind == "github"
+
+
+def test_a_scheme_is_computed_once_per_combination_of_its_keys() -> None:
+    # Asked for by every check of every request.
+    renamed = dict(provider="gitlab", secret_header="X-Renamed-Token")
+    assert scheme_for(channel(secrets=("a",), **renamed)) is scheme_for(channel(secrets=("b",), **renamed))
+    hmac_keys = dict(secret_header="X-Sig", secret_type="hmac-sha256")
+    assert scheme_for(channel(secrets=("a",), **hmac_keys)) is scheme_for(channel(secrets=("b",), **hmac_keys))
 
 
 # --- plain_ok ----------------------------------------------------------------
@@ -540,6 +549,26 @@ def test_standard_webhooks_several_signatures() -> None:
     assert not signature_ok(c, {**headers, "webhook-signature": good[3:]}, BODY, NOW)
 
 
+def svix_headers(secret: str, body: bytes, timestamp: float, msg_id: str = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W") -> dict:
+    """The headers Svix (and Clerk, Resend) send, signed by the svix library."""
+    when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    signature = svix.webhooks.Webhook(secret).sign(msg_id, when, body.decode())
+    return {"svix-id": msg_id, "svix-timestamp": str(int(timestamp)), "svix-signature": signature}
+
+
+def test_standard_webhooks_in_svix_spelling() -> None:
+    c = channel(provider="standard-webhooks", secrets=(SW_SECRET,))
+    headers = svix_headers(SW_SECRET, BODY, NOW)
+    assert signature_ok(c, headers, BODY, NOW)
+    assert not signature_ok(c, headers, BODY + b" ", NOW)
+    assert not signature_ok(c, {**headers, "svix-id": "msg_other"}, BODY, NOW)
+    assert not signature_ok(c, headers, BODY, NOW + 301)
+    for name in headers:
+        assert not signature_ok(c, {k: v for k, v in headers.items() if k != name}, BODY, NOW)
+    # The Standard Webhooks spelling wins when both are there.
+    assert not signature_ok(c, {**headers, "webhook-id": "msg_other"}, BODY, NOW)
+
+
 def test_standard_webhooks_tolerance_and_missing_headers() -> None:
     c = channel(provider="standard-webhooks", secrets=(SW_SECRET,))
     for skew in (-300, 300):
@@ -654,6 +683,25 @@ def test_delivery_ids_from_headers() -> None:
         assert delivery_id(c, {}, {"id": "ignored"}) is None
         assert delivery_id(c, {header: ""}, None) is None
         assert delivery_id(c, {header: "x" * 257}, None) is None
+
+
+def test_standard_webhooks_delivery_id_in_either_spelling() -> None:
+    c = channel(provider="standard-webhooks", secrets=("s",))
+    assert delivery_id(c, {"svix-id": "msg_1"}, None) == "msg_1"
+    assert delivery_id(c, {"webhook-id": "msg_1"}, None) == "msg_1"
+    assert delivery_id(c, {"webhook-id": "msg_1", "svix-id": "msg_2"}, None) == "msg_1"
+    assert delivery_id(channel(provider="github", secrets=("s",)), {"svix-id": "msg_1"}, None) is None
+
+
+def test_github_delivery_ids_are_per_hook() -> None:
+    c = channel(provider="github", secrets=("s",))
+    guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    first = delivery_id(c, {"x-github-delivery": guid, "x-github-hook-id": "101"}, None)
+    second = delivery_id(c, {"x-github-delivery": guid, "x-github-hook-id": "202"}, None)
+    assert first != second
+    assert first == delivery_id(c, {"x-github-delivery": guid, "x-github-hook-id": "101"}, None)
+    assert delivery_id(c, {"x-github-hook-id": "101"}, None) is None
+    assert delivery_id(c, {"x-github-delivery": guid, "x-github-hook-id": "9" * 300}, None) is None
 
 
 def test_delivery_ids_from_body() -> None:

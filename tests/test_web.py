@@ -24,7 +24,7 @@ from twisted.web.server import Site
 
 from kwp.config import parse_config
 from kwp.notify import Notifier
-from kwp.storage import NewWebhook
+from kwp.storage import NewWebhook, StorageUnavailable
 from kwp.web import KwpApp, KwpSite, receive_channel
 from tests.conftest import BASIC_CONFIG
 from tests.support import assert_error, body_json, metric_samples, until
@@ -285,12 +285,33 @@ def _hold_long_poll(port, channel="open", token="open-token"):
 async def test_a_client_leaving_a_long_poll_frees_it_at_once(local_kwp):
     kwp = local_kwp()
     s = _hold_long_poll(kwp.port.getHost().port)
-    await until(lambda: kwp.app.notifier.waiting("open") == 1)
+    await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1)
     s.close()
-    await until(lambda: kwp.app.notifier.waiting("open") == 0, timeout=1)
+    await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 0, timeout=1)
     await kwp.post("open", {"n": 1})
     items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"] for i in items] == [{"n": 1}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_poll_beyond_the_tokens_cap_is_refused_with_429(local_kwp):
+    kwp = local_kwp({**BASIC_CONFIG, "server": {**BASIC_CONFIG["server"], "max-waiters-per-token": 2}})
+    port = kwp.port.getHost().port
+    held = [_hold_long_poll(port) for _ in range(2)]
+    try:
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 2)
+        refused = await kwp.get("/api/webhook/open?wait=5", "open-token")
+        await assert_error(refused, 429, "too_many_requests")
+        assert refused.headers.getRawHeaders("retry-after") == ["5"]
+        # A pull that does not wait, and another token, are not held back.
+        assert await body_json(await kwp.get("/api/webhook/open", "open-token")) == []
+        assert await body_json(await kwp.get("/api/webhook/open?wait=1", "admin-secret-token")) == []
+        held.pop().close()
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1)
+        assert await body_json(await kwp.get("/api/webhook/open?wait=1", "open-token")) == []
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -298,7 +319,8 @@ async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
     import os
     import threading
 
-    kwp = local_kwp()
+    # One token may hold this many long-polls only when the config says so.
+    kwp = local_kwp({**BASIC_CONFIG, "server": {**BASIC_CONFIG["server"], "max-waiters-per-token": 1000}})
     threads = threading.active_count()
     port = kwp.port.getHost().port
     sockets = []
@@ -307,14 +329,14 @@ async def test_a_thousand_idle_long_polls_hold_no_thread_and_no_cpu(local_kwp):
             sockets += [_hold_long_poll(port) for _ in range(20)]
             # Let the reactor accept them: the listen backlog is short.
             await task.deferLater(reactor, 0, lambda: None)
-        await until(lambda: kwp.app.notifier.waiting("open") == 1000, timeout=20)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 1000, timeout=20)
         assert threading.active_count() == threads
         cpu = sum(os.times()[:2])
         await task.deferLater(reactor, 1.0, lambda: None)
         assert sum(os.times()[:2]) - cpu < 0.2
         # One of them takes it; the others wait again.
         await kwp.post("open", {"n": 1})
-        await until(lambda: kwp.app.notifier.waiting("open") == 999)
+        await until(lambda: kwp.app.notifier.waiting(("open", "default")) == 999)
         for _ in range(100):
             if not await kwp.storage.list("open", 1, 0):
                 break
@@ -551,6 +573,17 @@ def test_a_storage_failure_is_a_json_500_logged_and_counted():
     assert kwp.transport.value().endswith(b'{"error": "internal_error", "message": "the webhook could not be stored"}')
     assert kwp.failures() == ["request failed"]
     assert kwp.counted() == {(("channel", "open"), ("status", "internal_error")): 1.0}
+
+
+def test_storage_that_cannot_take_writes_is_a_503_storage_unavailable_counted_as_such():
+    with _InMemoryReceive(_BrokenStorage(StorageUnavailable("the disk is full"))) as kwp:
+        kwp.post()
+    head, _, body = kwp.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nRetry-After: 60\r\n" in head + b"\r\n"
+    assert json.loads(body) == {"error": "storage_unavailable",
+                                "message": "the webhook could not be stored now: the disk is full"}
+    assert kwp.counted() == {(("channel", "open"), ("status", "storage_unavailable")): 1.0}
 
 
 def test_an_unexpected_error_in_the_receive_is_a_json_500_logged_and_counted(monkeypatch):

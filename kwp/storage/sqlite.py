@@ -1,41 +1,22 @@
-"""SQLite storage on adbapi's thread pool, with one connection and group commit.
+"""SQLite storage on adbapi's thread pool, with one connection.
 
 One connection (``cp_min = cp_max = 1``) makes every transaction serial, so a
-claim can never hand the same row to two readers.  Inserts that arrive while a
-transaction runs wait in a queue and are written together in the next one:
-one commit, one fsync per batch, and each caller's Deferred fires only after
-the commit that holds its row.
+claim can never hand the same delivery to two readers.  WAL and
+``synchronous = FULL``: a commit is on disk before its webhooks are answered.
+The schema is versioned with ``PRAGMA user_version``; MIGRATIONS upgrade a
+database one version at a time, each in its own transaction.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import replace
 
-from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from kwp.storage import (
-    DEAD,
-    DUPLICATE,
-    PENDING,
-    QUEUE_FULL,
-    ChannelState,
-    ForwardItem,
-    IStorage,
-    NewWebhook,
-    StorageError,
-    StorageUnavailable,
-    StoredWebhook,
-)
-
-log = Logger()
+from kwp.storage import StorageError, StorageUnavailable
+from kwp.storage.queries import Dialect
+from kwp.storage.service import AdbapiStorage
 
 
 def sqlite_path(url: str) -> str:
@@ -104,8 +85,179 @@ def _v3(cursor) -> None:
     )
 
 
+def _v4(cursor) -> None:
+    """Figures that cost no walk over the table: the number of webhooks of
+    each channel, kept by triggers (so every way a row comes or goes counts,
+    whoever writes), for the metrics; and an index on the age of delivery
+    ids, so that pruning them reads only the rows it deletes."""
+    cursor.execute("CREATE TABLE queue_sizes (channel TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_up AFTER INSERT ON webhooks BEGIN
+            INSERT INTO queue_sizes (channel, size) VALUES (new.channel, 1)
+            ON CONFLICT (channel) DO UPDATE SET size = size + 1;
+        END"""
+    )
+    cursor.execute(
+        """CREATE TRIGGER webhooks_size_down AFTER DELETE ON webhooks BEGIN
+            UPDATE queue_sizes SET size = size - 1 WHERE channel = old.channel;
+        END"""
+    )
+    cursor.execute("INSERT INTO queue_sizes (channel, size) SELECT channel, COUNT(*) FROM webhooks GROUP BY channel")
+    cursor.execute("CREATE INDEX seen_deliveries_age ON seen_deliveries (channel, seen_at)")
+
+
+def _v5(cursor) -> None:
+    """Consumers and history: a webhook's body is stored once, and each
+    consumer it is routed to has a delivery of it with its own queue
+    position, claim, lease, attempts and state.  Every webhook of an older
+    database becomes a delivery to the channel's implicit consumer
+    ``default``, keeping its claim, lease, attempts and dead state; the
+    channel's pause and last outcomes become that consumer's.  A push
+    consumer also has a forwarding lease (owner, expiry, and a fencing token
+    that each new owner increments)."""
+    cursor.execute(
+        """CREATE TABLE deliveries (
+            webhook_id INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            consumer TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            queued_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            claim TEXT,
+            lease_until REAL,
+            handouts INTEGER NOT NULL DEFAULT 0,
+            taken_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_attempt_at REAL,
+            last_status INTEGER,
+            last_error TEXT,
+            next_attempt_at REAL,
+            closed_at REAL,
+            PRIMARY KEY (webhook_id, consumer)
+        )"""
+    )
+    cursor.execute(
+        """INSERT INTO deliveries (webhook_id, channel, consumer, seq, queued_at, state, claim, lease_until,
+               handouts, attempts, last_attempt_at, last_error, next_attempt_at)
+           SELECT id, channel, 'default', id, received_at, state, claim, lease_until,
+               deliveries, forward_attempts, last_attempt_at, last_error, next_attempt_at FROM webhooks"""
+    )
+    # Rebuilt without the columns that moved, keeping the id sequence.
+    cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhooks'")
+    sequence = cursor.fetchone()
+    cursor.execute(
+        """CREATE TABLE webhooks_v5 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            channel TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            delivery_id TEXT,
+            done_at REAL
+        )"""
+    )
+    cursor.execute(
+        "INSERT INTO webhooks_v5 (id, channel, headers, body, received_at, delivery_id)"
+        " SELECT id, channel, headers, body, received_at, delivery_id FROM webhooks"
+    )
+    # Its triggers (queue_sizes of schema 4) go with it.
+    cursor.execute("DROP TABLE webhooks")
+    cursor.execute("ALTER TABLE webhooks_v5 RENAME TO webhooks")
+    if sequence is not None:
+        cursor.execute("DELETE FROM sqlite_sequence WHERE name IN ('webhooks', 'webhooks_v5')")
+        cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('webhooks', ?)", sequence)
+    cursor.execute("CREATE INDEX webhooks_channel ON webhooks (channel, id)")
+    cursor.execute("CREATE INDEX webhooks_done ON webhooks (channel, done_at) WHERE done_at IS NOT NULL")
+    # Claims and forward windows read the deliveries nobody holds; listings
+    # and figures the open ones (state last, so counting by state needs no
+    # table lookup); expired leases and finished claims are found directly.
+    cursor.execute(
+        "CREATE INDEX deliveries_ready ON deliveries (channel, consumer, seq)"
+        " WHERE state = 'pending' AND claim IS NULL"
+    )
+    cursor.execute(
+        "CREATE INDEX deliveries_open ON deliveries (channel, consumer, seq, state)"
+        " WHERE state IN ('pending', 'dead')"
+    )
+    cursor.execute(
+        "CREATE INDEX deliveries_leased ON deliveries (channel, consumer, lease_until) WHERE lease_until IS NOT NULL"
+    )
+    cursor.execute("CREATE INDEX deliveries_claim ON deliveries (claim) WHERE claim IS NOT NULL")
+    cursor.execute(
+        """CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            webhook_id INTEGER NOT NULL,
+            consumer TEXT NOT NULL,
+            at REAL NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            duration_ms REAL,
+            response_excerpt TEXT
+        )"""
+    )
+    cursor.execute("CREATE INDEX attempts_delivery ON attempts (webhook_id, consumer, id)")
+    cursor.execute(
+        """CREATE TABLE consumers (
+            channel TEXT NOT NULL,
+            consumer TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            last_success_at REAL,
+            last_error_at REAL,
+            last_error_message TEXT,
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_until REAL,
+            PRIMARY KEY (channel, consumer)
+        )"""
+    )
+    cursor.execute(
+        "INSERT INTO consumers (channel, consumer, paused, last_success_at, last_error_at, last_error_message)"
+        " SELECT channel, 'default', paused, last_success_at, last_error_at, last_error_message FROM channel_state"
+    )
+    cursor.execute("DROP TABLE channel_state")
+    # The figures of each queue, kept by triggers on every change of a
+    # delivery's state: open counts pending and dead deliveries.
+    cursor.execute("DROP TABLE queue_sizes")
+    cursor.execute(
+        """CREATE TABLE queue_sizes (
+            channel TEXT NOT NULL,
+            consumer TEXT NOT NULL,
+            open INTEGER NOT NULL,
+            dead INTEGER NOT NULL,
+            PRIMARY KEY (channel, consumer)
+        ) WITHOUT ROWID"""
+    )
+    add = """INSERT INTO queue_sizes (channel, consumer, open, dead) VALUES ({row}.channel, {row}.consumer, {open}, {dead})
+             ON CONFLICT (channel, consumer) DO UPDATE SET open = open + excluded.open, dead = dead + excluded.dead"""
+    is_open = "({row}.state IN ('pending', 'dead'))"
+    is_dead = "({row}.state = 'dead')"
+    cursor.execute(
+        "CREATE TRIGGER deliveries_queued AFTER INSERT ON deliveries BEGIN "
+        + add.format(row="new", open=is_open.format(row="new"), dead=is_dead.format(row="new"))
+        + "; END"
+    )
+    cursor.execute(
+        "CREATE TRIGGER deliveries_moved AFTER UPDATE OF state ON deliveries WHEN old.state != new.state BEGIN "
+        + add.format(
+            row="new",
+            open=f"{is_open.format(row='new')} - {is_open.format(row='old')}",
+            dead=f"{is_dead.format(row='new')} - {is_dead.format(row='old')}",
+        )
+        + "; END"
+    )
+    cursor.execute(
+        "CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries BEGIN "
+        + add.format(row="old", open=f"-{is_open.format(row='old')}", dead=f"-{is_dead.format(row='old')}")
+        + "; END"
+    )
+    cursor.execute(
+        "INSERT INTO queue_sizes (channel, consumer, open, dead) SELECT channel, consumer,"
+        " SUM(state IN ('pending', 'dead')), SUM(state = 'dead') FROM deliveries GROUP BY channel, consumer"
+    )
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2, _v3]
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -130,256 +282,45 @@ def _migrate(connection: sqlite3.Connection) -> None:
             cursor.execute(f"PRAGMA user_version = {number}")
 
 
-# A multi-row INSERT takes 5 parameters a row; 150 rows stay under 999, the
-# smallest limit of parameters per statement that SQLite has shipped with.
-_ROWS_PER_INSERT = 150
-# How long the first webhook of a batch waits for others.  Each transaction
-# hands the GIL between the reactor thread and the writer thread a dozen
-# times, which under load costs the reactor thread far more than the insert
-# itself; a short window makes batches larger and those hand-overs rarer.
-COMMIT_WINDOW = 0.002
-_INSERT = "INSERT INTO webhooks (channel, headers, body, received_at, delivery_id) VALUES "
-_ROW = "(?, ?, ?, ?, ?)"
-
-
-def _values(w: NewWebhook) -> tuple:
-    return w.channel, w.headers_json, w.body, w.received_at, w.delivery_id
-
-
-def _insert_rows(txn, rows: list[NewWebhook]) -> list[int]:
-    """Insert rows and return their ids, in order, with a few statements.
-
-    Each statement releases the GIL while SQLite runs and takes it back from
-    the reactor's thread afterwards; under load that hand-over costs more
-    than the insert itself, so a batch is written by one INSERT per 150
-    rows, not by one per row."""
-    txn.execute("SELECT COALESCE(MAX(id), 0) FROM webhooks")
-    largest = txn.fetchone()[0]
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        txn.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for w in chunk for v in _values(w)])
-    # AUTOINCREMENT gives each new row a larger id than any row before it:
-    # the ids above the old largest are the new rows, in the order inserted.
-    txn.execute("SELECT group_concat(id) FROM webhooks WHERE id > ?", (largest,))
-    return sorted(int(i) for i in txn.fetchone()[0].split(","))
-
-
-def _insert_batch(txn, batch: list[NewWebhook]) -> list:
-    """The new id, DUPLICATE or QUEUE_FULL of each webhook of batch, in order.
-
-    Webhooks without a delivery id or a queue limit wait in ``plain`` and are
-    inserted together; one with either is decided after those before it are
-    in, so that its checks see them."""
-    results: list = [None] * len(batch)
-    plain: list[int] = []
-
-    def insert_plain() -> None:
-        for index, new_id in zip(plain, _insert_rows(txn, [batch[i] for i in plain])):
-            results[index] = new_id
-        plain.clear()
-
-    for index, w in enumerate(batch):
-        if w.delivery_id is None and w.max_queue is None:
-            plain.append(index)
+def _create_private(path: str) -> None:
+    """Create the database file 0600, and the directories above it that are
+    missing 0700, whatever the umask.  SQLite gives the -wal and -shm files
+    it creates later the permissions of the database file.  What exists is
+    left as it is."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
             continue
-        if plain:
-            insert_plain()
-        if w.delivery_id is not None:
-            txn.execute(
-                "DELETE FROM seen_deliveries WHERE channel = ? AND delivery_id = ? AND seen_at < ?",
-                (w.channel, w.delivery_id, w.received_at - w.dedup_window),
-            )
-            txn.execute(
-                "INSERT OR IGNORE INTO seen_deliveries (channel, delivery_id, seen_at) VALUES (?, ?, ?)",
-                (w.channel, w.delivery_id, w.received_at),
-            )
-            if txn.rowcount == 0:
-                results[index] = DUPLICATE
-                continue
-        if w.max_queue is not None:
-            txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ?", (w.channel,))
-            if txn.fetchone()[0] >= w.max_queue:
-                if w.delivery_id is not None:
-                    txn.execute(
-                        "DELETE FROM seen_deliveries WHERE channel = ? AND delivery_id = ?",
-                        (w.channel, w.delivery_id),
-                    )
-                results[index] = QUEUE_FULL
-                continue
-        txn.execute(_INSERT + _ROW, _values(w))
-        results[index] = txn.lastrowid
-    if plain:
-        insert_plain()
-    return results
+        os.chmod(directory, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
-_COLUMNS = "id, headers, body, received_at, deliveries"
-
-
-def _rows(txn) -> list[StoredWebhook]:
-    return [StoredWebhook(i, h, bytes(b), r, d) for i, h, b, r, d in txn.fetchall()]
-
-
-def _claim(txn, channel, claim_id, limit, now, lease_seconds) -> list[StoredWebhook]:
-    txn.execute(
-        "UPDATE webhooks SET claim = NULL, lease_until = NULL"
-        " WHERE channel = ? AND lease_until IS NOT NULL AND lease_until <= ?",
-        (channel, now),
-    )
-    txn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE channel = ? AND claim IS NULL ORDER BY id LIMIT ?", (channel, limit))
-    rows = _rows(txn)
-    if rows:
-        lease_until = None if lease_seconds is None else now + lease_seconds
-        txn.executemany(
-            "UPDATE webhooks SET claim = ?, lease_until = ?, deliveries = deliveries + 1 WHERE id = ?",
-            [(claim_id, lease_until, row.id) for row in rows],
-        )
-    return [replace(r, deliveries=r.deliveries + 1) for r in rows]
-
-
-def _finish_claim(txn, claim_id) -> None:
-    txn.execute("DELETE FROM webhooks WHERE claim = ?", (claim_id,))
-
-
-def _release_claim(txn, claim_id) -> None:
-    txn.execute(
-        "UPDATE webhooks SET claim = NULL, lease_until = NULL, deliveries = deliveries - 1 WHERE claim = ?",
-        (claim_id,),
-    )
-
-
-def _release_orphans(txn) -> None:
-    """Unleased claims belong to pulls that a stopped process never finished."""
-    txn.execute(
-        "UPDATE webhooks SET claim = NULL, deliveries = deliveries - 1 WHERE claim IS NOT NULL AND lease_until IS NULL"
-    )
-
-
-def _ack(txn, channel, ids) -> int:
-    txn.executemany(
-        "DELETE FROM webhooks WHERE channel = ? AND id = ? AND deliveries > 0", [(channel, i) for i in ids]
-    )
-    return txn.rowcount
-
-
-def _page(txn, columns: str, channel, limit, after) -> None:
-    txn.execute(
-        f"SELECT {columns} FROM webhooks WHERE channel = ? AND id > ? ORDER BY id LIMIT ?", (channel, after, limit)
-    )
-
-
-def _list(txn, channel, limit, after) -> list[StoredWebhook]:
-    _page(txn, _COLUMNS, channel, limit, after)
-    return _rows(txn)
-
-
-def _delete(txn, channel, webhook_id) -> bool:
-    txn.execute("DELETE FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
-    return txn.rowcount > 0
-
-
-_FORWARD_COLUMNS = (
-    "id, headers, body, received_at, forward_attempts, last_attempt_at, last_error, next_attempt_at, state"
-)
-
-
-def _forward_rows(txn) -> list[ForwardItem]:
-    return [ForwardItem(i, h, bytes(b), *rest) for i, h, b, *rest in txn.fetchall()]
-
-
-def _forward_window(txn, channel, limit, now) -> list[ForwardItem]:
-    # Rows still under a pull's lease (a channel that pulled before it got a
-    # forward block) wait for the lease to end.
-    txn.execute(
-        f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ?"
-        " AND (claim IS NULL OR (lease_until IS NOT NULL AND lease_until <= ?))"
-        " AND state = ? ORDER BY id LIMIT ?",
-        (channel, now, PENDING, limit),
-    )
-    return _forward_rows(txn)
-
-
-def _forward_get(txn, channel, webhook_id) -> ForwardItem | None:
-    txn.execute(f"SELECT {_FORWARD_COLUMNS} FROM webhooks WHERE channel = ? AND id = ?", (channel, webhook_id))
-    rows = _forward_rows(txn)
-    return rows[0] if rows else None
-
-
-def _note(txn, channel, **values) -> None:
-    names = ", ".join(values)
-    updates = ", ".join(f"{name} = excluded.{name}" for name in values)
-    txn.execute(
-        f"INSERT INTO channel_state (channel, {names}) VALUES (?{', ?' * len(values)}) "
-        f"ON CONFLICT (channel) DO UPDATE SET {updates}",
-        (channel, *values.values()),
-    )
-
-
-def _forward_succeeded(txn, channel, webhook_id, now) -> None:
-    _delete(txn, channel, webhook_id)
-    _note(txn, channel, last_success_at=now)
-
-
-def _forward_failed(txn, channel, webhook_id, now, error, next_attempt_at, state) -> None:
-    txn.execute(
-        """UPDATE webhooks SET forward_attempts = forward_attempts + 1, last_attempt_at = ?,
-           last_error = ?, next_attempt_at = ?, state = ? WHERE channel = ? AND id = ?""",
-        (now, error, next_attempt_at, state, channel, webhook_id),
-    )
-    _note(txn, channel, last_error_at=now, last_error_message=error)
-
-
-def _channel_state(txn, channel) -> ChannelState:
-    txn.execute(
-        "SELECT paused, last_success_at, last_error_at, last_error_message FROM channel_state WHERE channel = ?",
-        (channel,),
-    )
-    row = txn.fetchone()
-    if row is None:
-        return ChannelState()
-    return ChannelState(bool(row[0]), *row[1:])
-
-
-def _set_paused(txn, channel, paused) -> None:
-    _note(txn, channel, paused=int(paused))
-
-
-def _queue(txn, channel, limit, after) -> tuple[ChannelState, int, list[ForwardItem]]:
-    state = _channel_state(txn, channel)
-    txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ?", (channel,))
-    size = txn.fetchone()[0]
-    _page(txn, _FORWARD_COLUMNS, channel, limit, after)
-    return state, size, _forward_rows(txn)
-
-
-def _clear(txn, channel) -> int:
-    txn.execute("DELETE FROM webhooks WHERE channel = ?", (channel,))
-    return txn.rowcount
-
-
-def _queue_stats(txn) -> dict[str, tuple[int, float]]:
-    # Counting walks the (channel, id) index only; ids grow with receive
-    # time, so the oldest row of a channel is the one with its smallest id.
-    txn.execute(
-        "SELECT c.channel, c.n, w.received_at FROM"
-        " (SELECT channel, COUNT(*) AS n, MIN(id) AS first FROM webhooks GROUP BY channel) AS c"
-        " JOIN webhooks AS w ON w.id = c.first"
-    )
-    return {channel: (count, oldest) for channel, count, oldest in txn.fetchall()}
-
-
-def _forward_stats(txn, channels) -> dict[str, tuple[int, float | None]]:
-    # Both walk the (channel, state, id) index.
-    stats = {}
-    for channel in channels:
-        txn.execute("SELECT COUNT(*) FROM webhooks WHERE channel = ? AND state = ?", (channel, DEAD))
-        dead = txn.fetchone()[0]
-        txn.execute(
-            "SELECT received_at FROM webhooks WHERE channel = ? AND state = ? ORDER BY id LIMIT 1", (channel, PENDING)
-        )
+class SQLiteDialect(Dialect):
+    def allocate_ids(self, txn, count: int) -> list[int]:
+        # AUTOINCREMENT keeps the largest id ever used in sqlite_sequence and
+        # gives a new row a larger one: taking numbers from it keeps ids and
+        # queue positions unique and growing, across deletes and restarts.
+        txn.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'webhooks' RETURNING seq", (count,))
         row = txn.fetchone()
-        stats[channel] = (dead, row[0] if row else None)
-    return stats
+        if row is None:
+            txn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('webhooks', ?)", (count,))
+            last = count
+        else:
+            last = row[0]
+        return list(range(last - count + 1, last + 1))
 
 
 # SQLite result codes that mean "cannot write now" rather than "broken".
@@ -387,33 +328,12 @@ _UNAVAILABLE_CODES = {13: "the disk is full", 8: "the database is read-only"}
 _UNAVAILABLE_MESSAGES = {"database or disk is full": 13, "readonly database": 8}
 
 
-def _unavailable(error: BaseException) -> StorageUnavailable | None:
-    """StorageUnavailable for a full disk or a read-only database, else None."""
-    if not isinstance(error, sqlite3.Error):
-        return None
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:
-        code = next((c for text, c in _UNAVAILABLE_MESSAGES.items() if text in str(error)), None)
-    reason = _UNAVAILABLE_CODES.get(code & 0xFF) if code is not None else None
-    return StorageUnavailable(reason) if reason else None
-
-
-def _ping(txn) -> None:
-    txn.execute("SELECT 1")
-
-
-@implementer(IStorage)
-class SQLiteStorage(Service):
-    name = "storage"
+class SQLiteStorage(AdbapiStorage):
+    dialect = SQLiteDialect()
 
     def __init__(self, path: str, reactor):
+        super().__init__(reactor)
         self.path = path
-        self._reactor = reactor
-        self._pool: adbapi.ConnectionPool | None = None
-        self._queue: list[tuple[NewWebhook, Deferred]] = []
-        self._writing = False
-        self._flush: IDelayedCall | None = None
-        self._pending: set[Deferred] = set()
 
     def prepare(self) -> None:
         """Open the file once, synchronously, before the reactor runs: create
@@ -421,8 +341,7 @@ class SQLiteStorage(Service):
         if self.path == ":memory:":
             return
         try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            _create_private(self.path)
             connection = sqlite3.connect(self.path)
             try:
                 _configure(connection)
@@ -431,9 +350,8 @@ class SQLiteStorage(Service):
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"cannot open database {self.path}: {e}") from None
 
-    def startService(self) -> None:
-        super().startService()
-        self._pool = adbapi.ConnectionPool(
+    def _connection_pool(self) -> adbapi.ConnectionPool:
+        return adbapi.ConnectionPool(
             "sqlite3",
             self.path,
             check_same_thread=False,
@@ -442,121 +360,12 @@ class SQLiteStorage(Service):
             cp_openfun=_configure,
             cp_reactor=self._reactor,
         )
-        self._pool.start()
-        self._run(_release_orphans).addErrback(lambda f: log.failure("releasing unfinished pulls", f))
 
-    def stopService(self) -> Deferred:
-        """Close the pool once the transactions already asked for are done."""
-        if self._flush is not None:
-            self._flush.cancel()
-            self._write_next()
-        super().stopService()
-        pool, self._pool = self._pool, None
-
-        def close(_):
-            if pool is not None:
-                pool.close()
-
-        return DeferredList(list(self._pending)).addCallback(close)
-
-    def _run(self, txn_function, *args) -> Deferred:
-        if self._pool is None or not self.running:
-            return fail(StorageError("the storage service is not running"))
-        d = self._pool.runInteraction(txn_function, *args)
-        self._pending.add(d)
-
-        def settled(result):
-            self._pending.discard(d)
-            return result
-
-        return d.addBoth(settled)
-
-    def insert(self, webhook: NewWebhook) -> Deferred:
-        d = Deferred()
-        self._queue.append((webhook, d))
-        self._schedule()
-        return d
-
-    def _schedule(self) -> None:
-        """Write the queue COMMIT_WINDOW from now, unless a write is under way
-        or planned already: the end of the running batch plans the next."""
-        if not self._writing and self._flush is None:
-            self._flush = self._reactor.callLater(COMMIT_WINDOW, self._write_next)
-
-    def _write_next(self) -> None:
-        self._flush = None
-        batch, self._queue = self._queue, []
-        self._writing = True
-        done = self._run(_insert_batch, [w for w, _ in batch])
-
-        def committed(results):
-            for (_, d), result in zip(batch, results):
-                d.callback(result)
-
-        def failed(failure):
-            unavailable = _unavailable(failure.value)
-            if unavailable is not None:
-                log.warn("cannot store webhooks: {reason}", reason=unavailable)
-                unavailable.__cause__ = failure.value
-                failure = Failure(unavailable)
-            for _, d in batch:
-                d.errback(failure)
-
-        def next_batch(outcome):
-            self._writing = False
-            if self._queue:
-                self._schedule()
-            return outcome
-
-        done.addBoth(next_batch).addCallbacks(committed, failed)
-
-    def claim(self, channel, claim_id, limit, now, lease_seconds=None) -> Deferred:
-        return self._run(_claim, channel, claim_id, limit, now, lease_seconds)
-
-    def finish_claim(self, claim_id) -> Deferred:
-        return self._run(_finish_claim, claim_id)
-
-    def release_claim(self, claim_id) -> Deferred:
-        return self._run(_release_claim, claim_id)
-
-    def ack(self, channel, ids) -> Deferred:
-        return self._run(_ack, channel, ids)
-
-    def list(self, channel, limit, after=0) -> Deferred:
-        return self._run(_list, channel, limit, after)
-
-    def delete(self, channel, webhook_id) -> Deferred:
-        return self._run(_delete, channel, webhook_id)
-
-    def forward_window(self, channel, limit, now) -> Deferred:
-        return self._run(_forward_window, channel, limit, now)
-
-    def forward_get(self, channel, webhook_id) -> Deferred:
-        return self._run(_forward_get, channel, webhook_id)
-
-    def forward_succeeded(self, channel, webhook_id, now) -> Deferred:
-        return self._run(_forward_succeeded, channel, webhook_id, now)
-
-    def forward_failed(self, channel, webhook_id, now, error, next_attempt_at, state) -> Deferred:
-        return self._run(_forward_failed, channel, webhook_id, now, error, next_attempt_at, state)
-
-    def channel_state(self, channel) -> Deferred:
-        return self._run(_channel_state, channel)
-
-    def set_paused(self, channel, paused) -> Deferred:
-        return self._run(_set_paused, channel, paused)
-
-    def queue(self, channel, limit, after=0) -> Deferred:
-        return self._run(_queue, channel, limit, after)
-
-    def clear(self, channel) -> Deferred:
-        return self._run(_clear, channel)
-
-    def queue_stats(self) -> Deferred:
-        return self._run(_queue_stats)
-
-    def forward_stats(self, channels) -> Deferred:
-        return self._run(_forward_stats, list(channels))
-
-    def ping(self) -> Deferred:
-        return self._run(_ping)
+    def _unavailable(self, error: BaseException) -> StorageUnavailable | None:
+        if not isinstance(error, sqlite3.Error):
+            return None
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is None:
+            code = next((c for text, c in _UNAVAILABLE_MESSAGES.items() if text in str(error)), None)
+        reason = _UNAVAILABLE_CODES.get(code & 0xFF) if code is not None else None
+        return StorageUnavailable(reason) if reason else None

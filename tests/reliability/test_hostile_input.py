@@ -22,7 +22,8 @@ from tests.support import daemon_in
 
 CODES = {
     "channel_not_found", "ip_blocked", "unauthorized", "forbidden", "payload_too_large", "invalid_content_type",
-    "invalid_json", "bad_request", "queue_full", "not_found", "internal_error",
+    "invalid_json", "bad_request", "queue_full", "not_found", "too_many_requests", "storage_unavailable",
+    "internal_error",
 }
 
 # --- the config loader -------------------------------------------------------

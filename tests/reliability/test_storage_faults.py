@@ -1,4 +1,4 @@
-"""The database becoming full or read-only: POST answers 503 internal_error
+"""The database becoming full or read-only: POST answers 503 storage_unavailable
 with Retry-After (a refusal senders retry, not a crash), nothing already
 stored is lost, and kwp accepts again as soon as the database can be written."""
 
@@ -70,7 +70,7 @@ async def test_a_database_that_cannot_be_written_answers_503_and_recovers(local_
     assert refused is not None, "the database never filled up"
     status, headers, body = refused
     assert status == 503 and headers == (["application/json"], ["60"])
-    assert body["error"] == "internal_error" and isinstance(body["message"], str)
+    assert body["error"] == "storage_unavailable" and isinstance(body["message"], str)
     assert (await kwp.get("/api/health")).code == 200
     assert await _stored(kwp) == accepted
 
@@ -119,7 +119,7 @@ def test_a_full_disk_under_the_daemon_answers_503_and_recovers(daemon, small_dis
         assert wait_for(lambda: burst.statuses.get(503, 0) >= 5, 60), burst.statuses
         status, headers, body = post(d.port, "open", {"marker": "while-full", "f": "x" * 100_000})
         assert status == 503 and headers["Content-Type"] == "application/json" and headers["Retry-After"] == "60"
-        assert json.loads(body)["error"] == "internal_error"
+        assert json.loads(body)["error"] == "storage_unavailable"
         assert request(d.port, "GET", "/api/health")[0] == 200
 
         filler.unlink()

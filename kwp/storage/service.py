@@ -1,0 +1,283 @@
+"""The storage service over adbapi: group commit of inserts, and every other
+call as one transaction of kwp.storage.queries.
+
+Inserts that arrive while a transaction runs wait in a queue and are written
+together in the next one: one commit per batch, and each caller's Deferred
+fires only after the commit that holds its webhook.  A backend subclass
+gives the connection pool, the SQL dialect and what counts as "cannot write
+now".
+
+``on_stored`` and ``on_queue_changed`` callbacks hear of new deliveries and
+of pause and lease changes after the commit: those of this process here, and
+those of other nodes where the backend has them (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kwp.storage import DEFAULT_CONSUMER, IStorage, NewWebhook, Retention, StorageError, StorageUnavailable
+from kwp.storage import queries as q
+from kwp.storage.queries import News
+
+log = Logger()
+
+# How long the first webhook of a batch waits for others.  Each transaction
+# hands the GIL between the reactor thread and the writer thread a dozen
+# times, which under load costs the reactor thread far more than the insert
+# itself; a short window makes batches larger and those hand-overs rarer.
+COMMIT_WINDOW = 0.002
+
+
+@implementer(IStorage)
+class AdbapiStorage(Service):
+    name = "storage"
+    dialect: q.Dialect
+    commit_window = COMMIT_WINDOW
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        # This process among the nodes on one database (a forwarding lease's owner).
+        self.node = uuid.uuid4().hex
+        self._pool: adbapi.ConnectionPool | None = None
+        self._queue: list[tuple[NewWebhook, Deferred]] = []
+        self._writing = False
+        self._flush: IDelayedCall | None = None
+        self._pending: set[Deferred] = set()
+        self._stored_callbacks: list = []
+        self._queue_callbacks: list = []
+        self.retention = Retention()
+
+    # --- what other components hear ----------------------------------------------
+
+    def on_stored(self, callback) -> None:
+        """Call callback(channel, {consumer: new deliveries}) on the reactor
+        after each commit that queued webhooks (inserts and replays); the
+        mapping is empty for webhooks that no consumer took."""
+        self._stored_callbacks.append(callback)
+
+    def on_queue_changed(self, callback) -> None:
+        """Call callback(channel, consumer) after a commit that changed the
+        queue's pause switch or released its forwarding lease."""
+        self._queue_callbacks.append(callback)
+
+    def _stored(self, news: News) -> None:
+        for channel, consumers in news.items():
+            for callback in self._stored_callbacks:
+                try:
+                    callback(channel, consumers)
+                except Exception:
+                    log.failure("on_stored callback failed")
+
+    def _queue_changed(self, channel: str, consumer: str) -> None:
+        for callback in self._queue_callbacks:
+            try:
+                callback(channel, consumer)
+            except Exception:
+                log.failure("on_queue_changed callback failed")
+
+    # --- what a backend provides -----------------------------------------------
+
+    def _connection_pool(self) -> adbapi.ConnectionPool:
+        raise NotImplementedError
+
+    def _unavailable(self, error: BaseException) -> StorageUnavailable | None:
+        """StorageUnavailable when error means that nothing can be written
+        now (and what is stored is intact), else None."""
+        return None
+
+    # --- the service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = self._connection_pool()
+        self._pool.start()
+        self._run(q.release_orphans, self.dialect).addErrback(lambda f: log.failure("releasing unfinished pulls", f))
+
+    def stopService(self) -> Deferred:
+        """Close the pool once the transactions already asked for are done."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._write_next()
+        super().stopService()
+        pool, self._pool = self._pool, None
+
+        def close(_):
+            if pool is not None:
+                pool.close()
+
+        return DeferredList(list(self._pending)).addCallback(close)
+
+    def _run(self, txn_function, *args) -> Deferred:
+        if self._pool is None or not self.running:
+            return fail(StorageError("the storage service is not running"))
+        d = self._pool.runInteraction(txn_function, *args)
+        self._pending.add(d)
+
+        def settled(result):
+            self._pending.discard(d)
+            if isinstance(result, Failure):
+                unavailable = self._unavailable(result.value)
+                if unavailable is not None:
+                    unavailable.__cause__ = result.value
+                    return Failure(unavailable)
+            return result
+
+        return d.addBoth(settled)
+
+    # --- receive ---------------------------------------------------------------
+
+    def insert(self, webhook: NewWebhook) -> Deferred:
+        d = Deferred()
+        self._queue.append((webhook, d))
+        self._schedule()
+        return d
+
+    def _schedule(self) -> None:
+        """Write the queue commit_window from now, unless a write is under way
+        or planned already: the end of the running batch plans the next."""
+        if not self._writing and self._flush is None:
+            self._flush = self._reactor.callLater(self.commit_window, self._write_next)
+
+    def _write_next(self) -> None:
+        self._flush = None
+        batch, self._queue = self._queue, []
+        self._writing = True
+        done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
+
+        def committed(results):
+            self._stored(q.stored_news([w for w, _ in batch], results))
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure):
+            if failure.check(StorageUnavailable):
+                log.warn("cannot store webhooks: {reason}", reason=failure.value)
+            for _, d in batch:
+                d.errback(failure)
+
+        def next_batch(outcome):
+            self._writing = False
+            if self._queue:
+                self._schedule()
+            return outcome
+
+        done.addBoth(next_batch).addCallbacks(committed, failed)
+
+    # --- pull ------------------------------------------------------------------
+
+    def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+
+    def finish_claim(self, claim_id, now) -> Deferred:
+        return self._run(q.finish_claim, self.dialect, claim_id, now, self.retention)
+
+    def release_claim(self, claim_id) -> Deferred:
+        return self._run(q.release_claim, claim_id)
+
+    def ack(self, channel, ids, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.ack, self.dialect, channel, consumer, ids, now, self.retention)
+
+    def list(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.list_queue, channel, consumer, limit, after)
+
+    def delete(self, channel, webhook_id, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.delete, self.dialect, channel, consumer, webhook_id, now, self.retention)
+
+    def clear(self, channel, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.clear, self.dialect, channel, consumer, now, self.retention)
+
+    # --- push ------------------------------------------------------------------
+
+    def forward_window(self, channel, limit, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.forward_window, channel, consumer, limit, now)
+
+    def forward_get(self, channel, webhook_id, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.forward_get, channel, consumer, webhook_id)
+
+    def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER, token=None) -> Deferred:
+        return self._run(
+            q.forward_succeeded, self.dialect, channel, consumer, webhook_id, attempt, self.retention, token
+        )
+
+    def forward_failed(
+        self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER, token=None
+    ) -> Deferred:
+        return self._run(
+            q.forward_failed, self.dialect, channel, consumer, webhook_id, attempt, next_attempt_at, state, token
+        )
+
+    def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.queue_state, channel, consumer)
+
+    def set_paused(self, channel, paused, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        d = self._run(q.set_paused, self.dialect, channel, consumer, paused)
+        return d.addCallback(lambda _: self._queue_changed(channel, consumer))
+
+    # --- the forwarding lease ----------------------------------------------------
+
+    def acquire_lease(self, channel, owner, now, seconds, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.acquire_lease, channel, consumer, owner, now, seconds)
+
+    def renew_lease(self, channel, owner, token, now, seconds, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.renew_lease, channel, consumer, owner, token, now, seconds)
+
+    def release_lease(self, channel, owner, token, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.release_lease, self.dialect, channel, consumer, owner, token)
+
+    def queue(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.queue, channel, consumer, limit, after)
+
+    def holds(self, channel, consumer) -> Deferred:
+        return self._run(q.holds, channel, consumer)
+
+    def queue_stats(self) -> Deferred:
+        return self._run(q.queue_stats)
+
+    # --- history ---------------------------------------------------------------
+
+    def events(self, channel, query, limit) -> Deferred:
+        return self._run(q.events, channel, query, limit)
+
+    def event(self, channel, webhook_id) -> Deferred:
+        return self._run(q.event, channel, webhook_id)
+
+    def events_after(self, channel, after, limit, consumer=None) -> Deferred:
+        return self._run(q.events_after, channel, after, limit, consumer)
+
+    def replay(self, channel, ids, consumers, now, state=None) -> Deferred:
+        d = self._run(q.replay, self.dialect, channel, ids, consumers, now, state)
+
+        def replayed(results):
+            news: dict[str, int] = {}
+            for _, consumers_replayed, _ in results:
+                for c in consumers_replayed:
+                    news[c] = news.get(c, 0) + 1
+            if news:
+                self._stored({channel: news})
+            return results
+
+        return d.addCallback(replayed)
+
+    def purge(self, channel, webhook_id) -> Deferred:
+        return self._run(q.purge, channel, webhook_id)
+
+    def prune(self, now, batch) -> Deferred:
+        return self._run(q.prune, self.retention, now, batch)
+
+    def seen_channels(self) -> Deferred:
+        return self._run(q.seen_channels)
+
+    def prune_seen(self, channel, before, limit) -> Deferred:
+        return self._run(q.prune_seen, channel, before, limit)
+
+    def ping(self) -> Deferred:
+        return self._run(q.ping)

@@ -1,0 +1,196 @@
+"""What only PostgreSQL does: migrations shared by nodes, several storages
+(nodes) on one database, notifications, and "cannot write now"."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.defer import gatherResults
+
+from kwp.storage import StorageError, StorageUnavailable, open_storage
+from kwp.storage.postgres import CHANNEL, ID_LOCK, MIGRATIONS, PostgresStorage
+from tests.support import POSTGRES_URL, Backend, free_port, until
+from tests.test_storage import hook, routed
+
+
+@pytest.fixture
+def database(postgres_databases):
+    url = postgres_databases.create()
+    yield Backend("postgresql", url)
+    postgres_databases.drop(url)
+
+
+@pytest.fixture
+def nodes(database):
+    """Two storages on one database, as two nodes have them."""
+    yield database.start(), database.start()
+    database.stop_all()
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def test_nodes_starting_together_migrate_once(postgres_databases):
+    url = postgres_databases.create(migrated=False)
+    errors = []
+
+    def start():
+        try:
+            PostgresStorage(url, reactor).prepare()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert Backend("postgresql", url).execute("SELECT version, compat FROM kwp_schema") == [(len(MIGRATIONS), 1)]
+    finally:
+        postgres_databases.drop(url)
+
+
+def test_an_older_build_refuses_a_newer_database_unless_compatible(database):
+    database.execute("UPDATE kwp_schema SET version = 99, compat = 2")
+    database.open()
+    database.execute("UPDATE kwp_schema SET compat = 99")
+    with pytest.raises(StorageError, match="newer than this kwp knows"):
+        database.open()
+
+
+def test_a_database_that_does_not_answer_stops_start_up_without_its_password():
+    with pytest.raises(StorageError, match="cannot open database") as e:
+        open_storage(f"postgres://kwp:s3cret@127.0.0.1:{free_port()}/kwp", reactor)
+    assert "s3cret" not in str(e.value) and "kwp:***@" in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_on_two_nodes_never_take_the_same_delivery(nodes):
+    a, b = nodes
+    ids = await gatherResults([a.insert(hook(i)) for i in range(300)])
+    taken = []
+    for round_ in range(30):
+        pages = await gatherResults(
+            [node.claim("a", f"{name}{round_}", 7, 2000.0, 60) for node, name in ((a, "a"), (b, "b"), (a, "c"))]
+        )
+        taken += [r.id for page in pages for r in page]
+    assert sorted(taken) == sorted(ids[: len(taken)]) and len(set(taken)) == len(taken) > 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_closing_the_last_deliveries_of_webhooks_leave_them_done(nodes, database):
+    a, b = nodes
+    for round_ in range(5):
+        ids = await gatherResults([a.insert(routed(i, "ci", "chat")) for i in range(40)])
+        await a.claim("a", f"ci{round_}", 100, 2000.0, 60, consumer="ci")
+        await a.claim("a", f"chat{round_}", 100, 2000.0, 60, consumer="chat")
+        await gatherResults([a.ack("a", ids, 2001.0, consumer="ci"), b.ack("a", ids, 2001.0, consumer="chat")])
+    assert database.execute("SELECT COUNT(*), COUNT(done_at) FROM webhooks") == [(200, 200)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_become_visible_in_their_order_across_nodes(nodes, database):
+    """A node's insert waits while another transaction holds the id order
+    lock: no id is committed while a smaller one may still come."""
+    a, _ = nodes
+    with psycopg.connect(database.url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (ID_LOCK,))
+        inserted = a.insert(hook(1))
+        await sleep(0.3)
+        assert not inserted.called
+        other.commit()
+        assert await inserted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_notification_per_batch_wakes_the_other_nodes(nodes, database):
+    a, b = nodes
+    heard = []
+    b.on_stored(lambda channel, consumers: heard.append((channel, dict(consumers))))
+    await until(lambda: b._listener.listening and a._listener.listening)
+    with psycopg.connect(database.url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        await gatherResults([a.insert(routed(i, "ci")) for i in range(50)])
+        await until(lambda: heard, timeout=2, what="the other node heard")
+        assert heard == [("a", {"ci": 50})]
+        assert len(list(listener.notifies(timeout=0.2))) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pause_on_one_node_is_heard_by_the_others(nodes):
+    a, b = nodes
+    changed = []
+    b.on_queue_changed(lambda channel, consumer: changed.append((channel, consumer)))
+    await until(lambda: b._listener.listening)
+    await a.set_paused("a", True, consumer="push")
+    await until(lambda: changed == [("a", "push")], timeout=2, what="the pause was heard")
+    assert (await b.queue_state("a", consumer="push")).paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_webhooks_whose_notification_was_lost_are_found_by_the_poll(nodes, database):
+    a, b = nodes
+    heard = []
+    b.on_stored(lambda channel, consumers: heard.append((channel, dict(consumers))))
+    await until(lambda: b._known is not None)
+    # Written as a node would, but without its notification.
+    database.execute("INSERT INTO webhooks (id, channel, headers, body, received_at) VALUES (nextval('webhook_ids'), 'q', '{}', '\\x7b7d', 1.0)")
+    database.execute("INSERT INTO deliveries (seq, webhook_id, channel, consumer, queued_at) SELECT id, id, 'q', 'ci', 1.0 FROM webhooks")
+    await until(lambda: heard, timeout=1.5, what="the poll found it")
+    assert heard == [("q", {"ci": 1})]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_listening_connection_reconnects_and_finds_what_it_missed(nodes, database):
+    a, b = nodes
+    heard = []
+    b.on_stored(lambda channel, consumers: heard.append((channel, dict(consumers))))
+    await until(lambda: b._listener.listening and b._known is not None)
+    b._poller.stop()  # only the reconnection may find it
+    pid = b._listener._reader.connection.info.backend_pid
+    database.execute("SELECT pg_terminate_backend(?)", (pid,))
+    await until(lambda: not b._listener.listening, what="the listener saw the loss")
+    await a.insert(routed(1, "ci"))
+    await until(lambda: heard, timeout=3, what="the reconnected listener found it")
+    assert heard == [("a", {"ci": 1})]
+    await a.insert(routed(2, "ci"))
+    await until(lambda: len(heard) == 2, timeout=2, what="notifications again")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_that_refuses_writes_answers_unavailable_and_comes_back(database):
+    storage = database.start()
+    assert await storage.insert(hook(1)) == 1
+    name = database.url.rsplit("/", 1)[1]
+    admin = Backend("postgresql", POSTGRES_URL)
+
+    def read_only(on: bool) -> None:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ?", (name,))
+
+    read_only(True)
+    with pytest.raises(StorageUnavailable):
+        await storage.insert(hook(2))
+    read_only(False)
+    again = await storage.insert(hook(3))
+    assert [r.id for r in await storage.list("a", 10)] == [1, again]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_that_cannot_be_reached_answers_unavailable():
+    storage = PostgresStorage(f"postgresql://postgres@127.0.0.1:{free_port()}/kwp", reactor)
+    storage.startService()
+    try:
+        with pytest.raises(StorageUnavailable):
+            await storage.insert(hook(1))
+        with pytest.raises(StorageUnavailable):
+            await storage.ping()
+    finally:
+        await storage.stopService()
