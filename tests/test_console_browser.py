@@ -16,11 +16,13 @@ import hmac
 import json
 import os
 import re
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 from playwright.sync_api import expect
 
 from tests.reliability.clients import post, request, wait_for
@@ -30,6 +32,7 @@ ADMIN = "admin-secret-token"
 UI_TOKEN = "console-ui-token"
 GITHUB_SECRET = "gh-secret"
 SHOTS = ROOT / "docs" / "console"
+EVERY_QUEUE = ["github/default", "open/default", "push/default", "dead/default", "gh/ci", "gh/chat"]
 # Playwright's waits (the overview polls every 3 s).
 expect.set_options(timeout=10_000)
 
@@ -72,6 +75,14 @@ def kwp(tmp_path_factory, target):
             {"name": "open", "token": "open-token", "note": "pulled by the deploy job"},
             {"name": "push", "token": "push-token", "forward": {**forward, "max-attempts": 10}},
             {"name": "dead", "token": "dead-token", "forward": {**forward, "max-attempts": 1}},
+            {
+                "name": "gh",
+                "token": "gh-token",
+                "consumers": [
+                    {"name": "ci", "token": "ci-token"},
+                    {"name": "chat", "forward": {**forward, "max-attempts": 10}},
+                ],
+            },
         ],
     }
     d = Daemon(workdir, write_config(workdir / "config.yml", config), workdir / "kwp.db",
@@ -123,14 +134,20 @@ def store(kwp, channel, payload, headers=None) -> int:
     return json.loads(body)["id"]
 
 
-def consumer(kwp, channel) -> dict:
+def consumer(kwp, channel, name="default") -> dict:
     _, body = api(kwp, "GET", "/api/channels")
-    return next(c for c in body["channels"] if c["name"] == channel)["consumers"][0]
+    return next(c for c in next(c for c in body["channels"] if c["name"] == channel)["consumers"] if c["name"] == name)
 
 
-def queue_item(kwp, channel, webhook_id):
-    _, body = api(kwp, "GET", f"/api/webhook/{channel}/queue?limit=10000")
+def queue_item(kwp, channel, webhook_id, query=""):
+    _, body = api(kwp, "GET", f"/api/webhook/{channel}/queue?limit=10000{query}")
     return next((i for i in body["items"] if i["id"] == webhook_id), None)
+
+
+def pull_ids(kwp, channel, query="", token=ADMIN) -> list[int]:
+    status, body = api(kwp, "GET", f"/api/webhook/{channel}/list?limit=10000{query}", token)
+    assert status == 200, body
+    return [i["id"] for i in body]
 
 
 def sign_in(page, token=ADMIN):
@@ -141,7 +158,7 @@ def sign_in(page, token=ADMIN):
 
 
 def rows(page) -> list[str]:
-    return page.locator("#channels tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)")
+    return page.locator("#channels tr[data-key]").evaluate_all("rows => rows.map(r => r.dataset.key)")
 
 
 def shot(page, name: str) -> None:
@@ -165,7 +182,7 @@ def test_a_bad_token_is_refused_in_words_and_kept_nowhere(page):
 
 def test_sign_in_keeps_the_token_in_the_tab_and_sign_out_forgets_it(page):
     sign_in(page)
-    assert rows(page) == ["github/default", "open/default", "push/default", "dead/default"]
+    assert rows(page) == EVERY_QUEUE
     assert page.evaluate("sessionStorage.getItem('kwp.token')") == ADMIN
     assert page.evaluate("localStorage.getItem('kwp.token')") is None
     assert ADMIN not in page.url
@@ -191,7 +208,7 @@ def test_a_token_kwp_no_longer_accepts_ends_the_session_in_words(page):
 
 def test_ui_access_token_signs_in_as_an_admin(page):
     sign_in(page, UI_TOKEN)
-    assert rows(page) == ["github/default", "open/default", "push/default", "dead/default"]
+    assert rows(page) == EVERY_QUEUE
 
 
 def test_a_channel_token_sees_its_channel_and_no_other(page):
@@ -297,6 +314,150 @@ def test_push_queue_pause_resume_retry_and_clear_act_through_the_api(page, kwp, 
     expect(page.locator("main")).to_contain_text("Queue cleared.")
     expect(page.locator("main")).to_contain_text("The queue is empty.")
     assert api(kwp, "GET", "/api/webhook/push/queue")[1]["status"]["queue_size"] == 0
+
+
+CHAT, CI = "&consumer=chat", "&consumer=ci"
+
+
+def test_the_overview_lists_each_channels_consumers_under_it_live(page, kwp, target):
+    target.status = 502
+    webhook_id = store(kwp, "gh", {"fan": "out"})
+    # No filter: both consumers take it; chat's first push fails.
+    assert wait_for(lambda: (queue_item(kwp, "gh", webhook_id, CHAT) or {}).get("forward_attempts") == 1, 10)
+    sign_in(page)
+    group = page.locator('#channels tbody[data-channel="gh"]')
+    expect(group.locator("tr.channel")).to_have_text("gh 2 consumers")
+    assert group.locator("tr[data-key]").evaluate_all("rows => rows.map(r => r.dataset.key)") == ["gh/ci", "gh/chat"]
+    ci, chat = group.locator('tr[data-key="gh/ci"]'), group.locator('tr[data-key="gh/chat"]')
+    assert ci.get_by_role("link", name="ci").get_attribute("href") == "#/c/gh/queue?consumer=ci"
+    assert chat.get_by_role("link", name="chat").get_attribute("href") == "#/c/gh/queue?consumer=chat"
+    expect(ci.locator('td[data-label="Kind"]')).to_have_text("pull")
+    expect(chat.locator('td[data-label="Kind"]')).to_have_text("push")
+    expect(chat).to_contain_text("forwarding")
+    expect(chat).to_contain_text("unexpected status 502: Bad Gateway")
+    depths = {name: consumer(kwp, "gh", name)["queue_size"] for name in ("ci", "chat")}
+    expect(ci.locator("td.depth")).to_have_text(str(depths["ci"]))
+    expect(chat.locator("td.depth")).to_have_text(str(depths["chat"]))
+    # Stored meanwhile: each consumer's row follows its own queue.
+    store(kwp, "gh", {"fan": "again"})
+    expect(ci.locator("td.depth")).to_have_text(str(depths["ci"] + 1))
+    expect(chat.locator("td.depth")).to_have_text(str(depths["chat"] + 1))
+
+
+def test_actions_on_a_push_consumer_go_to_its_queue_and_no_other(page, kwp, target):
+    target.status = 502
+    # chat delivers in order: what earlier tests left would hold this one back.
+    assert api(kwp, "POST", "/api/webhook/gh/queue/clear?consumer=chat")[0] == 204
+    webhook_id = store(kwp, "gh", {"to": "chat"})
+    assert wait_for(lambda: (queue_item(kwp, "gh", webhook_id, CHAT) or {}).get("forward_attempts") == 1, 10)
+    sign_in(page)
+    page.locator('#channels tr[data-key="gh/chat"]').get_by_role("link", name="chat").click()
+    expect(page).to_have_url(re.compile(r"#/c/gh/queue\?consumer=chat$"))
+    expect(page.locator("main")).to_contain_text("Push consumer chat: kwp forwards these webhooks.")
+    expect(page.get_by_role("link", name="Events")).to_have_attribute("href", "#/c/gh/events?consumer=chat")
+    card = page.locator(f'article[data-id="{webhook_id}"]')
+    expect(card).to_contain_text("1 attempt")
+    shot(page, "queue-consumer")
+
+    paused = lambda: api(kwp, "GET", "/api/webhook/gh/queue?consumer=chat")[1]["status"]["paused"]  # noqa: E731
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    assert paused() is True
+    page.get_by_role("button", name="Resume").click()
+    expect(page.get_by_role("button", name="Pause")).to_be_visible()
+    assert paused() is False
+
+    card.get_by_role("button", name="Retry now").click()
+    expect(page.get_by_role("alert")).to_contain_text(f"Webhook #{webhook_id}: not delivered: the target answered 502.")
+    assert queue_item(kwp, "gh", webhook_id, CHAT)["forward_attempts"] == 2
+
+    card.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog#confirm")
+    expect(dialog).to_contain_text(f"Delete webhook #{webhook_id} from this queue of gh/chat?")
+    dialog.get_by_role("button", name="Delete").click()
+    expect(card).to_have_count(0)
+    assert queue_item(kwp, "gh", webhook_id, CHAT) is None
+    # ci's delivery of the same webhook stays in ci's queue.
+    assert webhook_id in pull_ids(kwp, "gh", CI)
+
+    kept = [store(kwp, "gh", {"clear": n}) for n in range(2)]
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("article.item")).to_have_count(len(api(kwp, "GET", "/api/webhook/gh/queue?consumer=chat")[1]["items"]))
+    page.get_by_role("button", name="Clear the queue").click()
+    expect(dialog).to_contain_text("Clear the queue of gh/chat?")
+    dialog.get_by_role("button", name="Clear the queue").click()
+    expect(page.locator("main")).to_contain_text("The queue is empty.")
+    assert api(kwp, "GET", "/api/webhook/gh/queue?consumer=chat")[1]["status"]["queue_size"] == 0
+    assert set(kept) <= set(pull_ids(kwp, "gh", CI))
+
+
+def test_a_consumer_token_sees_only_its_consumer(page, kwp, target):
+    target.status = 502
+    webhook_id = store(kwp, "gh", {"for": "ci"})
+    assert wait_for(lambda: queue_item(kwp, "gh", webhook_id, CHAT) is not None, 10)
+    sign_in(page, "ci-token")
+    assert rows(page) == ["gh/ci"]
+    expect(page.locator("#channels")).not_to_contain_text("chat")
+    expect(page.locator("main")).to_contain_text("1 channel, 1 consumer,")
+    page.get_by_role("link", name="ci", exact=True).click()
+    expect(page).to_have_url(re.compile(r"#/c/gh/queue\?consumer=ci$"))
+    card = page.locator(f'article[data-id="{webhook_id}"]')
+    card.get_by_role("button", name="Delete").click()
+    page.locator("dialog#confirm").get_by_role("button", name="Delete").click()
+    expect(card).to_have_count(0)
+    assert webhook_id not in pull_ids(kwp, "gh", token="ci-token")
+    assert queue_item(kwp, "gh", webhook_id, CHAT) is not None
+
+    page.goto("/ui/#/c/gh/queue?consumer=chat")
+    expect(page.locator("main")).to_contain_text("Consumer chat is not among those this token reaches")
+    expect(page.get_by_role("alert")).to_have_text(
+        "Could not read the queue: This token may not do that: the token does not give access to consumer 'chat' "
+        "(GET /api/webhook/gh/list answered 403 forbidden)."
+    )
+    page.goto("/ui/#/c/gh/debug")
+    page.get_by_role("button", name="Sign", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("a consumer's token cannot do this; use the channel's token")
+    page.goto("/ui/#/c/open/queue")
+    expect(page.get_by_role("alert")).to_contain_text("the token does not give access to channel 'open'")
+
+
+def _reload(kwp, config) -> None:
+    reloads = kwp.log().count("config reloaded")
+    write_config(kwp.config_path, config)
+    kwp.signal(signal.SIGHUP)
+    assert wait_for(lambda: kwp.log().count("config reloaded") > reloads, 10)
+
+
+def test_the_admin_sees_and_clears_the_queue_of_a_removed_consumer(page, kwp, target):
+    target.status = 502
+    webhook_id = store(kwp, "gh", {"left": "behind"})
+    assert wait_for(lambda: queue_item(kwp, "gh", webhook_id, CHAT) is not None, 10)
+    config = yaml.safe_load(kwp.config_path.read_text())
+    gh = next(c for c in config["channels"] if c["name"] == "gh")
+    consumers = gh["consumers"]
+    gh["consumers"] = [c for c in consumers if c["name"] != "chat"]
+    _reload(kwp, config)
+    try:
+        sign_in(page)
+        chat = page.locator('#channels tr[data-key="gh/chat"]')
+        expect(chat).to_contain_text("removed")
+        expect(chat.locator('td[data-label="Kind"]')).to_have_text("pull")
+        assert "chat" not in [c["name"] for c in api(kwp, "GET", "/api/channels", "gh-token")[1]["channels"][0]["consumers"]]
+        chat.get_by_role("link", name="chat").click()
+        expect(page.locator("main")).to_contain_text("Consumer chat was removed from config.yml")
+        expect(page.locator(f'article[data-id="{webhook_id}"]')).to_be_visible()
+        page.get_by_role("button", name="Clear the queue").click()
+        page.locator("dialog#confirm").get_by_role("button", name="Clear the queue").click()
+        expect(page.locator("main")).to_contain_text("Queue cleared.")
+        # Emptied, the removed consumer's queue is gone from the API and the overview.
+        assert api(kwp, "GET", "/api/webhook/gh/list?consumer=chat")[0] == 404
+        page.goto("/ui/#/")
+        expect(page.locator('#channels tr[data-key="gh/ci"]')).to_be_visible()
+        expect(chat).to_have_count(0)
+        assert webhook_id in pull_ids(kwp, "gh", CI)
+    finally:
+        gh["consumers"] = consumers
+        _reload(kwp, config)
 
 
 def test_debug_signs_and_test_sends_with_kwps_answer_shown(page, kwp):

@@ -114,12 +114,12 @@ export async function open(path, { query, headers, signal } = {}) {
 }
 
 /**
- * The query that names a consumer on the per-queue routes: none for the
- * implicit consumer of a channel without `consumers` (its one consumer,
- * "default"), else ?consumer=NAME.
+ * The query that names a consumer on the per-queue routes: ?consumer=NAME on
+ * a channel whose consumers config.yml names, and for the queue a reload
+ * removed, or one the token does not see; none for the implicit consumer of
+ * a channel without `consumers` ("default").
  */
 export function consumerQuery(channel, consumer) {
-  if (!channel || !consumer) return {};
-  const implicit = channel.consumers.length === 1 && channel.consumers[0].name === "default";
-  return implicit ? {} : { consumer };
+  if (!consumer) return {};
+  return !channel || channel.named_consumers || consumer !== "default" ? { consumer } : {};
 }

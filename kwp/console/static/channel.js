@@ -19,7 +19,10 @@ export function show(root, { channel, rest, query }, app, signal) {
   const [tab = "queue", ...more] = rest;
   const info = app.channels.find(channel);
   const consumers = info?.consumers ?? [];
-  const consumer = consumers.find((c) => c.name === query.get("consumer")) ?? consumers[0];
+  // A consumer the URL names but the token does not see is asked all the
+  // same: kwp's answer tells why (403, 404), as for a channel.
+  const asked = query.get("consumer");
+  const consumer = asked === null ? consumers[0] : consumers.find((c) => c.name === asked) ?? { name: asked, kind: "pull" };
   const keep = consumerQuery(info, consumer?.name);
   const found = TABS.find(([name]) => name === tab);
 
@@ -31,13 +34,18 @@ export function show(root, { channel, rest, query }, app, signal) {
     ),
   );
   const chooser =
-    consumers.length > 1
+    info?.named_consumers || consumers.length > 1
       ? h(
           "p",
           null,
           "Consumer: ",
           consumers.map((c) => [
-            h("a", { href: channelLink(channel, tab, consumerQuery(info, c.name)), "aria-current": c === consumer ? "true" : null }, c.name),
+            h(
+              "a",
+              { href: channelLink(channel, tab, consumerQuery(info, c.name)), "aria-current": c === consumer ? "true" : null },
+              c.name,
+              ` (${c.kind}${c.removed ? ", removed" : ""})`,
+            ),
             " ",
           ]),
         )
@@ -48,6 +56,9 @@ export function show(root, { channel, rest, query }, app, signal) {
     h("p", null, h("a", { href: "#/" }, "← Channels")),
     h("h1", null, channel, info?.provider ? [" ", h("span", { class: "badge" }, info.provider)] : null),
     info ? null : h("p", { class: "notice" }, "This channel is not among those this token reaches; kwp's answer follows."),
+    info && !consumers.includes(consumer)
+      ? h("p", { class: "notice" }, `Consumer ${asked} is not among those this token reaches; kwp's answer follows.`)
+      : null,
     chooser,
     nav,
     section,

@@ -15,15 +15,16 @@ function lastError(consumer) {
   return [timeAgo(consumer.last_error_at), h("br"), h("span", { class: "status" }, consumer.last_error_message || "")];
 }
 
-function row(channel, consumer) {
+const HEADINGS = ["Consumer", "Kind", "Depth", "Oldest pending", "Dead", "Forwarding", "Last success", "Last error"];
+
+function consumerRow(channel, consumer) {
   // One child per cell: on a phone a cell is a flex row of its label and that child.
   const cell = (label, ...content) => h("td", { "data-label": label }, h("span", null, ...content));
   const href = channelLink(channel.name, "queue", consumerQuery(channel, consumer.name));
   return h(
     "tr",
     { "data-key": `${channel.name}/${consumer.name}` },
-    cell("Channel", h("a", { href }, channel.name), channel.provider ? [" ", h("span", { class: "badge" }, channel.provider)] : null),
-    cell("Consumer", consumer.name),
+    cell("Consumer", h("a", { href }, consumer.name), consumer.removed ? [" ", h("span", { class: "badge warn", title: "Removed from config.yml; its queue still holds webhooks" }, "removed")] : null),
     cell("Kind", consumer.kind),
     h("td", { "data-label": "Depth", class: "num depth" }, String(consumer.queue_size)),
     cell("Oldest pending", timeAgo(consumer.oldest_pending_at, "")),
@@ -34,17 +35,38 @@ function row(channel, consumer) {
   );
 }
 
+/** A channel's rows: a heading row, then one row per consumer under it. */
+function channelRows(channel) {
+  const count = channel.consumers.length;
+  return h(
+    "tbody",
+    { "data-channel": channel.name },
+    h(
+      "tr",
+      { class: "channel" },
+      h(
+        "th",
+        { scope: "rowgroup", colspan: String(HEADINGS.length) },
+        h("a", { href: channelLink(channel.name, "queue") }, channel.name),
+        channel.provider ? [" ", h("span", { class: "badge" }, channel.provider)] : null,
+        " ",
+        h("span", { class: "status" }, channel.named_consumers ? `${count} consumer${count === 1 ? "" : "s"}` : "one queue"),
+      ),
+    ),
+    channel.consumers.map((consumer) => consumerRow(channel, consumer)),
+  );
+}
+
 function table(channels) {
-  const headings = ["Channel", "Consumer", "Kind", "Depth", "Oldest pending", "Dead", "Forwarding", "Last success", "Last error"];
   return h(
     "div",
     { class: "table-wrap" },
     h(
       "table",
       { class: "rows", id: "channels" },
-      h("caption", { class: "offscreen" }, "Channels and consumers with their queues"),
-      h("thead", null, h("tr", null, headings.map((text) => h("th", { scope: "col" }, text)))),
-      h("tbody", null, channels.flatMap((channel) => channel.consumers.map((consumer) => row(channel, consumer)))),
+      h("caption", { class: "offscreen" }, "Channels, each with its consumers and their queues"),
+      h("thead", null, h("tr", null, HEADINGS.map((text) => h("th", { scope: "col" }, text)))),
+      channels.map(channelRows),
     ),
   );
 }
@@ -53,7 +75,8 @@ function summary(channels) {
   const consumers = channels.flatMap((c) => c.consumers);
   const pending = consumers.reduce((sum, c) => sum + c.queue_size, 0);
   const dead = consumers.reduce((sum, c) => sum + c.dead, 0);
-  return `${channels.length} channel${channels.length === 1 ? "" : "s"}, ${pending} webhook${pending === 1 ? "" : "s"} queued, ${dead} dead.`;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  return `${plural(channels.length, "channel")}, ${plural(consumers.length, "consumer")}, ${plural(pending, "webhook")} queued, ${dead} dead.`;
 }
 
 export function show(root, app, signal) {

@@ -1,5 +1,7 @@
 // A consumer's queue: GET .../list for a pull consumer, GET .../queue for a
-// push consumer, with delete, and pause, resume, clear and retry for push.
+// push consumer, with delete, and pause, resume, clear and retry for push;
+// clear too for the queue of a consumer a reload removed.  Every call names
+// the consumer (consumerQuery) on a channel whose consumers are named.
 
 import { call, channelPath, consumerQuery } from "./api.js";
 import { confirmAction, copyButton, errorBox, h, headersTable, pretty, replace, timeAgo, when } from "./dom.js";
@@ -26,6 +28,9 @@ function attemptWords(result) {
 export function show(root, { channel, info, consumer }, app, signal) {
   const query = consumerQuery(info, consumer?.name);
   const push = consumer?.kind === "push";
+  const removed = Boolean(consumer?.removed);
+  // What the messages call this queue: the channel, or channel/consumer.
+  const queueName = query.consumer ? `${channel}/${query.consumer}` : channel;
   const said = h("div", { "aria-live": "polite" });
   const head = h("div");
   const list = h("div", { class: "items" });
@@ -49,7 +54,7 @@ export function show(root, { channel, info, consumer }, app, signal) {
   }
 
   async function remove(item) {
-    if (!(await confirmAction(`Delete webhook #${item.id} from this queue of ${channel}? It cannot be recovered from the queue.`, "Delete"))) return;
+    if (!(await confirmAction(`Delete webhook #${item.id} from this queue of ${queueName}? It cannot be recovered from the queue.`, "Delete"))) return;
     if (await act(`delete webhook #${item.id}`, "DELETE", channelPath(channel, String(item.id)))) {
       say(`Webhook #${item.id} deleted.`);
       refresh();
@@ -72,7 +77,7 @@ export function show(root, { channel, info, consumer }, app, signal) {
   }
 
   async function clear(size) {
-    const question = `Clear the queue of ${channel}? All ${size} webhook${size === 1 ? "" : "s"} in it, dead ones included, are deleted.`;
+    const question = `Clear the queue of ${queueName}? All ${size} webhook${size === 1 ? "" : "s"} in it, dead ones included, are deleted.`;
     if (!(await confirmAction(question, "Clear the queue"))) return;
     if (await act("clear the queue", "POST", channelPath(channel, "queue", "clear"))) {
       say("Queue cleared.");
@@ -135,7 +140,15 @@ export function show(root, { channel, info, consumer }, app, signal) {
         items = body.items;
       } else {
         items = await call("GET", channelPath(channel, "list"), { query: { ...query, limit: PAGE, after }, signal });
-        replace(head, h("div", { class: "toolbar" }, h("button", { type: "button", class: "quiet", onclick: refresh }, "Refresh")));
+        replace(
+          head,
+          h(
+            "div",
+            { class: "toolbar" },
+            h("button", { type: "button", class: "quiet", onclick: refresh }, "Refresh"),
+            removed ? h("button", { type: "button", class: "danger", onclick: () => clear(consumer.queue_size) }, "Clear the queue") : null,
+          ),
+        );
       }
     } catch (error) {
       if (error.name === "AbortError") return;
@@ -151,9 +164,14 @@ export function show(root, { channel, info, consumer }, app, signal) {
     more.hidden = items.length < PAGE;
   }
 
+  const intro = removed
+    ? `Consumer ${consumer.name} was removed from config.yml: nothing delivers these webhooks any more. Pull them with ?consumer=${consumer.name} or clear the queue.`
+    : push
+      ? `Push consumer ${consumer.name}: kwp forwards these webhooks.`
+      : `Pull consumer ${consumer?.name ?? "default"}: these webhooks wait to be pulled.`;
   replace(
     root,
-    h("p", { class: "status" }, push ? `Push consumer ${consumer.name}: kwp forwards these webhooks.` : `Pull consumer ${consumer?.name ?? "default"}: these webhooks wait to be pulled.`),
+    h("p", { class: "status" }, intro),
     said,
     head,
     list,
