@@ -56,6 +56,12 @@ def stored(path: Path) -> int:
     return _count(path, "SELECT COUNT(*) FROM webhooks")
 
 
+def deliveries(path: Path) -> int:
+    """The deliveries the database holds: a webhook has one per consumer
+    that took it."""
+    return _count(path, "SELECT COUNT(*) FROM deliveries")
+
+
 def pending(path: Path, channel: str) -> int:
     """The webhooks of channel not yet delivered (to any consumer)."""
     return _count(

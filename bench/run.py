@@ -80,6 +80,7 @@ TARGETS = {
     **{peer: text for peer, (_, text) in PEER_TARGETS.items()},
     "idle_rss": "idle RSS <= 1.3x the bare Klein app",
     "pending": "receive with 1M pending >= 0.9x empty",
+    "fanout": "receive with 3 filtered consumers >= 0.8x one",
     "drain_ratio": "100k drain >= 0.5x the in-memory server",
     "drain_rss": "100k drain RSS growth < 60 MB",
     "drain_rate": "100k drain >= 20,000 webhooks/s",
@@ -315,6 +316,24 @@ def write_config(path: Path, forward_url: str | None = None, concurrency: int = 
     return path
 
 
+# Three pull consumers whose filters (on the body and a header) all take the
+# benchmark's webhook, so each receive queues three deliveries.
+FANOUT_CONSUMERS = """    consumers:
+      - name: ci
+        filter: "body.action == 'opened'"
+      - name: chat
+        filter: "body.number > `10` && headers.\\"content-type\\" == 'application/json'"
+      - name: audit
+        filter: "contains(['octo'], body.sender.login)"
+"""
+
+
+def write_fanout_config(path: Path) -> Path:
+    write_config(path)
+    path.write_text(path.read_text() + FANOUT_CONSUMERS)
+    return path
+
+
 @dataclass
 class WrkResult:
     rps: float
@@ -405,11 +424,12 @@ def bench_receive(args, work: Path, report: Report) -> None:
         f"{len(BODY)}-byte JSON body; peers: {', '.join(args.peers)}"
     )
     config = write_config(work / "receive.yml")
+    fanout = write_fanout_config(work / "fanout.yml")
     full_template = work / "pending-template.db"
     started = time.monotonic()
     kwpdb.fill(full_template, CHANNEL, STORED_HEADERS, (BODY for _ in range(args.pending)))
     report.say(f"  filled a database with {args.pending:,} pending webhooks in {time.monotonic() - started:.1f}s")
-    kinds = ["kwp", "kwp-pending", *args.peers]
+    kinds = ["kwp", "kwp-fanout", "kwp-pending", *args.peers]
     figures = {kind: Measured() for kind in kinds}
     for round_no in range(args.rounds):
         order = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]
@@ -422,6 +442,7 @@ def bench_receive(args, work: Path, report: Report) -> None:
             server = {
                 "kwp": lambda: Kwp(work, config, db),
                 "kwp-pending": lambda: Kwp(work, config, db),
+                "kwp-fanout": lambda: Kwp(work, fanout, db),
                 "klein": lambda: Klein(work),
                 "twisted": lambda: BareTwisted(work),
                 "fastapi": lambda: FastAPI(work, db),
@@ -442,6 +463,10 @@ def bench_receive(args, work: Path, report: Report) -> None:
             if stored is not None:
                 stored -= before
                 honesty(report, kind, result, stored)
+                if kind == "kwp-fanout":
+                    queued = kwpdb.deliveries(db)
+                    report.honest &= queued == 3 * stored
+                    report.say(f"    fan-out: {queued} deliveries for {stored} webhooks (3 each expected)")
                 db.unlink()
             measured.rate.append(result.ok_per_second)
             measured.cpu_us.append(cpu / max(result.ok if stored is None else stored, 1) * 1e6)
@@ -455,6 +480,7 @@ def bench_receive(args, work: Path, report: Report) -> None:
         ratios = "  ".join(f"kwp/{peer} {kwp_rate / figures[peer].rate[-1]:.2f}" for peer in args.peers)
         report.say(
             f"  round {round_no + 1} ratios: {ratios}  pending/empty {figures['kwp-pending'].rate[-1] / kwp_rate:.2f}"
+            f"  fanout/one {figures['kwp-fanout'].rate[-1] / kwp_rate:.2f}"
             f"   load {load()}"
         )
     full_template.unlink()
@@ -483,6 +509,13 @@ def bench_receive(args, work: Path, report: Report) -> None:
         report.judge("idle_rss", None if args.quick else idle <= 1.3, f"{idle:.2f}x")
     pending = ratio("kwp-pending", "kwp")
     report.judge("pending", None if args.quick else pending >= 0.9, f"{pending:.2f}x with {args.pending:,} pending")
+    fanned = ratio("kwp-fanout", "kwp")
+    report.judge(
+        "fanout",
+        None if args.quick else fanned >= 0.8,
+        f"{fanned:.2f}x (CPU per webhook {median(figures['kwp-fanout'].cpu_us):.0f} us with three consumers, "
+        f"{median(figures['kwp'].cpu_us):.0f} us with one)",
+    )
 
 
 class RssSampler(threading.Thread):

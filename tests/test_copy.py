@@ -51,6 +51,7 @@ async def test_copy_moves_every_table_and_the_id_sequence_and_refuses_a_second_t
     source = Backend("sqlite", str(tmp_path / "kwp.db"))
     filled = source.start()
     await fill(filled)
+    stats = await filled.queue_stats()
     await filled.stopService()
     url = postgres_databases.create(migrated=False)
     target = Backend("postgresql", url)
@@ -61,8 +62,12 @@ async def test_copy_moves_every_table_and_the_id_sequence_and_refuses_a_second_t
         for name in TABLES:
             columns = [c for (c,) in source.execute(f"SELECT name FROM pragma_table_info('{name}')")]
             assert rows(target, name, columns) == rows(source, name, columns), name
+        # The figures of each queue, kept by triggers on both.
+        figures = "SELECT channel, consumer, open, dead FROM queue_sizes WHERE open <> 0 OR dead <> 0 ORDER BY 1, 2"
+        assert target.execute(figures) == source.execute(figures) == [("a", "ci", 5, 0), ("a", "push", 4, 1)]
 
         storage = target.start()
+        assert await storage.queue_stats() == stats
         # The queues, leases, dead letters, pause and log work on as before.
         assert [r.id for r in await storage.list("a", 10, consumer="ci")] == [1, 2, 4, 5, 3]
         # 1 and 2 stay leased.

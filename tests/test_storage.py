@@ -401,22 +401,17 @@ def test_the_migration_counts_what_an_older_database_holds(tmp_path):
 # --- forgetting delivery ids ---------------------------------------------------
 
 
-def seen(path) -> dict[str, list[str]]:
-    connection = sqlite3.connect(path)
-    try:
-        rows = connection.execute("SELECT channel, delivery_id FROM seen_deliveries ORDER BY channel, delivery_id")
-        result: dict[str, list[str]] = {}
-        for channel, delivery in rows:
-            result.setdefault(channel, []).append(delivery)
-        return result
-    finally:
-        connection.close()
+def seen(backend) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    rows = backend.execute("SELECT channel, delivery_id FROM seen_deliveries ORDER BY channel, delivery_id")
+    for channel, delivery in rows:
+        result.setdefault(channel, []).append(delivery)
+    return result
 
 
 @pytest_twisted.ensureDeferred
-async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_batches(tmp_path):
-    path = tmp_path / "kwp.db"
-    storage = started(path)
+async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_batches(backend):
+    storage = backend.start()
     now = 1_000_000.0
     ages = {"short": {"keep": 30, "drop": 90}, "long": {"keep": 1800, "drop": 7200},
             "gone": {"keep": 80000, "drop": 90000}}
@@ -448,16 +443,13 @@ async def test_delivery_ids_are_forgotten_after_their_channels_window_in_small_b
         await pruner.stopService()
         await storage.stopService()
     kept = [f"keep-{n}" for n in range(5)]
-    assert seen(path) == {"gone": kept, "long": kept, "short": kept}
+    assert seen(backend) == {"gone": kept, "long": kept, "short": kept}
     assert max(n for _, n in batches) == 2
     assert [n for channel, n in batches if channel == "short"] == [2, 2, 1]
     # Within its window an id is still a duplicate; after it, it is new.
-    storage = started(path)
-    try:
-        assert await storage.insert(NewWebhook("short", "{}", b"{}", now, "keep-0", 60)) is DUPLICATE
-        assert isinstance(await storage.insert(NewWebhook("short", "{}", b"{}", now, "drop-0", 60)), int)
-    finally:
-        await storage.stopService()
+    storage = backend.start()
+    assert await storage.insert(NewWebhook("short", "{}", b"{}", now, "keep-0", 60)) is DUPLICATE
+    assert isinstance(await storage.insert(NewWebhook("short", "{}", b"{}", now, "drop-0", 60)), int)
 
 
 class FlakyIds:

@@ -9,10 +9,11 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import ensureDeferred, gatherResults
 
-from kwp.storage import StorageError, StorageUnavailable, open_storage
-from kwp.storage.postgres import CHANNEL, ID_LOCK, MIGRATIONS, PostgresStorage
+from kwp.storage import Attempt, Route, StorageError, StorageUnavailable, open_storage
+from kwp.storage import postgres
+from kwp.storage.postgres import CHANNEL, ID_LOCK, MIGRATIONS, PostgresStorage, fold_queue_sizes
 from tests.support import POSTGRES_URL, Backend, free_port, until
 from tests.test_storage import hook, routed
 
@@ -194,3 +195,134 @@ async def test_a_database_that_cannot_be_reached_answers_unavailable():
             await storage.ping()
     finally:
         await storage.stopService()
+
+
+# --- the queue figures ------------------------------------------------------------
+
+FIGURES = "SELECT channel, consumer, open, dead FROM queue_sizes WHERE open <> 0 OR dead <> 0 ORDER BY channel, consumer"
+COUNTED = (
+    "SELECT channel, consumer, COUNT(*) FILTER (WHERE state IN ('pending', 'dead')),"
+    " COUNT(*) FILTER (WHERE state = 'dead') FROM deliveries GROUP BY channel, consumer"
+    " HAVING COUNT(*) FILTER (WHERE state IN ('pending', 'dead')) > 0 ORDER BY channel, consumer"
+)
+
+
+def test_the_migration_counts_what_a_database_of_schema_2_holds(postgres_databases, monkeypatch):
+    url = postgres_databases.create(migrated=False)
+    database = Backend("postgresql", url)
+    try:
+        monkeypatch.setattr(postgres, "MIGRATIONS", MIGRATIONS[:2])
+        database.open()
+        monkeypatch.undo()
+        database.execute(
+            "INSERT INTO deliveries (webhook_id, channel, consumer, seq, queued_at, state) VALUES"
+            " (1, 'a', 'ci', 1, 1.0, 'pending'), (2, 'a', 'ci', 2, 1.0, 'dead'), (3, 'a', 'ci', 3, 1.0, 'delivered'),"
+            " (1, 'a', 'chat', 1, 1.0, 'deleted'), (1, 'b', 'default', 1, 1.0, 'pending')"
+        )
+        database.open()
+        assert database.execute(FIGURES) == [("a", "ci", 2, 1), ("b", "default", 1, 0)]
+    finally:
+        postgres_databases.drop(url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_closing_deliveries_of_one_queue_do_not_wait_for_each_other(nodes, database):
+    """Counting a queue's figures takes no lock that another transaction
+    holds until its commit: while one node's close of a delivery has not
+    committed, another node closes one of the same queue and stores into it
+    under its limit."""
+    a, b = nodes
+    for i in range(3):
+        await a.insert(hook(i))
+    with psycopg.connect(database.url) as other:
+        other.execute("UPDATE deliveries SET state = 'deleted', closed_at = 2000 WHERE webhook_id = 1")
+        done = gatherResults([b.delete("a", 2, 2000.0), a.insert(hook(3, max_queue=10))])
+        await until(lambda: done.called, timeout=3, what="the close and the store, while the other is open")
+        assert await done == [True, 4]
+        assert database.execute(FIGURES) == [("a", "default", 3, 0)]
+    assert database.execute(FIGURES) == [("a", "default", 2, 0)]
+
+
+def rolled_back(monkeypatch) -> list:
+    """The transactions that the storages' pools roll back from now on: a
+    deadlock or serialization failure tried again, or any error."""
+    forgotten = []
+    forget = postgres._Pool._forget
+
+    def counted(pool, conn):
+        forgotten.append(conn)
+        forget(pool, conn)
+
+    monkeypatch.setattr(postgres._Pool, "_forget", counted)
+    return forgotten
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_figures_stay_exact_while_three_nodes_work_on_the_same_queues(database, monkeypatch):
+    rollbacks = rolled_back(monkeypatch)
+    nodes = [database.start() for _ in range(3)]
+    routes = (Route("ci", max_queue=10_000), Route("chat"))
+    total = 240
+
+    async def receive(node, first):
+        for n in range(first, total, 3):
+            await node.insert(hook(n, routes=routes))
+
+    async def pull(node, name):
+        for round_ in range(40):
+            claim = f"{name}{round_}"
+            if round_ % 2:
+                await node.claim("a", claim, 4, 2000.0, None, consumer="ci")
+                await node.finish_claim(claim, 2001.0)
+            else:
+                taken = await node.claim("a", claim, 4, 2000.0, 60, consumer="ci")
+                await node.ack("a", [r.id for r in taken], 2001.0, consumer="ci")
+
+    async def push(node):
+        # Two nodes see the same window: their outcomes meet on the same rows.
+        for _ in range(30):
+            for i, item in enumerate(await node.forward_window("a", 3, 3000.0, consumer="chat")):
+                if i == 0:
+                    await node.forward_failed("a", item.id, Attempt(2002.0, 500), None, "dead", consumer="chat")
+                elif i == 1:
+                    await node.forward_succeeded("a", item.id, Attempt(2002.0, 200), consumer="chat")
+                else:
+                    await node.delete("a", item.id, 2002.0, consumer="chat")
+
+    async def replay(node):
+        for round_ in range(10):
+            await node.replay("a", range(1, total + 1, 7), ["chat"], 2003.0, state="dead")
+            await sleep(0.05)
+
+    async def fold(node):
+        for _ in range(20):
+            await node._run(fold_queue_sizes)
+            await sleep(0.03)
+
+    a, b, c = nodes
+    work = [receive(node, first) for first, node in enumerate(nodes)]
+    work += [pull(a, "a"), pull(b, "b"), pull(c, "c"), push(b), push(c), replay(a)]
+    work += [fold(node) for node in nodes]
+    await gatherResults([ensureDeferred(w) for w in work])
+    counted = database.execute(COUNTED)
+    assert database.execute(FIGURES) == counted
+    assert {consumer for _, consumer, *_ in counted} == {"ci", "chat"} and any(dead for *_, dead in counted)
+    await a._run(fold_queue_sizes)
+    assert database.execute(FIGURES) == counted
+    assert database.execute("SELECT COUNT(*) FROM queue_size_changes") == [(len(counted),)]
+    assert rollbacks == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_folds_the_changes_of_each_queue_into_one_row(database):
+    storage = database.start()
+    for i in range(3):
+        await storage.insert(routed(i, "ci", "chat"))
+    await storage.delete("a", 1, 2000.0, consumer="ci")
+    assert database.execute("SELECT COUNT(*) FROM queue_size_changes") == [(7,)]
+    await until(
+        lambda: database.execute("SELECT COUNT(*) FROM queue_size_changes") == [(2,)],
+        timeout=postgres.FOLD_INTERVAL + 2,
+        what="the changes folded",
+    )
+    assert database.execute(FIGURES) == [("a", "chat", 3, 0), ("a", "ci", 2, 0)]

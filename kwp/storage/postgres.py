@@ -17,6 +17,12 @@ SQLite:
   nodes' notifications into the same ``on_stored`` / ``on_queue_changed``
   calls as its own commits.  A poll each POLL_INTERVAL catches webhooks whose
   notification was lost, and runs at once after the listener reconnects.
+- The figures of each queue (``queue_sizes``, as SQLite keeps them) are
+  the sums of ``queue_size_changes``: triggers append one row per statement
+  and queue that changes them, and a node folds each queue's rows into one
+  each FOLD_INTERVAL.  Appending takes no lock that another transaction
+  holds, so transactions that close deliveries of one queue on several
+  nodes never wait for each other on a counter row, nor deadlock on it.
 - The schema is versioned in ``kwp_schema``; start-up migrates it one step
   per transaction under a session advisory lock (MIGRATION_LOCK), so nodes
   starting together migrate once.  A build refuses a database whose
@@ -49,6 +55,7 @@ log = Logger()
 # of ids at commit.
 MIGRATION_LOCK = 0x6B7770_01
 ID_LOCK = 0x6B7770_02
+FOLD_LOCK = 0x6B7770_03
 CHANNEL = "kwp"
 # A notification's payload must stay under 8000 bytes; a larger one says
 # only "look", and the listeners poll.
@@ -56,6 +63,7 @@ MAX_PAYLOAD = 7900
 POLL_INTERVAL = 1.0
 POLL_ROWS = 10_000
 RECONNECT_DELAY = 1.0
+FOLD_INTERVAL = 1.0
 # Connections per node.
 POOL_SIZE = 4
 # How long the first webhook of a batch waits for others: commits that store
@@ -167,9 +175,60 @@ _V2 = [
     "ALTER TABLE consumers ADD COLUMN lease_until DOUBLE PRECISION",
 ]
 
+_IS_OPEN = "(state IN ('pending', 'dead'))::int"
+_IS_DEAD = "(state = 'dead')::int"
+
+
+def _counting(event: str, *transitions: str) -> list[str]:
+    """A trigger that appends, after each statement of event on deliveries,
+    what it changed in each queue's figures: the rows of the transition
+    tables ("new" counted in, "old" counted out)."""
+    changes = " UNION ALL ".join(
+        f"SELECT channel, consumer, {'-' if t == 'old' else ''}{_IS_OPEN} AS open,"
+        f" {'-' if t == 'old' else ''}{_IS_DEAD} AS dead FROM {t}_rows"
+        for t in transitions
+    )
+    return [
+        f"""CREATE FUNCTION queue_sizes_{event}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            INSERT INTO queue_size_changes (channel, consumer, open, dead)
+            SELECT channel, consumer, SUM(open), SUM(dead) FROM ({changes}) AS changes
+            GROUP BY channel, consumer HAVING SUM(open) <> 0 OR SUM(dead) <> 0;
+            RETURN NULL;
+        END $$""",
+        f"CREATE TRIGGER deliveries_{event} AFTER {event.upper()} ON deliveries REFERENCING "
+        + " ".join(f"{t.upper()} TABLE AS {t}_rows" for t in transitions)
+        + f" FOR EACH STATEMENT EXECUTE FUNCTION queue_sizes_{event}()",
+    ]
+
+
+# The figures of each queue (SQLite's schema 5 keeps them in a table of one
+# row per queue): the sums of its rows of queue_size_changes.  The triggers
+# come before the count of what the database holds: creating them waits for
+# the transactions writing deliveries and holds back new ones until the
+# commit, so every delivery is counted once, by the count or by a trigger.
+# And the index for pruning delivery ids by age.
+_V3 = [
+    """CREATE TABLE queue_size_changes (
+        channel TEXT COLLATE "C" NOT NULL,
+        consumer TEXT COLLATE "C" NOT NULL,
+        open INTEGER NOT NULL,
+        dead INTEGER NOT NULL
+    )""",
+    "CREATE INDEX queue_size_changes_queue ON queue_size_changes (channel, consumer)",
+    "CREATE VIEW queue_sizes AS SELECT channel, consumer, SUM(open) AS open, SUM(dead) AS dead"
+    " FROM queue_size_changes GROUP BY channel, consumer",
+    *_counting("insert", "new"),
+    *_counting("update", "old", "new"),
+    *_counting("delete", "old"),
+    f"""INSERT INTO queue_size_changes (channel, consumer, open, dead)
+        SELECT channel, consumer, SUM({_IS_OPEN}), SUM({_IS_DEAD}) FROM deliveries
+        GROUP BY channel, consumer HAVING SUM({_IS_OPEN}) > 0""",
+    "CREATE INDEX seen_deliveries_age ON seen_deliveries (channel, seen_at)",
+]
+
 # (statements, compat): the steps oldest first; compat is the oldest schema
 # version whose builds still work on the database once the step has run.
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_V3, 1)]
 # The tables a store consists of (kwp copy moves them in this order).
 TABLES = ("webhooks", "deliveries", "attempts", "consumers", "seen_deliveries")
 
@@ -446,6 +505,25 @@ def _last_id(txn) -> int:
     return txn.fetchone()[0]
 
 
+def fold_queue_sizes(txn) -> None:
+    """Replace the rows of queue_size_changes of each queue that has several
+    by their sum (by none when it is zero), unless another node is folding.
+    The rows are those committed when the statement starts: rows that commit
+    meanwhile are folded next time.  Readers see the rows before or after,
+    whose sums are the same."""
+    txn.execute("SELECT pg_try_advisory_xact_lock(?)", (FOLD_LOCK,))
+    if not txn.fetchone()[0]:
+        return
+    txn.execute(
+        "WITH folded AS (DELETE FROM queue_size_changes WHERE (channel, consumer) IN"
+        " (SELECT channel, consumer FROM queue_size_changes GROUP BY channel, consumer HAVING COUNT(*) > 1)"
+        " RETURNING channel, consumer, open, dead)"
+        " INSERT INTO queue_size_changes (channel, consumer, open, dead)"
+        " SELECT channel, consumer, SUM(open), SUM(dead) FROM folded GROUP BY channel, consumer"
+        " HAVING SUM(open) <> 0 OR SUM(dead) <> 0"
+    )
+
+
 # SQLSTATE classes and codes that mean "cannot write now": connection
 # exceptions, insufficient resources (disk full, too many connections),
 # operator intervention (shutdown, starting up), a read-only server.
@@ -466,6 +544,7 @@ class PostgresStorage(AdbapiStorage):
         self._listener = Listener(self.params, reactor, self._received, self._listening)
         self._poller: task.LoopingCall | None = None
         self._polling = False
+        self._folder: task.LoopingCall | None = None
 
     def prepare(self) -> None:
         """Connect once, synchronously, and migrate.  Raises StorageError."""
@@ -498,12 +577,20 @@ class PostgresStorage(AdbapiStorage):
         self._poller = task.LoopingCall(self._poll)
         self._poller.clock = self._reactor
         self._poller.start(POLL_INTERVAL, now=False)
+        self._folder = task.LoopingCall(self._fold)
+        self._folder.clock = self._reactor
+        self._folder.start(FOLD_INTERVAL, now=False)
 
     def stopService(self):
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
+        for loop in (self._poller, self._folder):
+            if loop is not None and loop.running:
+                loop.stop()
         self._listener.stop()
         return super().stopService()
+
+    def _fold(self):
+        d = self._run(fold_queue_sizes)
+        return d.addErrback(lambda f: log.debug("folding the queue figures failed: {f}", f=f.value))
 
     # --- what other nodes stored -------------------------------------------------
 
