@@ -20,7 +20,9 @@ from twisted.python import usage
 from kwp.config import parse_config
 from kwp.console import load_assets
 from kwp.notify import Notifier
-from kwp.storage import QueueState, QueueStats
+from kwp.auth import identify
+from kwp.ops import channels_overview
+from kwp.storage import DEAD, Attempt, NewWebhook, QueueState, QueueStats, Route
 from kwp.tap import Options, makeService
 from kwp.web import KwpApp
 from tests.conftest import BASIC_CONFIG
@@ -239,6 +241,31 @@ def test_api_channels_gives_each_queue_its_figures_and_the_admin_the_queues_of_r
 def test_api_channels_lists_only_what_the_token_reaches(token, channels):
     storage = FakeStorage(stats={**STATS, ("open", "default"): QueueStats()}, states=STATES)
     assert ask(stub_app(storage=storage), "GET", "/api/channels", token).json() == {"channels": channels}
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_channels_reads_the_figures_and_state_of_each_queue_on_either_backend(backend):
+    storage = backend.start()
+    both = (Route("ci"), Route("chat"))
+    first, second, _ = [await storage.insert(NewWebhook("gh", "{}", b"{}", at, routes=both)) for at in (10.0, 20.0, 30.0)]
+    await storage.forward_failed("gh", first, Attempt(40.0, 502, "unexpected status 502"), None, DEAD, consumer="chat")
+    await storage.forward_succeeded("gh", second, Attempt(50.0, 200), consumer="chat")
+    await storage.set_paused("gh", True, consumer="chat")
+    config = parse_config(CONFIG)
+    ci = _consumer(name="ci", queue_size=3, oldest_pending_at=10.0)
+    chat = _consumer(
+        name="chat",
+        kind="push",
+        queue_size=2,
+        oldest_pending_at=30.0,
+        dead=1,
+        paused=True,
+        last_success_at=50.0,
+        last_error_at=40.0,
+        last_error_message="unexpected status 502",
+    )
+    body = await channels_overview(storage, config, identify(config, "Bearer gh-token"))
+    assert body == {"channels": [_channel("gh", ci, chat, named=True)]}
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Basic abc", "Bearer not-a-token", f"Bearer {UI_TOKEN} x"])

@@ -238,7 +238,6 @@ def test_the_overview_shows_every_queue_and_follows_it_live(page, kwp, target):
     store(kwp, "open", {"live": True})
     expect(open_row.locator("td.depth")).to_have_text(str(depth + 1))
     expect(page.locator("main")).to_contain_text("Updated")
-    shot(page, "overview")
 
 
 def test_a_pull_queue_shows_headers_and_payload_and_copies_the_payload(page, kwp):
@@ -342,6 +341,7 @@ def test_the_overview_lists_each_channels_consumers_under_it_live(page, kwp, tar
     store(kwp, "gh", {"fan": "again"})
     expect(ci.locator("td.depth")).to_have_text(str(depths["ci"] + 1))
     expect(chat.locator("td.depth")).to_have_text(str(depths["chat"] + 1))
+    shot(page, "overview")
 
 
 def test_actions_on_a_push_consumer_go_to_its_queue_and_no_other(page, kwp, target):

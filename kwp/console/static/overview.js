@@ -6,6 +6,7 @@ import { errorBox, h, replace, timeAgo } from "./dom.js";
 import { channelLink } from "./links.js";
 
 function forwardState(consumer) {
+  if (consumer.removed) return h("span", { class: "status" }, "nothing delivers it");
   if (consumer.kind !== "push") return h("span", { class: "status" }, "pulled");
   return consumer.paused ? h("span", { class: "badge warn" }, "paused") : h("span", { class: "badge ok" }, "forwarding");
 }
@@ -13,6 +14,10 @@ function forwardState(consumer) {
 function lastError(consumer) {
   if (consumer.last_error_at === null) return "—";
   return [timeAgo(consumer.last_error_at), h("br"), h("span", { class: "status" }, consumer.last_error_message || "")];
+}
+
+function removedBadge() {
+  return h("span", { class: "badge warn", title: "Removed from config.yml; its queue still holds webhooks" }, "removed");
 }
 
 const HEADINGS = ["Consumer", "Kind", "Depth", "Oldest pending", "Dead", "Forwarding", "Last success", "Last error"];
@@ -24,7 +29,7 @@ function consumerRow(channel, consumer) {
   return h(
     "tr",
     { "data-key": `${channel.name}/${consumer.name}` },
-    cell("Consumer", h("a", { href }, consumer.name), consumer.removed ? [" ", h("span", { class: "badge warn", title: "Removed from config.yml; its queue still holds webhooks" }, "removed")] : null),
+    cell("Consumer", h("a", { href }, consumer.name), consumer.removed ? [" ", removedBadge()] : null),
     cell("Kind", consumer.kind),
     h("td", { "data-label": "Depth", class: "num depth" }, String(consumer.queue_size)),
     cell("Oldest pending", timeAgo(consumer.oldest_pending_at, "")),
