@@ -5,7 +5,7 @@ CONFIG ?= config.yml
 # make run serves this machine only; LISTEN=tcp:8080 opens it to the network.
 LISTEN ?= tcp:8080:interface=127.0.0.1
 
-.PHONY: run test install bench clean
+.PHONY: run test install chromium bench clean
 
 # Compat editable mode puts the repository root on sys.path, which is what lets
 # twistd find twisted/plugins/kwp_plugin.py from any directory.  This installs
@@ -25,8 +25,14 @@ install: $(VENV)/.test-deps
 run: $(BIN)/twistd
 	$(BIN)/twistd -n kwp --config $(CONFIG) --listen $(LISTEN)
 
-test: $(VENV)/.test-deps
+test: $(VENV)/.test-deps chromium
 	$(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's Chromium (Playwright cannot
+# download its own browser here); installing it needs root.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update && apt-get install -y chromium; } >/dev/null 2>&1 || true
+	@test -x /usr/bin/chromium || { echo "make test: /usr/bin/chromium is missing and could not be installed; run 'apt-get install -y chromium' as root" >&2; exit 1; }
 
 # wrk comes from Debian's packages; the FastAPI and Express peers install into
 # bench/.venv-fastapi and bench/express/node_modules.  BENCH_ARGS=--quick for a

@@ -7,6 +7,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["kwp", "kwp.*"]) + ["twisted.plugins"],
     include_package_data=False,
+    # The web console's files, served from the installed package.
+    package_data={"kwp.console": ["static/*"]},
     install_requires=[
         "twisted>=25.5",
         "klein>=23.5",
@@ -28,6 +30,7 @@ setup(
             "svix>=1.0",
             "stripe>=7.0",
             "schemathesis>=4.0",
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["kwp = kwp.cli:main"]},

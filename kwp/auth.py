@@ -41,14 +41,16 @@ class Identity:
         return self.admin or self.channel is channel
 
 
-def identify(config: Config, authorization: str | None) -> Identity:
-    """The holder of the Authorization header's token; 401 for a missing,
-    malformed or unknown token."""
+def identify(config: Config, authorization: str | None, ui_token: str | None = None) -> Identity:
+    """The holder of the Authorization header's token: the admin for the
+    config's admin token or ui_token (UI_ACCESS_TOKEN from the environment);
+    401 for a missing, malformed or unknown token."""
     token = bearer_token(authorization)
     if token is None:
         raise ApiError(401, "unauthorized", "missing or malformed 'Authorization: Bearer' header")
-    admin = config.server.admin_token
-    is_admin = admin is not None and _same(token, admin)
+    admins = [admin for admin in (config.server.admin_token, ui_token) if admin]
+    # A list, not a generator: every admin token is compared, whichever matches.
+    is_admin = any([_same(token, admin) for admin in admins])
     # Tokens are compared one by one in constant time, not looked up in a dict,
     # so that timing does not tell how much of a guess was right.
     owner = None
@@ -104,14 +106,14 @@ class Access:
         return requested
 
 
-def authorize(config: Config, channel_name: str, authorization: str | None) -> Access:
+def authorize(config: Config, channel_name: str, authorization: str | None, ui_token: str | None = None) -> Access:
     """What the Authorization header reaches of the channel.
 
     401 for a missing, malformed or unknown token; 404 for an unknown
-    channel; 403 for a valid token of another channel.  The admin token
+    channel; 403 for a valid token of another channel.  An admin token
     opens every channel.
     """
-    identity = identify(config, authorization)
+    identity = identify(config, authorization, ui_token)
     channel = config.channel(channel_name)
     if channel is None:
         raise channel_not_found(channel_name)
@@ -120,10 +122,10 @@ def authorize(config: Config, channel_name: str, authorization: str | None) -> A
     return Access(channel, identity)
 
 
-def authorize_admin(config: Config, authorization: str | None) -> None:
-    """Raise unless the Authorization header carries the admin token: 401
+def authorize_admin(config: Config, authorization: str | None, ui_token: str | None = None) -> None:
+    """Raise unless the Authorization header carries an admin token: 401
     for a missing, malformed or unknown token, 403 for another token."""
-    if not identify(config, authorization).admin:
+    if not identify(config, authorization, ui_token).admin:
         raise ApiError(403, "forbidden", "only the admin token gives access to this endpoint")
 
 

@@ -12,13 +12,14 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kwp import verify
+from kwp.auth import Identity
 from kwp.config import Channel, Config, ConfigError
-from kwp.storage import QueueStats
+from kwp.storage import QueueState, QueueStats
 
 log = Logger()
 
@@ -211,6 +212,59 @@ class Metrics:
 
 def _queues(config: Config, channels) -> set[str]:
     return {f"{ch.name}/{c.name}" for ch in config.channels if ch.name in channels for c in ch.consumers}
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def channels_overview(storage, config: Config, identity: Identity) -> dict:
+    """The body of GET /api/channels: the channels and consumers identity
+    reaches, each queue with its figures (queue_stats) and, for a push
+    consumer, its forwarding state (queue_state).  The admin also sees the
+    queues of consumers a reload removed, while they hold webhooks."""
+    stats = await storage.queue_stats()
+    channels = []
+    for channel in config.channels:
+        if not identity.reaches(channel):
+            continue
+        mine = identity.consumer
+        queues = [(c.name, c) for c in channel.consumers if mine is None or c.name == mine.name]
+        if identity.admin:
+            known = {c.name for c in channel.consumers}
+            queues += sorted((name, None) for (of, name) in stats if of == channel.name and name not in known)
+        channels.append((channel, queues))
+    pushed = [(ch.name, name) for ch, queues in channels for name, c in queues if c is not None and c.forward is not None]
+    states = dict(zip(pushed, await gatherResults([storage.queue_state(ch, consumer=name) for ch, name in pushed])))
+    listed = []
+    for channel, queues in channels:
+        consumers = []
+        for name, consumer in queues:
+            figures = stats.get((channel.name, name), QueueStats())
+            state = states.get((channel.name, name), QueueState())
+            consumers.append(
+                {
+                    "name": name,
+                    "kind": "push" if consumer is not None and consumer.forward is not None else "pull",
+                    "removed": consumer is None,
+                    "queue_size": figures.size + figures.dead,
+                    "oldest_pending_at": _seconds(figures.oldest_at),
+                    "dead": figures.dead,
+                    "paused": state.paused,
+                    "last_success_at": _seconds(state.last_success_at),
+                    "last_error_at": _seconds(state.last_error_at),
+                    "last_error_message": state.last_error_message,
+                }
+            )
+        listed.append(
+            {
+                "name": channel.name,
+                "provider": channel.provider,
+                "named_consumers": channel.named_consumers,
+                "consumers": consumers,
+            }
+        )
+    return {"channels": listed}
 
 
 def describe_change(old: Config, new: Config) -> str:

@@ -120,7 +120,10 @@ class StreamHub:
         limit: int = MAX_STREAMS,
         keepalive: float = KEEPALIVE,
         stall_limit: float = STALL_LIMIT,
+        ui_token: str | None = None,
     ):
+        # An admin token from the environment (UI_ACCESS_TOKEN), beside the config's.
+        self.ui_token = ui_token
         self._storage = storage
         self._clock = clock
         self._limit = limit
@@ -276,7 +279,7 @@ class _Stream:
     def allowed(self, config: Config) -> bool:
         """Whether its token still reaches the channel, and the consumer it streams."""
         try:
-            access = authorize(config, self.channel, self._authorization)
+            access = authorize(config, self.channel, self._authorization, self._hub.ui_token)
             consumer = self._spec.consumer
             return (
                 access.consumer is None or access.consumer.name == consumer

@@ -101,6 +101,9 @@ class Options(usage.Options):
         self["log-level"] = self["log-level"].lower()
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be debug, info, warn or error, got {self['log-level']!r}")
+        # The Rust project's variable, kept out of the command line (and so
+        # out of ps) on purpose.
+        self["ui-access-token"] = self.environ.get("UI_ACCESS_TOKEN") or None
 
 
 # By default the collector's youngest generation is collected every 700 new
@@ -240,9 +243,9 @@ def follow_retention(storage, config) -> None:
     storage.retention = retention(config)
 
 
-def make_app(config, storage, reactor) -> KwpApp:
+def make_app(config, storage, reactor, ui_token: str | None = None) -> KwpApp:
     """The app with its notifier and forwarders, whose attempts reach the
-    app's metrics."""
+    app's metrics; ui_token is an admin token besides the config's."""
     follow_retention(storage, config)
     notifier = Notifier()
     # Webhooks stored by this node or (PostgreSQL) another one wake as many
@@ -250,18 +253,40 @@ def make_app(config, storage, reactor) -> KwpApp:
     storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c), n) for c, n in consumers.items()])
     client, pool = http_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
-    app = KwpApp(config, storage, notifier, reactor, forwarders)
+    app = KwpApp(config, storage, notifier, reactor, forwarders, ui_token)
     # Streams follow what is stored, by this node or another, too.
     storage.on_stored(lambda channel, consumers: app.streams.stored(channel))
     forwarders.report = app.metrics.forward_outcome
     return app
 
 
+def load_beside_ui_token(path: str, ui_token: str | None):
+    """The config of path; ConfigError too when ui_token (UI_ACCESS_TOKEN,
+    an admin token) is also a channel's or a consumer's token, which would
+    make that token's holder an admin."""
+    config = load_config(path)
+    if ui_token is None:
+        return config
+    for channel in config.channels:
+        if channel.token == ui_token:
+            raise ConfigError([f"UI_ACCESS_TOKEN is the api-read-token of channel {channel.name!r}; give it its own token"])
+        for consumer in channel.consumers:
+            if consumer.token == ui_token:
+                raise ConfigError(
+                    [
+                        f"UI_ACCESS_TOKEN is the token of consumer {consumer.name!r} of channel {channel.name!r};"
+                        " give it its own token"
+                    ]
+                )
+    return config
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    ui_token = options["ui-access-token"]
     try:
-        config = load_config(options["config"])
+        config = load_beside_ui_token(options["config"], ui_token)
     except ConfigError as e:
         raise SystemExit("kwp: invalid configuration:\n" + "\n".join(f"  {line}" for line in e.errors))
     try:
@@ -272,7 +297,7 @@ def makeService(options, reactor=None):
         listeners = [endpoints.serverFromString(reactor, desc) for desc in options["listen"]]
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"kwp: invalid --listen endpoint: {e}")
-    app = make_app(config, storage, reactor)
+    app = make_app(config, storage, reactor, ui_token)
     # twistd's own options, when it runs kwp: where it would log.
     stream = log_stream(getattr(options, "parent", None), reactor)
     access_log = make_access_log(options["log-format"], options["log-level"], stream)
@@ -290,7 +315,7 @@ def makeService(options, reactor=None):
     path = os.path.abspath(options["config"])
 
     def reload_config():
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_config, path)
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), load_beside_ui_token, path, ui_token)
 
     service = KwpService(app, site, listeners, observer, reactor, reload_config)
     tune_gc()

@@ -18,13 +18,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from kwp import __version__, verify
-from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, unknown_consumer
+from kwp import __version__, console, verify
+from kwp.auth import Access, authorize, authorize_admin, authorize_metrics, bearer_token, identify, unknown_consumer
 from kwp.config import Channel, Config, redacted
 from kwp.errors import ApiError, bad_request, not_found
 from kwp.logs import printable
 from kwp.history import History, Listing, Window, encode_event, encode_page, replay_targets
-from kwp.ops import Metrics
+from kwp.ops import Metrics, channels_overview
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
 from kwp.receive import Receiver, check_headers, header_map, too_large
 from kwp.stream import StreamHub, StreamSpec
@@ -475,14 +475,17 @@ class KwpRoot(Resource):
 class KwpApp:
     app = Klein()
 
-    def __init__(self, config: Config, storage, notifier, clock, forwarders=None):
+    def __init__(self, config: Config, storage, notifier, clock, forwarders=None, ui_token: str | None = None):
         self.config = config
         self.storage = storage
         self.notifier = notifier
         self.clock = clock
         self.forwarders = forwarders
-        self.streams = StreamHub(storage, clock)
+        self.streams = StreamHub(storage, clock, ui_token=ui_token)
         self.history = History(storage, clock, wake=notifier.fire)
+        # UI_ACCESS_TOKEN: an admin token from the environment, beside the config's.
+        self.ui_token = ui_token
+        self.console = console.Console()
         self.metrics = Metrics(lambda: self.config, storage, clock)
         self.receiver = Receiver(storage, clock, self.metrics.filter_failed)
         self.puller = Puller(storage, notifier, clock)
@@ -497,7 +500,7 @@ class KwpApp:
     def _access(self, request, name: str, authorization: str | None = None) -> Access:
         """What the request's token (or ``authorization``) reaches of the channel."""
         request.kwp_channel = name
-        return authorize(self._config(request), name, authorization or _authorization(request))
+        return authorize(self._config(request), name, authorization or _authorization(request), self.ui_token)
 
     async def _queue(self, request, name: str, kind: str | None = None) -> tuple[Channel, str]:
         """The channel and the consumer whose queue a per-queue request acts
@@ -743,7 +746,7 @@ class KwpApp:
     @app.route("/api/config", methods=["GET"])
     def effective_config(self, request):
         config = self._config(request)
-        authorize_admin(config, _authorization(request))
+        authorize_admin(config, _authorization(request), self.ui_token)
         return _json(request, redacted(config))
 
     # --- the history (§8) and the live stream (§9) ---
@@ -795,3 +798,21 @@ class KwpApp:
             request.setHeader(b"cache-control", b"no-cache")
             return b""
         return await self.streams.open(request, access.channel.name, spec, authorization)
+
+    @app.route("/api/channels", methods=["GET"])
+    async def channels(self, request):
+        config = self._config(request)
+        identity = identify(config, _authorization(request), self.ui_token)
+        return _json(request, await channels_overview(self.storage, config, identity))
+
+    @app.route("/", methods=["GET"])
+    def home(self, request):
+        return console.redirect(request)
+
+    @app.route("/ui", methods=["GET"])
+    def console_without_slash(self, request):
+        return console.redirect(request)
+
+    @app.route("/ui/", methods=["GET"], branch=True)
+    def console_files(self, request):
+        return self.console

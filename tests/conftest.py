@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import pytest_twisted
@@ -8,7 +9,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from tests.forward_support import Target
-from tests.support import Backend, Daemon, LocalKwp, LogCapture, PostgresDatabases, write_config
+from tests.support import CHROMIUM, CHROMIUM_ARGS, Backend, Daemon, LocalKwp, LogCapture, PostgresDatabases, write_config
 
 BASIC_CONFIG = {
     "server": {"admin-token": "admin-secret-token"},
@@ -106,3 +107,16 @@ def captured_log():
     globalLogPublisher.addObserver(capture)
     yield capture
     globalLogPublisher.removeObserver(capture)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium driven by Playwright, one per test module."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

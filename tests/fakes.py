@@ -1,6 +1,6 @@
 """Threadless stand-ins for tests on a task.Clock: an in-memory IStorage with
 the claim/lease/ack semantics of kwp.storage.sqlite, a storage that only
-answers queue_stats, and the part of a twisted.web Request that
+answers the queue figures, and the part of a twisted.web Request that
 kwp.pull.Puller uses."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kwp.config import DEFAULT_CONSUMER
-from kwp.storage import IStorage, NewWebhook, StoredWebhook
+from kwp.storage import IStorage, NewWebhook, QueueState, StoredWebhook
 
 
 @dataclass
@@ -100,16 +100,21 @@ class MemoryStorage:
 
 
 class FakeStorage:
-    """Answers queue_stats at once with stats ({channel: (depth, oldest
-    received_at)}), or fails with it when it is an exception."""
+    """Answers the queue figures at once: queue_stats with stats
+    ({(channel, consumer): QueueStats}), or fails with it when it is an
+    exception; queue_state with states ({(channel, consumer): QueueState})."""
 
-    def __init__(self, stats=None):
+    def __init__(self, stats=None, states=None):
         self.stats = stats or {}
+        self.states = states or {}
 
     def queue_stats(self):
         if isinstance(self.stats, Exception):
             return fail(self.stats)
         return succeed(dict(self.stats))
+
+    def queue_state(self, channel, *, consumer=DEFAULT_CONSUMER):
+        return succeed(self.states.get((channel, consumer), QueueState()))
 
 
 class _Transport:

@@ -35,6 +35,19 @@ from kwp.web import KwpSite
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+# Debian's Chromium, which Playwright drives (make test installs it): the
+# browser Playwright would download cannot be fetched here.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # The exit statuses of a stop by SIGTERM: 0 only (stock twistd would end by
 # re-raising the signal).
 CLEAN_EXIT = (0,)

@@ -140,6 +140,7 @@ def test_the_spec_describes_every_endpoint():
         ("GET", "/api/version"),
         ("GET", "/api/metrics"),
         ("GET", "/api/config"),
+        ("GET", "/api/channels"),
     }
 
 
