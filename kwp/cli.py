@@ -7,7 +7,7 @@ import os
 import sys
 from urllib.parse import urlsplit
 
-from kwp.config import ConfigError, load_config
+from kwp.config import ConfigError, load_config, unsafe_settings
 
 
 def check_config(path: str) -> int:
@@ -21,6 +21,8 @@ def check_config(path: str) -> int:
     consumers = [c for channel in config.channels for c in channel.consumers]
     forwarding = sum(1 for c in consumers if c.forward is not None)
     print(f"{path}: OK, {len(config.channels)} channels, {len(consumers)} consumers ({forwarding} forwarding)")
+    for warning in unsafe_settings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -289,14 +289,19 @@ def _header_names(value: Any) -> frozenset[str]:
     return frozenset(_string(v).lower() for v in value)
 
 
-def _standard_webhooks_secret(value: Any) -> str:
-    secret = _string(value)
+def _standard_webhooks_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret (``whsec_`` and base64, or the
+    bare base64); empty when it is not base64."""
     encoded = secret.removeprefix("whsec_")
     try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
-        key = b""
-    if encoded == secret or not key:
+        return b""
+
+
+def _standard_webhooks_secret(value: Any) -> str:
+    secret = _string(value)
+    if not secret.startswith("whsec_") or not _standard_webhooks_key(secret):
         raise ValueError("must be a Standard Webhooks secret: 'whsec_' and the base64 of the key")
     return secret
 
@@ -548,6 +553,11 @@ def _check_verification(r: _Reader, channel: Channel) -> None:
             if not TELEGRAM_SECRET.match(secret):
                 which = f"secret {index + 1}" if len(channel.secrets) > 1 else "the secret"
                 r.error("webhook-secret", f"{which} is not a Telegram secret token: 1 to 256 of A-Z a-z 0-9 _ -")
+    if channel.provider == "standard-webhooks":
+        for index, secret in enumerate(channel.secrets):
+            if not _standard_webhooks_key(secret):
+                which = f"secret {index + 1}" if len(channel.secrets) > 1 else "the secret"
+                r.error("webhook-secret", f"{which} is not a Standard Webhooks secret: 'whsec_' and base64")
     if channel.provider is not None:
         return
     if channel.secrets and not channel.secret_header:

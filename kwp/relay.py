@@ -77,6 +77,8 @@ class Item:
 
     @classmethod
     def parse(cls, item: dict) -> "Item":
+        if not isinstance(item, dict):
+            raise ValueError(f"{item!r} is not a webhook")
         if "body" not in item:
             raise RelayError("the proxy ignored raw=1 (it is older than this relay); cannot relay byte for byte")
         return cls(item["id"], item["headers"], base64.b64decode(item["body"]))
@@ -269,7 +271,16 @@ class Relay:
         if answer is None:
             await self._proxy_backoff_sleep()
             return []
-        items = [Item.parse(i) for i in answer]
+        try:
+            if not isinstance(answer, list):
+                raise ValueError("not a list")
+            items = [Item.parse(i) for i in answer]
+        except RelayError:
+            raise
+        except Exception as e:
+            log.warn("the proxy's answer is not a list of webhooks ({error}); retrying", error=e)
+            await self._proxy_backoff_sleep()
+            return []
         if items:
             log.info("leased {n} webhook(s) {first}..{last}", n=len(items), first=items[0].id, last=items[-1].id)
         return items

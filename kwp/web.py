@@ -101,7 +101,10 @@ def _api_error(failure) -> ApiError:
     if not isinstance(error, ApiError):
         log.failure("unexpected error", failure=failure)
         return ApiError(500, "internal_error", "internal error")
-    if error.status >= 500 and error.__cause__ is not None:
+    if error.code == "storage_unavailable":
+        # The storage's refusal, which says why; no traceback to read.
+        log.warn("request refused: {message}", message=error.message)
+    elif error.status >= 500 and error.__cause__ is not None:
         log.failure("request failed", failure=failure)
     return error
 

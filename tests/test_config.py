@@ -317,3 +317,12 @@ def test_lease_seconds():
     assert parse_config({"channels": [channel()]}).server.lease_seconds == 10
     assert parse_config({"server": {"lease-seconds": 3}, "channels": [channel()]}).server.lease_seconds == 3.0
     assert any("must be at least 1" in e for e in errors_of({"server": {"lease-seconds": 0.5}, "channels": [channel()]}))
+
+
+def test_a_standard_webhooks_secret_must_be_base64():
+    ok = {"name": "sw", "token": "t", "provider": "standard-webhooks", "webhook-secret": ["whsec_c2VjcmV0", "c2VjcmV0"]}
+    assert parse_config({"channels": [ok]}).channel("sw").secrets == ("whsec_c2VjcmV0", "c2VjcmV0")
+    bad = {**ok, "webhook-secret": ["whsec_c2VjcmV0", "not base64!"]}
+    assert errors_of({"channels": [bad]}) == [
+        "c.yml: channels[0] (sw): key 'webhook-secret': secret 2 is not a Standard Webhooks secret: 'whsec_' and base64"
+    ]

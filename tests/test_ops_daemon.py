@@ -165,6 +165,8 @@ def test_check_config_reports_every_error(tmp_path):
     result = run_kwp("check-config", str(good))
     assert result.returncode == 0
     assert result.stdout == f"{good}: OK, 4 channels, 5 consumers (1 forwarding)\n"
+    # The warnings of a start-up, on stderr.
+    assert f"warning: {good}: channel 'open': no webhook-secret" in result.stderr
 
     missing = run_kwp("check-config", str(tmp_path / "missing.yml"))
     assert missing.returncode == 1 and "cannot read the file" in missing.stderr

@@ -222,6 +222,16 @@ def test_a_refusal_by_the_proxy_stops_the_relay(status):
     h.done.addErrback(lambda f: None)
 
 
+@pytest.mark.parametrize("answer", [{"not": "a list"}, ["body"], [{"id": 1, "headers": {}, "body": 7}], [{"body": ""}]])
+def test_a_malformed_answer_of_the_proxy_is_retried_not_a_crash(answer):
+    h = Harness()
+    h.http.next().respond(200, answer)
+    assert not h.done.called
+    h.clock.advance(1)
+    h.poll([item(5)])
+    assert h.target().header(b"x-kwp-delivery-id") == "ch-5"
+
+
 def test_stop_cancels_a_long_poll_at_once():
     h = Harness()
     poll = h.http.next()

@@ -50,7 +50,7 @@ async def _stored(kwp) -> list[str]:
     ids=["full", "read-only"],
 )
 @pytest_twisted.ensureDeferred
-async def test_a_database_that_cannot_be_written_answers_503_and_recovers(local_kwp, fault, repair):
+async def test_a_database_that_cannot_be_written_answers_503_and_recovers(local_kwp, fault, repair, captured_log):
     kwp = local_kwp()
     accepted = []
     for n in range(5):
@@ -71,6 +71,9 @@ async def test_a_database_that_cannot_be_written_answers_503_and_recovers(local_
     status, headers, body = refused
     assert status == 503 and headers == (["application/json"], ["60"])
     assert body["error"] == "storage_unavailable" and isinstance(body["message"], str)
+    # The refusal is a warning with its reason, not a traceback.
+    assert not [e for e in captured_log.events if "log_failure" in e]
+    assert any(e.get("log_format", "").startswith("request refused") for e in captured_log.events)
     assert (await kwp.get("/api/health")).code == 200
     assert await _stored(kwp) == accepted
 
