@@ -217,3 +217,30 @@ async def test_the_cap_of_streams_a_channel(kwp):
     assert response.code == 200
     reader.drop()
     await reader.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_delivery_log_of_a_target_that_fails_then_succeeds(local_kwp, target):
+    t = target()
+    t.status, t.body = 502, b"bad gateway " * 200
+    push = {"url": t.url, "interval-seconds": 0.05, "max-delay-seconds": 0.1}
+    kwp = local_kwp({"channels": [{"name": "gh", "token": "owner-token", "consumers": [{"name": "chat", "forward": push}]}]})
+    response = await treq.post(kwp.url("/api/webhook/gh"), data=b'{"n": 1}', headers={"Content-Type": "application/json"})
+    webhook_id = (await body_json(response))["id"]
+    await until(lambda: len(t.received) >= 2, what="two failed attempts")
+    t.status, t.body = 200, b"thanks"
+    await until(lambda: t.delivered(), what="the delivery")
+
+    async def delivered():
+        event = await body_json(await call(kwp, "GET", f"/api/webhook/gh/events/{webhook_id}", "owner-token"))
+        return event["consumers"][0]["state"] == "delivered" and event
+
+    await until(delivered, what="the delivery recorded")
+    [chat] = (await delivered())["consumers"]
+    log = chat["log"]
+    assert chat["name"] == "chat" and chat["attempts"] == len(log) == len(t.received)
+    assert [entry["status_code"] for entry in log] == [502] * (len(log) - 1) + [200]
+    assert all(entry["error"].startswith("unexpected status 502") for entry in log[:-1]) and log[-1]["error"] is None
+    assert [len(entry["response_excerpt"]) for entry in log] == [1024] * (len(log) - 1) + [6]
+    assert all(entry["duration_ms"] >= 0 for entry in log) and log == sorted(log, key=lambda e: e["at"])
+    assert chat["last_status"] == 200 and chat["delivered_at"] >= log[-1]["at"]
