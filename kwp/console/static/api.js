@@ -27,15 +27,9 @@ export class ApiError extends Error {
   get words() {
     if (this.status === 0) return `kwp did not answer ${this.method} ${this.path}: ${this.detail}. Is it running and reachable?`;
     const what = `${this.method} ${this.path} answered ${this.status} ${this.code}`;
-    if (this.missing) return `This kwp does not have ${this.method} ${this.path} yet (${this.status} ${this.code}).`;
     if (this.status === 401) return `The token was refused: ${this.detail} (${what}).`;
     if (this.status === 403) return `This token may not do that: ${this.detail} (${what}).`;
     return `${this.detail} (${what}).`;
-  }
-
-  /** The endpoint itself does not exist on this kwp (an older version). */
-  get missing() {
-    return this.status === 404 && this.code === "not_found" && this.detail === "no such endpoint";
   }
 }
 

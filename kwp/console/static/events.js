@@ -1,6 +1,6 @@
 // The history of a channel (GET .../events): search by state, consumer, time
-// and a JMESPath filter; one event with its deliveries and attempt log;
-// replay one, a selection or everything matching; purge.
+// and a JMESPath filter, page by page; one event with its deliveries and
+// attempt log; replay one, a selection or everything matching; purge.
 
 import { call, channelPath } from "./api.js";
 import { confirmAction, copyButton, errorBox, h, headersTable, pretty, replace, timeAgo, when } from "./dom.js";
@@ -12,19 +12,28 @@ const SEARCH_KEYS = ["state", "consumer", "since", "until", "filter"];
 // Said once on the next page shown (after a purge, which leaves the event).
 let flash = null;
 
-function unavailable(error, what) {
-  if (error.missing) {
-    return errorBox(
-      `${what} is not in this kwp yet: ${error.method} ${error.path} answered ${error.status} ${error.code}. ` +
-        "The queue, live figures and debug views work without it.",
-    );
-  }
-  return errorBox(`Could not read ${what.toLowerCase()}: ${error.words}`);
-}
-
 function stateBadge(state) {
   const tone = { delivered: "ok", dead: "bad", pending: "warn" }[state] ?? "";
   return h("span", { class: `badge ${tone}` }, state);
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+/**
+ * Queue again every webhook of a window (POST .../replay), going on from
+ * each answer's next_after until the window is done; resolves with how many
+ * were queued again.  progress(count) is told between calls.
+ */
+export async function replayWindow(channel, body, signal, progress = () => {}) {
+  let count = 0;
+  let after = null;
+  for (;;) {
+    const answer = await call("POST", channelPath(channel, "replay"), { json: after ? { ...body, after } : body, signal });
+    count += answer.count;
+    if (!answer.next_after) return count;
+    after = answer.next_after;
+    progress(count);
+  }
 }
 
 /** datetime-local text for unix seconds, in local time. */
@@ -56,11 +65,13 @@ export function show(root, context, app, signal) {
 function searchForm(channel, info, search) {
   const field = (label, id, control) => h("div", null, h("label", { for: id }, label), control);
   const state = h("select", { id: "search-state", name: "state" }, h("option", { value: "" }, "any"), STATES.map((s) => h("option", { value: s, selected: search.state === s }, s)));
+  const names = (info?.consumers ?? []).map((c) => c.name);
+  if (search.consumer && !names.includes(search.consumer)) names.push(search.consumer);
   const consumer = h(
     "select",
     { id: "search-consumer", name: "consumer" },
     h("option", { value: "" }, "any"),
-    (info?.consumers ?? []).map((c) => h("option", { value: c.name, selected: search.consumer === c.name }, c.name)),
+    names.map((name) => h("option", { value: name, selected: search.consumer === name }, name)),
   );
   const since = h("input", { id: "search-since", type: "datetime-local", value: localInput(search.since) });
   const until = h("input", { id: "search-until", type: "datetime-local", value: localInput(search.until) });
@@ -100,7 +111,17 @@ function showList(root, { channel, info, query }, app, signal) {
   const search = Object.fromEntries(SEARCH_KEYS.map((k) => [k, query.get(k) || ""]));
   const said = h("div", { "aria-live": "polite" });
   const rows = h("tbody");
-  const results = h("div");
+  const table = h(
+    "div",
+    { class: "table-wrap", hidden: true },
+    h(
+      "table",
+      { class: "rows", id: "events" },
+      h("thead", null, h("tr", null, ["Select", "Event", "Received", "Size", "State", "Deliveries", "Payload"].map((t) => h("th", { scope: "col" }, t)))),
+      rows,
+    ),
+  );
+  const note = h("div", { id: "events-note" });
   const more = h("button", { type: "button", class: "quiet", hidden: true }, "Load older");
   const selected = new Set();
   const replaySelected = h("button", { type: "button", disabled: true, onclick: replaySome }, "Replay selected");
@@ -138,16 +159,16 @@ function showList(root, { channel, info, query }, app, signal) {
       }
     }
     say(lines.join(" "), !failed);
-    app.channels.refresh();
+    reload();
   }
 
   async function replayMatching() {
     const question = `Replay every webhook of ${channel} matching ${describeSearch(search)}? Each is queued again at the tail of its consumers' queues.`;
     if (!(await confirmAction(question, "Replay"))) return;
     try {
-      const answer = await call("POST", channelPath(channel, "replay"), { json: searchBody(), signal });
-      say(`Replayed ${answer.count} webhook${answer.count === 1 ? "" : "s"}.`);
-      app.channels.refresh();
+      const count = await replayWindow(channel, searchBody(), signal, (n) => say(`Replayed ${n} so far; going on…`));
+      say(`Replayed ${plural(count, "webhook")}.`);
+      reload();
     } catch (error) {
       if (error.name !== "AbortError") say(`Could not replay: ${error.words}`, false);
     }
@@ -163,49 +184,86 @@ function showList(root, { channel, info, query }, app, signal) {
       h("td", { "data-label": "Event" }, h("a", { href: channelLink(channel, `events/${item.id}`) }, `#${item.id}`)),
       h("td", { "data-label": "Received" }, timeAgo(item.received_at)),
       h("td", { "data-label": "Size", class: "num" }, `${item.size} B`),
-      h("td", { "data-label": "Deliveries" }, h("span", null, item.consumers.length ? item.consumers.map((c) => [c.name, " ", stateBadge(c.state), " "]) : stateBadge("filtered"))),
+      h("td", { "data-label": "State" }, stateBadge(item.state)),
+      h("td", { "data-label": "Deliveries" }, h("span", null, item.consumers.length ? item.consumers.map((c, i) => [i ? " " : "", h("span", { class: "delivery" }, c.name, " ", stateBadge(c.state))]) : "none")),
       h("td", { "data-label": "Payload" }, h("code", null, text.length > 80 ? `${text.slice(0, 80)}…` : text)),
     );
   }
 
   async function load() {
+    more.disabled = true;
     try {
       const body = await call("GET", channelPath(channel, "events"), { query: { ...search, limit: PAGE, before }, signal });
       body.items.forEach((item) => rows.append(row(item)));
-      if (!rows.children.length) replace(results, h("p", { class: "notice" }, "No event matches."));
       before = body.next_before;
+      table.hidden = !rows.children.length;
       more.hidden = before === null;
+      // A filter reads a bounded number of webhooks per call: a page may be
+      // short, even empty, while older ones remain.
+      if (rows.children.length) replace(note);
+      else replace(note, h("p", { class: "notice" }, before === null ? "No event matches." : "None of the webhooks read so far matches; Load older reads on."));
     } catch (error) {
       if (error.name === "AbortError") return;
-      replace(results, unavailable(error, "The history"));
+      replace(note, errorBox(`Could not read the history: ${error.words}`));
       more.hidden = true;
+    } finally {
+      more.disabled = false;
     }
   }
 
+  function reload() {
+    rows.replaceChildren();
+    selected.clear();
+    choose(null, false);
+    before = null;
+    load();
+    app.channels.refresh();
+  }
+
   more.addEventListener("click", load);
-  replace(
-    results,
+  if (flash) {
+    say(flash);
+    flash = null;
+  }
+  replace(root, searchForm(channel, info, search), said, h("div", { class: "toolbar" }, replaySelected, replayAll), table, note, more);
+  load();
+}
+
+function attemptLog(log) {
+  if (!log?.length) return null;
+  return h(
+    "details",
+    null,
+    h("summary", null, `Attempt log (${log.length})`),
     h(
       "div",
       { class: "table-wrap" },
       h(
         "table",
-        { class: "rows", id: "events" },
-        h("thead", null, h("tr", null, ["Select", "Event", "Received", "Size", "Deliveries", "Payload"].map((t) => h("th", { scope: "col" }, t)))),
-        rows,
+        { class: "rows log" },
+        h("thead", null, h("tr", null, ["At", "Status", "Duration", "Answer"].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "tbody",
+          null,
+          log.map((a) =>
+            h(
+              "tr",
+              null,
+              h("td", { "data-label": "At" }, when(a.at)),
+              h("td", { "data-label": "Status" }, a.status_code !== null ? String(a.status_code) : a.error || "—"),
+              h("td", { "data-label": "Duration", class: "num" }, a.duration_ms !== null ? `${a.duration_ms} ms` : "—"),
+              h("td", { "data-label": "Answer" }, h("code", null, a.response_excerpt || "")),
+            ),
+          ),
+        ),
       ),
     ),
   );
-  if (flash) {
-    say(flash);
-    flash = null;
-  }
-  replace(root, searchForm(channel, info, search), said, h("div", { class: "toolbar" }, replaySelected, replayAll), results, more);
-  load();
 }
 
 function deliveries(consumers) {
   if (!consumers.length) return h("p", { class: "notice" }, "No consumer took this webhook (filtered).");
+  const status = (text) => h("span", { class: "status" }, text);
   return consumers.map((c) =>
     h(
       "div",
@@ -215,65 +273,25 @@ function deliveries(consumers) {
         null,
         h("span", { class: "id" }, c.name),
         stateBadge(c.state),
-        h("span", { class: "status" }, `${c.attempts} attempt${c.attempts === 1 ? "" : "s"}`),
-        c.delivered_at !== null ? h("span", { class: "status" }, `delivered ${when(c.delivered_at)}`) : null,
-        c.next_attempt_at !== null ? h("span", { class: "status" }, `next attempt ${when(c.next_attempt_at)}`) : null,
-        c.last_status !== null ? h("span", { class: "status" }, `last status ${c.last_status}`) : null,
+        c.attempts ? status(plural(c.attempts, "attempt")) : null,
+        c.handouts ? status(`handed out ${c.handouts}×, last ${when(c.taken_at)}`) : null,
+        c.delivered_at !== null ? status(`delivered ${when(c.delivered_at)}`) : null,
+        c.next_attempt_at !== null ? status(`next attempt ${when(c.next_attempt_at)}`) : null,
+        c.last_status !== null ? status(`last status ${c.last_status}`) : null,
       ),
       c.last_error ? h("p", { class: "status" }, `Last error: ${c.last_error}`) : null,
-      c.log && c.log.length
-        ? h(
-            "details",
-            null,
-            h("summary", null, `Attempt log (${c.log.length})`),
-            h(
-              "div",
-              { class: "table-wrap" },
-              h(
-                "table",
-                { class: "rows log" },
-                h("thead", null, h("tr", null, ["At", "Status", "Duration", "Answer"].map((t) => h("th", { scope: "col" }, t)))),
-                h(
-                  "tbody",
-                  null,
-                  c.log.map((a) =>
-                    h(
-                      "tr",
-                      null,
-                      h("td", { "data-label": "At" }, when(a.at)),
-                      h("td", { "data-label": "Status" }, a.status_code !== null ? String(a.status_code) : a.error || "—"),
-                      h("td", { "data-label": "Duration", class: "num" }, `${a.duration_ms} ms`),
-                      h("td", { "data-label": "Answer" }, h("code", null, a.response_excerpt || "")),
-                    ),
-                  ),
-                ),
-              ),
-            ),
-          )
-        : null,
+      attemptLog(c.log),
     ),
   );
 }
 
-async function showEvent(root, { channel, info, rest }, app, signal) {
+function showEvent(root, { channel, info, rest }, app, signal) {
   const id = rest[0];
+  const back = h("p", null, h("a", { href: channelLink(channel, "events") }, "← Events"));
   const said = h("div", { "aria-live": "polite" });
-  replace(root, h("p", null, h("a", { href: channelLink(channel, "events") }, "← Events")), said, h("p", { class: "notice" }, "Loading…"));
-  let item;
-  try {
-    item = await call("GET", channelPath(channel, "events", id), { signal });
-  } catch (error) {
-    if (error.name === "AbortError") return;
-    const gone = error.status === 404 && !error.missing
-      ? errorBox(`Event #${id} is not in the history: it was purged or pruned, or never existed (${error.words})`)
-      : unavailable(error, "The history");
-    replace(root, h("p", null, h("a", { href: channelLink(channel, "events") }, "← Events")), gone);
-    return;
-  }
+  const content = h("div", null, h("p", { class: "notice" }, "Loading…"));
   const say = (text, ok = true) => replace(said, ok ? h("p", { class: "success" }, text) : errorBox(text));
-  const routed = new Set(item.consumers.map((c) => c.name));
-  const names = [...new Set([...(info?.consumers ?? []).map((c) => c.name), ...routed])];
-  const boxes = names.map((name) => h("input", { type: "checkbox", value: name, checked: routed.has(name), id: `replay-${name}` }));
+  let boxes = [];
 
   async function replay() {
     const chosen = boxes.filter((b) => b.checked).map((b) => b.value);
@@ -283,6 +301,7 @@ async function showEvent(root, { channel, info, rest }, app, signal) {
       const pending = answer.already_pending.length ? ` Already pending for ${answer.already_pending.join(", ")}.` : "";
       say(`Replayed to ${answer.replayed.join(", ") || "no consumer"}.${pending}`);
       app.channels.refresh();
+      load();
     } catch (error) {
       if (error.name !== "AbortError") say(`Could not replay: ${error.words}`, false);
     }
@@ -301,35 +320,51 @@ async function showEvent(root, { channel, info, rest }, app, signal) {
     }
   }
 
-  replace(
-    root,
-    h("p", null, h("a", { href: channelLink(channel, "events") }, "← Events")),
-    h("h2", null, `Webhook #${item.id}`),
-    said,
-    h(
-      "div",
-      { class: "panel" },
+  function render(item) {
+    const routed = new Set(item.consumers.map((c) => c.name));
+    const names = [...new Set([...(info?.consumers ?? []).map((c) => c.name), ...routed])];
+    const checked = new Set(boxes.filter((b) => b.checked).map((b) => b.value));
+    boxes = names.map((name) => h("input", { type: "checkbox", value: name, checked: boxes.length ? checked.has(name) : routed.has(name), id: `replay-${name}` }));
+    replace(
+      content,
+      h("h2", null, `Webhook #${item.id} `, stateBadge(item.state)),
       h(
         "div",
-        { class: "grid" },
-        h("div", null, h("span", { class: "label" }, "Received"), when(item.received_at), " (", timeAgo(item.received_at), ")"),
-        h("div", null, h("span", { class: "label" }, "Size"), `${item.size} bytes`),
+        { class: "panel" },
+        h(
+          "div",
+          { class: "grid" },
+          h("div", null, h("span", { class: "label" }, "Received"), when(item.received_at), " (", timeAgo(item.received_at), ")"),
+          h("div", null, h("span", { class: "label" }, "Size"), `${item.size} bytes`),
+        ),
+        h(
+          "fieldset",
+          { class: "actions" },
+          h("legend", null, "Replay to"),
+          names.map((name, i) => h("label", { class: "inline", for: `replay-${name}` }, boxes[i], name)),
+          h("button", { type: "button", onclick: replay }, "Replay"),
+          h("button", { type: "button", class: "danger", onclick: purge }, "Purge"),
+        ),
       ),
-      h(
-        "fieldset",
-        { class: "actions" },
-        h("legend", null, "Replay to"),
-        names.map((name, i) => h("label", { class: "inline", for: `replay-${name}` }, boxes[i], name)),
-        h("button", { type: "button", onclick: replay }, "Replay"),
-        h("button", { type: "button", class: "danger", onclick: purge }, "Purge"),
-      ),
-    ),
-    h("h2", null, "Deliveries"),
-    deliveries(item.consumers),
-    h("h2", null, "Headers"),
-    headersTable(item.headers),
-    h("h2", null, "Payload"),
-    h("div", { class: "actions" }, copyButton("Copy payload", () => pretty(item.payload))),
-    h("pre", { class: "payload", tabindex: "0" }, pretty(item.payload)),
-  );
+      h("h2", null, "Deliveries"),
+      deliveries(item.consumers),
+      h("h2", null, "Headers"),
+      headersTable(item.headers),
+      h("h2", null, "Payload"),
+      h("div", { class: "actions" }, copyButton("Copy payload", () => pretty(item.payload))),
+      h("pre", { class: "payload", tabindex: "0" }, pretty(item.payload)),
+    );
+  }
+
+  async function load() {
+    try {
+      render(await call("GET", channelPath(channel, "events", id), { signal }));
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      replace(content, errorBox(`Could not read webhook #${id}: ${error.words}`));
+    }
+  }
+
+  replace(root, back, said, content);
+  load();
 }

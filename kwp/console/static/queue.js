@@ -1,10 +1,12 @@
 // A consumer's queue: GET .../list for a pull consumer, GET .../queue for a
-// push consumer, with delete, and pause, resume, clear and retry for push;
-// clear too for the queue of a consumer a reload removed.  Every call names
-// the consumer (consumerQuery) on a channel whose consumers are named.
+// push consumer, with delete, and pause, resume, clear, retry and the replay
+// of its dead letters for push; clear too for the queue of a consumer a
+// reload removed.  Every call names the consumer (consumerQuery) on a
+// channel whose consumers are named.
 
 import { call, channelPath, consumerQuery } from "./api.js";
 import { confirmAction, copyButton, errorBox, h, headersTable, pretty, replace, timeAgo, when } from "./dom.js";
+import { replayWindow } from "./events.js";
 
 const PAGE = 50;
 
@@ -85,6 +87,18 @@ export function show(root, { channel, info, consumer }, app, signal) {
     }
   }
 
+  async function replayDead() {
+    const question = `Replay the dead letters of ${queueName}? Each is queued again as a new delivery, with its attempts from 0.`;
+    if (!(await confirmAction(question, "Replay"))) return;
+    try {
+      const count = await replayWindow(channel, { state: "dead", consumer: consumer.name }, signal);
+      say(`${count} dead letter${count === 1 ? "" : "s"} queued again.`);
+      refresh();
+    } catch (error) {
+      if (error.name !== "AbortError") say(`Could not replay the dead letters: ${error.words}`, false);
+    }
+  }
+
   function actions(item) {
     return [
       push ? h("button", { type: "button", onclick: () => retry(item) }, "Retry now") : null,
@@ -125,6 +139,7 @@ export function show(root, { channel, info, consumer }, app, signal) {
         status.paused
           ? h("button", { type: "button", onclick: () => setPaused(false) }, "Resume")
           : h("button", { type: "button", class: "quiet", onclick: () => setPaused(true) }, "Pause"),
+        h("button", { type: "button", class: "quiet", onclick: replayDead }, "Replay dead letters"),
         h("button", { type: "button", class: "danger", onclick: () => clear(status.queue_size) }, "Clear the queue"),
         h("button", { type: "button", class: "quiet", onclick: refresh }, "Refresh"),
       ),

@@ -58,10 +58,12 @@ export class SSEParser {
 
 /**
  * Read one stream of path until it ends, sending lastEventId as
- * Last-Event-ID so that the server starts after it.  Rejects with an
- * ApiError when kwp refuses the stream.
+ * Last-Event-ID so that the server starts after it; onId(id) is told each
+ * new last event id, also one sent without data (kwp's first line), so that
+ * a stream that drops before any webhook came resumes from where it began.
+ * Rejects with an ApiError when kwp refuses the stream.
  */
-export async function readStream(path, { lastEventId = "", signal, onOpen, onEvent, onRetry }) {
+export async function readStream(path, { lastEventId = "", signal, onOpen, onEvent, onId, onRetry }) {
   const headers = { Accept: "text/event-stream" };
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
   const response = await open(path, { headers, signal });
@@ -77,6 +79,10 @@ export async function readStream(path, { lastEventId = "", signal, onOpen, onEve
       const { value, done } = await reader.read();
       if (done) break;
       parser.push(value);
+      if (parser.lastEventId !== lastEventId) {
+        lastEventId = parser.lastEventId;
+        onId(lastEventId);
+      }
       if (parser.retry !== null) onRetry(parser.retry);
     }
   } finally {

@@ -1,6 +1,7 @@
 // Live tail: the channel's webhooks as they are stored, from GET .../stream
-// (Server-Sent Events).  A dropped stream is opened again with
-// Last-Event-ID, so nothing the history still holds is missed.
+// (Server-Sent Events; a consumer's token: those routed to its consumer).  A
+// dropped stream is opened again with Last-Event-ID, so nothing the history
+// still holds is missed, and nothing is shown twice.
 
 import { channelPath } from "./api.js";
 import { errorBox, h, headersTable, pretty, replace, timeAgo } from "./dom.js";
@@ -23,14 +24,12 @@ export function show(root, { channel }, app, signal) {
 
   function received(event) {
     if (event.type !== "webhook") return;
-    lastId = event.id;
     let item;
     try {
       item = JSON.parse(event.data);
     } catch {
       return;
     }
-    delay = FIRST_DELAY;
     list.querySelector(".notice")?.remove();
     list.prepend(
       h(
@@ -72,9 +71,13 @@ export function show(root, { channel }, app, signal) {
         lastEventId: lastId,
         signal: mine.signal,
         onOpen: () => {
+          delay = FIRST_DELAY;
           status.textContent = "Live: new webhooks of this channel appear at the top.";
         },
         onEvent: received,
+        onId: (id) => {
+          lastId = id;
+        },
         onRetry: (ms) => {
           serverDelay = ms;
         },
@@ -87,14 +90,7 @@ export function show(root, { channel }, app, signal) {
       stream = null;
       toggle.textContent = "Start";
       status.textContent = "Stopped.";
-      replace(
-        problem,
-        errorBox(
-          error.missing
-            ? `The live stream is not in this kwp yet: ${error.method} ${error.path} answered ${error.status} ${error.code}.`
-            : `Could not open the live stream: ${error.words}`,
-        ),
-      );
+      replace(problem, errorBox(`Could not open the live stream: ${error.words}`));
     }
   }
 
