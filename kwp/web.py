@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.web import http
@@ -26,7 +26,7 @@ from kwp.logs import printable
 from kwp.history import History, Listing, Window, encode_event, encode_page, replay_targets
 from kwp.ops import Metrics, channels_overview
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
-from kwp.receive import Receiver, check_headers, header_map, too_large
+from kwp.receive import Received, Receiver, check_headers, header_map, too_large
 from kwp.stream import StreamHub, StreamSpec
 
 log = Logger()
@@ -556,13 +556,13 @@ class KwpApp:
         request.kwp_channel = name
         config = self._config(request)
         started = getattr(request, "kwp_started", None) or self.clock.seconds()
-        d = Deferred.fromCoroutine(self._receive(request, config, name))
+        d = self._receive(request, config, name)
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
-        def answered(body: bytes) -> bytes:
+        def answered(received: Received) -> bytes:
             self.metrics.received(config, name, "ok", self.clock.seconds() - started)
             request.setHeader(b"content-type", b"application/json")
-            return body
+            return received.body()
 
         def failed(failure):
             if failure.check(CancelledError):
@@ -580,18 +580,21 @@ class KwpApp:
         # declared all the same so that the router's 405s list POST here.
         return self.answer_receive(request, name)
 
-    async def _receive(self, request, config: Config, name: str) -> bytes:
+    def _receive(self, request, config: Config, name: str) -> Deferred:
+        """A Deferred Received for the request (see Receiver.receive)."""
         refusal = getattr(request, "kwp_refusal", None)
         if refusal is not None:
-            raise refusal
+            return fail(refusal)
         headers = getattr(request, "kwp_headers", None) or header_map(request.requestHeaders.getAllRawHeaders())
         body = request.content.read()
         channel = getattr(request, "kwp_checked", None)
         if channel is None:
             # A request that is not a KwpRequest: nothing was checked yet.
-            channel = check_headers(config, name, headers, _peer_host(request.transport), len(body))
-        received = await self.receiver.receive(config, channel, headers, body)
-        return received.body()
+            try:
+                channel = check_headers(config, name, headers, _peer_host(request.transport), len(body))
+            except ApiError:
+                return fail()
+        return self.receiver.receive(config, channel, headers, body)
 
     @app.route("/api/webhook/<string:name>", methods=["GET"])
     async def pull(self, request, name):
