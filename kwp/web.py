@@ -164,6 +164,8 @@ class KwpRequest(Request):
     # The channel whose header checks passed in gotLength, if any.
     kwp_checked: Channel | None = None
     kwp_channel: str = "-"
+    # The channel of a receive request (receive_channel), found in gotLength.
+    kwp_receive: str | None = None
     # Answered before the end of its body (KwpRequest._answer_now).
     kwp_answered = False
 
@@ -176,7 +178,7 @@ class KwpRequest(Request):
         config = self.kwp_config = self.channel.site.config
         name = receive_channel(getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b""))
         if name is not None:
-            self.kwp_channel = name
+            self.kwp_channel = self.kwp_receive = name
             # Kept for the route, which would otherwise build the same map again.
             headers = self.kwp_headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
@@ -467,7 +469,10 @@ class KwpRoot(Resource):
         self._router = app.app.resource()
 
     def render(self, request):
-        name = receive_channel(request.method, request.uri)
+        if isinstance(request, KwpRequest):
+            name = request.kwp_receive
+        else:
+            name = receive_channel(request.method, request.uri)
         if name is None:
             return self._router.render(request)
         d = self._app.answer_receive(request, name)
