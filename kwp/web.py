@@ -269,8 +269,32 @@ class KwpRequest(Request):
 
     def requestReceived(self, command, path, version):
         self.channel.request_received()
-        self.channel.site.track(self.notifyFinish())
+        self._kwp_site = self.channel.site
+        self._kwp_site.request_started()
         super().requestReceived(command, path, version)
+
+    # In flight from requestReceived until finish or connectionLost, counted
+    # here rather than through notifyFinish, whose Deferred per request
+    # costs more than the count.
+    _kwp_site: KwpSite | None = None
+    # Cancelled when the connection is lost before the answer (a receive).
+    kwp_answer: Deferred | None = None
+
+    def _kwp_ended(self) -> None:
+        site, self._kwp_site = self._kwp_site, None
+        if site is not None:
+            site.request_ended()
+
+    def finish(self):
+        super().finish()
+        self._kwp_ended()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        answer, self.kwp_answer = self.kwp_answer, None
+        if answer is not None and not self.finished:
+            answer.cancel()
+        self._kwp_ended()
 
 
 class KwpChannel(http.HTTPChannel):
@@ -388,18 +412,16 @@ class KwpSite(Site):
         self._idle: list[Deferred] = []
         self._closed: list[Deferred] = []
 
-    def track(self, finished: Deferred) -> None:
-        """Count a request in flight until finished fires."""
+    def request_started(self) -> None:
+        """Count a request in flight until request_ended."""
         self._in_flight += 1
 
-        def done(_):
-            self._in_flight -= 1
-            if not self._in_flight and self._idle:
-                # One turn later, so that what the request's own notifyFinish
-                # callbacks start (settling a pull) is under way first.
-                self.reactor.callLater(0, self._fire_idle)
-
-        finished.addBoth(done)
+    def request_ended(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and self._idle:
+            # One turn later, so that what the request's own notifyFinish
+            # callbacks start (settling a pull) is under way first.
+            self.reactor.callLater(0, self._fire_idle)
 
     def _fire_idle(self) -> None:
         if not self._in_flight:
@@ -562,7 +584,10 @@ class KwpApp:
         config = self._config(request)
         started = getattr(request, "kwp_started", None) or self.clock.seconds()
         d = self._receive(request, config, name)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        if isinstance(request, KwpRequest):
+            request.kwp_answer = d
+        else:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
 
         def answered(received: Received) -> bytes:
             self.metrics.received(config, name, "ok", self.clock.seconds() - started)
