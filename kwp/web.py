@@ -304,9 +304,14 @@ class KwpChannel(http.HTTPChannel):
     A request must arrive whole within the site's receive time-out, counted
     from its first byte: Twisted creates the Request only once the request
     line is complete, so a deadline kept there would let a client trickle the
-    request line for ever."""
+    request line for ever.  One timer per connection serves the deadlines
+    of all its requests: a new request moves it (DelayedCall.reset) instead
+    of cancelling one timer and scheduling another."""
 
+    # The deadline's timer; once the request is received it may still run
+    # out, and then finds no request being received.
     _deadline = None
+    _receiving = False
     # Set when the request being received was answered before the end of
     # its body: the end that may still arrive is no request.
     answered_early = False
@@ -326,8 +331,12 @@ class KwpChannel(http.HTTPChannel):
         return d
 
     def dataReceived(self, data):
-        if self._deadline is None and data and not self._handlingRequest:
-            self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+        if not self._receiving and data and not self._handlingRequest:
+            self._receiving = True
+            if self._deadline is None:
+                self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+            else:
+                self._deadline.reset(self.site.receive_timeout)
         super().dataReceived(data)
 
     def allContentReceived(self):
@@ -335,19 +344,21 @@ class KwpChannel(http.HTTPChannel):
             super().allContentReceived()
 
     def request_received(self) -> None:
-        """The request being received is complete: stop its deadline."""
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        """The request being received is complete: its deadline no longer holds."""
+        self._receiving = False
 
     def _too_slow(self) -> None:
         self._deadline = None
+        if not self._receiving:
+            return
         log.info("request not received within {timeout}s; disconnecting", timeout=self.site.receive_timeout)
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
-        self.request_received()
+        self._receiving = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         super().connectionLost(reason)
         flushed = reason.check(ConnectionDone) is not None and self.transport.disconnecting
         waiters, self._closed = self._closed, []
