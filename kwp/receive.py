@@ -139,8 +139,21 @@ class Receiver:
         self._clock = clock
         # filter_failed(channel, consumer): a consumer's filter raised.
         self._filter_failed = filter_failed or (lambda channel, consumer: None)
+        # Channel name -> (the Channel, a Route for each of its consumers,
+        # whether any consumer has a filter), built once per Channel object:
+        # a reload makes new ones.
+        self._channel_routes: dict[str, tuple[Channel, tuple[Route, ...], bool]] = {}
 
     def _routes(self, channel: Channel, headers: dict[str, str], value) -> tuple[Route, ...]:
+        entry = self._channel_routes.get(channel.name)
+        if entry is None or entry[0] is not channel:
+            routes = tuple(Route(c.name, c.max_queue) for c in channel.consumers)
+            filtered = any(c.filter is not None for c in channel.consumers)
+            entry = self._channel_routes[channel.name] = (channel, routes, filtered)
+        _, routes, filtered = entry
+        if not filtered:
+            return routes
+
         def failed(consumer: str, error: Exception) -> None:
             log.warn(
                 "channel {channel}: the filter of consumer {consumer} failed, so it does not take the webhook: {error}",
@@ -151,7 +164,7 @@ class Receiver:
             self._filter_failed(channel.name, consumer)
 
         taken = set(route(((c.name, c.filter) for c in channel.consumers), headers, value, failed))
-        return tuple(Route(c.name, c.max_queue) for c in channel.consumers if c.name in taken)
+        return tuple(r for r in routes if r.consumer in taken)
 
     def receive(self, config: Config, channel: Channel, headers: dict[str, str], body: bytes) -> Deferred:
         """Steps 5-9 for a channel whose header checks (check_headers)
