@@ -45,7 +45,9 @@ def header_map(raw_headers: Iterable[tuple[bytes, list[bytes]]]) -> dict[str, st
     headers: dict[str, str] = {}
     for name, values in raw_headers:
         key = name.decode("latin-1").lower()
-        value = ", ".join(v.decode("latin-1") for v in values)
+        # Latin-1 decodes byte for byte: joining the bytes first is the same
+        # text, without a generator per header.
+        value = b", ".join(values).decode("latin-1")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
 
