@@ -252,8 +252,10 @@ class KwpRequest(Request):
                 return None
             return ApiError(405, "bad_request", "only OPTIONS may be asked of *", {"Allow": "OPTIONS"})
         try:
-            # As twisted.web splits it into postpath: without the first byte.
-            unquote_to_bytes(self.path.split(b"?", 1)[0][1:]).decode("utf-8")
+            if self.kwp_receive is None:
+                # As twisted.web splits it into postpath: without the first
+                # byte.  receive_channel decoded the path of a receive already.
+                unquote_to_bytes(self.path.split(b"?", 1)[0][1:]).decode("utf-8")
             (self.getHeader(b"host") or b"").decode("utf-8")
         except UnicodeDecodeError:
             return bad_request("the URL and the Host header must be UTF-8")
