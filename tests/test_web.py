@@ -558,6 +558,27 @@ def test_a_sender_that_leaves_before_the_commit_gets_nothing_written():
     assert kwp.counted() == {}
 
 
+def test_each_request_on_a_kept_alive_connection_has_its_own_receive_deadline():
+    storage = _HeldStorage()
+    with _InMemoryReceive(storage) as kwp:
+        clock = kwp.app.clock
+        kwp.post()
+        storage.held[0].callback(1)
+        assert kwp.transport.value().startswith(b"HTTP/1.1 200 ")
+        # A second request starts 20 s later and trickles in, a line every
+        # 15 s (under the idle time-out): past the first request's deadline
+        # (60 s) it is still read, and cut off 60 s after its own first byte.
+        lines = [b"POST /api/webhook/open HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"]
+        for wait, line in zip([20, 15, 15, 15], lines):
+            clock.advance(wait)
+            assert not kwp.transport.disconnecting
+            kwp.channel.dataReceived(line)
+        clock.advance(14.5)
+        assert not kwp.transport.disconnecting
+        clock.advance(0.5)
+        assert kwp.transport.disconnecting
+
+
 class _BrokenStorage:
     def __init__(self, error: Exception):
         self.error = error
