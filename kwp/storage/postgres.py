@@ -290,8 +290,11 @@ class PostgresDialect(Dialect):
             payload = json.dumps({"node": self.node, "last": last, "stored": None})
         txn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
-    def announce_queue(self, txn, channel: str, consumer: str) -> None:
-        payload = json.dumps({"node": self.node, "queue": [channel, consumer]})
+    def announce_queue(self, txn, channel: str, consumer: str, wanted: bool = False) -> None:
+        message = {"node": self.node, "queue": [channel, consumer]}
+        if wanted:
+            message["wanted"] = True
+        payload = json.dumps(message)
         txn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
 
@@ -635,7 +638,10 @@ class PostgresStorage(AdbapiStorage):
             return
         if "queue" in message:
             if node != self.node:
-                self._queue_changed(*message["queue"])
+                if message.get("wanted"):
+                    self._lease_wanted(*message["queue"])
+                else:
+                    self._queue_changed(*message["queue"])
             return
         last = message["last"]
         if self._known is not None and last <= self._known:
