@@ -29,8 +29,6 @@ from kwp.web import KwpApp, KwpSite, receive_channel
 from tests.conftest import BASIC_CONFIG
 from tests.support import assert_error, body_json, metric_samples, until
 
-pytestmark = pytest.mark.usefixtures("local_kwp")
-
 GH = {"X-Hub-Signature-256": "gh-secret"}
 
 
