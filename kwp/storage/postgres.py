@@ -66,10 +66,10 @@ RECONNECT_DELAY = 1.0
 FOLD_INTERVAL = 1.0
 # Connections per node.
 POOL_SIZE = 4
-# How long the first webhook of a batch waits for others: commits that store
-# webhooks are serialised across the cluster (ID_LOCK, NOTIFY), so fewer,
-# larger batches; at 1,500 receives/s a node makes about 30 such commits a
-# second instead of about 130 with SQLite's 2 ms, for some 15 ms more latency.
+# How long after a batch the next one is written (a lone webhook is written
+# at once): commits that store webhooks are serialised across the cluster
+# (ID_LOCK, NOTIFY), so under load fewer, larger batches, at most one per
+# 20 ms and node, for up to 20 ms more latency.
 COMMIT_WINDOW = 0.02
 # How long an unleased pull holds what it took, should its node die.
 PULL_HOLD = 300.0

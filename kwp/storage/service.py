@@ -31,10 +31,12 @@ from kwp.storage.queries import News
 
 log = Logger()
 
-# How long the first webhook of a batch waits for others.  Each transaction
-# hands the GIL between the reactor thread and the writer thread a dozen
-# times, which under load costs the reactor thread far more than the insert
-# itself; a short window makes batches larger and those hand-overs rarer.
+# How long after a batch's commit the next batch is written, gathering the
+# webhooks that arrive meanwhile (a webhook arriving later than that, when
+# nothing is being written, is written at once).  Each transaction hands the
+# GIL between the reactor thread and the writer thread a dozen times, which
+# under load costs the reactor thread far more than the insert itself; a
+# short window makes batches larger and those hand-overs rarer.
 COMMIT_WINDOW = 0.002
 
 
@@ -51,6 +53,8 @@ class AdbapiStorage(Service):
         self._pool: adbapi.ConnectionPool | None = None
         self._queue: list[tuple[NewWebhook, Deferred]] = []
         self._writing = False
+        # When the last batch was written (committed or failed).
+        self._written_at = float("-inf")
         self._flush: IDelayedCall | None = None
         self._pending: set[Deferred] = set()
         self._stored_callbacks: list = []
@@ -160,10 +164,12 @@ class AdbapiStorage(Service):
         return d
 
     def _schedule(self) -> None:
-        """Write the queue commit_window from now, unless a write is under way
-        or planned already: the end of the running batch plans the next."""
+        """Write the queue commit_window after the last batch was written
+        (on the next reactor turn when that is past), unless a write is under
+        way or planned already: the end of the running batch plans the next."""
         if not self._writing and self._flush is None:
-            self._flush = self._reactor.callLater(self.commit_window, self._write_next)
+            delay = self._written_at + self.commit_window - self._reactor.seconds()
+            self._flush = self._reactor.callLater(max(0.0, delay), self._write_next)
 
     def _write_next(self) -> None:
         self._flush = None
@@ -184,6 +190,7 @@ class AdbapiStorage(Service):
 
         def next_batch(outcome):
             self._writing = False
+            self._written_at = self._reactor.seconds()
             if self._queue:
                 self._schedule()
             return outcome
