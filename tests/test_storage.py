@@ -582,3 +582,30 @@ def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the
     storage.insert(hook(4))
     clock.advance(0)
     assert len(writes) == 3 and writes[2][0] == pytest.approx(1000.004 + 2 * window)
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_window(tmp_path):
+    clock = Clock()
+    storage = PostgresStorage("postgresql:///unused", clock)
+    writes = []
+
+    def held(f, dialect, batch):
+        writes.append((clock.seconds(), len(batch), Deferred()))
+        return writes[-1][2]
+
+    storage._run = held
+    storage.insert(hook(0))
+    clock.advance(0)
+    for n in range(storage.commit_batch + 5):
+        storage.insert(hook(n))
+    writes[0][2].callback([1])
+    clock.advance(0)
+    assert [(at, size) for at, size, _ in writes][1:] == [(0, storage.commit_batch + 5)]
+    writes[1][2].callback(list(range(storage.commit_batch + 5)))
+    for n in range(storage.commit_batch - 1):
+        storage.insert(hook(n))
+    clock.advance(0)
+    assert len(writes) == 2
+    storage.insert(hook(99))
+    clock.advance(0)
+    assert [(at, size) for at, size, _ in writes][2:] == [(0, storage.commit_batch)]

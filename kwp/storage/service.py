@@ -45,6 +45,11 @@ class AdbapiStorage(Service):
     name = "storage"
     dialect: q.Dialect
     commit_window = COMMIT_WINDOW
+    # A batch of this many webhooks is written without waiting for the
+    # window, beside the one being written when up to full_batches may be
+    # written at once (None: batches always wait for the window).
+    commit_batch: int | None = None
+    full_batches = 1
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -52,7 +57,8 @@ class AdbapiStorage(Service):
         self.node = uuid.uuid4().hex
         self._pool: adbapi.ConnectionPool | None = None
         self._queue: list[tuple[NewWebhook, Deferred]] = []
-        self._writing = False
+        # Batches being written.
+        self._writing = 0
         # When the last batch was written (committed or failed).
         self._written_at = float("-inf")
         self._flush: IDelayedCall | None = None
@@ -165,16 +171,24 @@ class AdbapiStorage(Service):
 
     def _schedule(self) -> None:
         """Write the queue commit_window after the last batch was written
-        (on the next reactor turn when that is past), unless a write is under
-        way or planned already: the end of the running batch plans the next."""
-        if not self._writing and self._flush is None:
-            delay = self._written_at + self.commit_window - self._reactor.seconds()
-            self._flush = self._reactor.callLater(max(0.0, delay), self._write_next)
+        (on the next reactor turn when that is past, or when the queue holds
+        commit_batch webhooks), unless a write is under way: the end of the
+        running batch plans the next."""
+        full = self.commit_batch is not None and len(self._queue) >= self.commit_batch
+        if self._writing >= (self.full_batches if full else 1):
+            return
+        now = self._reactor.seconds()
+        at = now if full else max(now, self._written_at + self.commit_window)
+        if self._flush is not None:
+            if self._flush.getTime() <= at:
+                return
+            self._flush.cancel()
+        self._flush = self._reactor.callLater(at - now, self._write_next)
 
     def _write_next(self) -> None:
         self._flush = None
         batch, self._queue = self._queue, []
-        self._writing = True
+        self._writing += 1
         done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
 
         def committed(results):
@@ -189,7 +203,7 @@ class AdbapiStorage(Service):
                 d.errback(failure)
 
         def next_batch(outcome):
-            self._writing = False
+            self._writing -= 1
             self._written_at = self._reactor.seconds()
             if self._queue:
                 self._schedule()
