@@ -96,12 +96,14 @@ def target():
 @pytest.fixture
 def daemon(tmp_path, kwp_databases):
     """Start the real `twistd -n kwp`: daemon(config_dict, extra_args=...);
-    the daemons of one test share its database."""
+    the daemons of one test share its database (db_name: a SQLite file of
+    that name in tmp_path instead)."""
     database = kwp_databases.new()
 
-    def make(config_data=BASIC_CONFIG, extra_args=(), env=None):
+    def make(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name=None):
         config_path = write_config(tmp_path / "config.yml", config_data)
-        return Daemon(tmp_path, config_path, database, extra_args, env).start()
+        db = database if db_name is None else tmp_path / db_name
+        return Daemon(tmp_path, config_path, db, extra_args, env).start()
 
     yield from _tracked(make, Daemon.kill)
 
