@@ -471,12 +471,19 @@ class Forwarder(Service):
     async def _hold_lease(self) -> None:
         """Have the lease, asked of the node that holds it; raises
         LeaseUnavailable when it does not come in time."""
-        await self._storage.want_lease(self.channel.name, consumer=self.consumer.name)
-        deadline = self._clock.seconds() + self._lease_seconds + self._grace + LEASE_RETRY
+        now = self._clock.seconds()
+        deadline = now + self._lease_seconds + self._grace + LEASE_RETRY
+        asked_at = None
         while self._token is None:
-            if not self.running or self._clock.seconds() >= deadline:
+            if not self.running or now >= deadline:
                 raise LeaseUnavailable(self.name)
+            # Asked again each LEASE_RETRY: the lease may have gone to
+            # another node that asked too.
+            if asked_at is None or now - asked_at >= LEASE_RETRY:
+                asked_at = now
+                await self._storage.want_lease(self.channel.name, consumer=self.consumer.name)
             await task.deferLater(self._clock, LEASE_POLL, lambda: None)
+            now = self._clock.seconds()
 
     def queue_changed(self) -> None:
         """The pause switch or the lease changed, maybe on another node."""
