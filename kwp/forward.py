@@ -387,7 +387,9 @@ class Forwarder(Service):
         window = await self._storage.forward_window(self.channel.name, limit, now, consumer=self.consumer.name)
         wake_at = None
         for item in window:
-            if not self.running or self._paused or len(self._in_flight) >= limit:
+            # A hand-over of the lease asked for while the window was read
+            # waits for the attempts in flight: no more may start.
+            if not self.running or self._paused or self._yield_until > now or len(self._in_flight) >= limit:
                 break
             if item.id in self._in_flight:
                 continue

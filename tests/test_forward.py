@@ -682,3 +682,28 @@ def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_n
     renewed.clock.advance(10 / 3)
     renewed.post()
     assert renewed.client.sent == []
+
+
+def test_a_hand_over_asked_while_the_window_is_read_starts_nothing_more_and_gives_the_lease_up():
+    class HeldWindow(MemoryStorage):
+        def __init__(self):
+            super().__init__()
+            self.held = []
+
+        def forward_window(self, *args, **kwargs):
+            later = Deferred()
+            super().forward_window(*args, **kwargs).addCallback(lambda items: self.held.append((later, items)))
+            return later
+
+    storage = HeldWindow()
+    kit = make(storage=storage)
+    [(first, empty)] = storage.held
+    storage.held.clear()
+    first.callback(empty)
+    kit.post()
+    [(window, items)] = storage.held
+    assert len(items) == 1
+    kit.forwarder.lease_wanted()
+    window.callback(items)
+    assert kit.client.sent == []
+    assert storage.leases["ch", "default"][0] is None
