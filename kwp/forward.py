@@ -90,8 +90,12 @@ class AttemptResult:
 def backoff(interval: float, max_delay: float, failures: int, randomness: float) -> float:
     """The wait after the ``failures``-th failed attempt: ``interval`` doubled
     each time, plus up to JITTER of it (``randomness`` in [0, 1)), at most
-    ``max_delay``."""
+    ``max_delay``; once the doubling reaches ``max_delay``, up to JITTER
+    less than it, so that retries at the cap do not keep in step with each
+    other or with a target that fails periodically."""
     base = interval * 2 ** min(failures - 1, 64)
+    if base >= max_delay:
+        return max_delay * (1 - JITTER * randomness)
     return min(max_delay, base * (1 + JITTER * randomness))
 
 

@@ -83,7 +83,8 @@ def test_backoff_doubles_from_interval_with_jitter_and_cap():
     assert backoff(2, 60, 1, 0.999) == pytest.approx(2 * 1.24975)
     assert backoff(2, 60, 5, 0.999) == pytest.approx(32 * 1.24975)
     assert backoff(2, 60, 6, 0.0) == 60
-    assert backoff(1, 3600, 10_000, 0.5) == 3600
+    assert backoff(2, 60, 6, 0.999) == pytest.approx(60 * (1 - 0.25 * 0.999))
+    assert backoff(1, 3600, 10_000, 0.5) == 3600 * 0.875
 
 
 def test_retry_after_seconds_and_http_date():
