@@ -196,7 +196,9 @@ class Puller:
                 request.transport.abortConnection()
             raise
         finally:
-            request.unregisterProducer()
+            # A request whose connection is lost has no channel to unregister from.
+            if request.channel is not None:
+                request.unregisterProducer()
         return b"]"
 
     async def _stream(self, request, queue, claim_id, query, throttle, delivered) -> None:

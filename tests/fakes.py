@@ -133,6 +133,8 @@ class FakeRequest:
         self.written: list[bytes] = []
         self.headers: dict[bytes, bytes] = {}
         self.transport = _Transport()
+        # As on twisted.web's Request: None once the connection is lost.
+        self.channel = self.transport
         self.producer = None
         self.pause_after_write = pause_after_write
         self._finished: list[Deferred] = []
@@ -160,6 +162,8 @@ class FakeRequest:
         self.producer = producer
 
     def unregisterProducer(self):
+        if self.channel is None:
+            raise AttributeError("'NoneType' object has no attribute 'unregisterProducer'")  # as on twisted.web
         self.producer = None
 
     def write(self, data: bytes):
@@ -179,6 +183,7 @@ class FakeRequest:
 
     def lose(self):
         """The client went away first."""
+        self.channel = None
         for d in self._finished:
             d.errback(Failure(ConnectionError("gone")))
         for d in self._closed:

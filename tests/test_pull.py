@@ -393,3 +393,17 @@ async def test_storage_list_and_delete(storage):
     assert await storage.delete("c", ids[1], 0.0) is False
     assert await storage.delete("other", ids[2], 0.0) is False
     assert await _ids(storage.list("c", 10, 0)) == [ids[0], ids[2], ids[3]]
+
+
+def test_a_client_that_leaves_in_the_middle_of_an_answer_ends_the_pull_with_its_cancel_alone():
+    pull = Pull()
+    for n in range(PAGE * 3):
+        pull.post(n)
+    request, d = pull.get(request=FakeRequest(pause_after_write=True))
+    assert len(request.written) == 1 and not d.called
+    request.lose()
+    d.cancel()
+    failures = []
+    d.addErrback(failures.append)
+    assert [f.type for f in failures] == [CancelledError]
+    assert all(row.claim is None for row in pull.storage.rows.values()) and len(pull.storage.rows) == PAGE * 3
