@@ -3,9 +3,11 @@ call as one transaction of kwp.storage.queries.
 
 Inserts that arrive while a transaction runs wait in a queue and are written
 together in the next one: one commit per batch, and each caller's Deferred
-fires only after the commit that holds its webhook.  A backend subclass
-gives the connection pool, the SQL dialect and what counts as "cannot write
-now".
+fires only after the commit that holds its webhook.  Successful pushes are
+recorded the same way, without the window: a forwarder does not wait for
+them before its next attempt, and their commits, not their attempts, would
+otherwise bound its rate.  A backend subclass gives the connection pool, the
+SQL dialect and what counts as "cannot write now".
 
 ``on_stored`` and ``on_queue_changed`` callbacks hear of new deliveries and
 of pause and lease changes after the commit: those of this process here, and
@@ -37,6 +39,55 @@ log = Logger()
 COMMIT_WINDOW = 0.002
 
 
+class GroupCommit:
+    """Calls that come while a batch of theirs is written wait and are
+    written together in the next one, started ``window`` seconds after the
+    first of them; ``write(batch)`` returns a Deferred list of each call's
+    result, or fails them all."""
+
+    def __init__(self, reactor, write, window: float):
+        self._reactor = reactor
+        self._write = write
+        self._window = window
+        self._queue: list[tuple[object, Deferred]] = []
+        self._writing = False
+        self._timer: IDelayedCall | None = None
+
+    def add(self, item) -> Deferred:
+        d = Deferred()
+        self._queue.append((item, d))
+        if not self._writing and self._timer is None:
+            self._timer = self._reactor.callLater(self._window, self._write_next)
+        return d
+
+    def flush(self) -> None:
+        """Write what waits for its window now (a stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._write_next()
+
+    def _write_next(self) -> None:
+        self._timer = None
+        batch, self._queue = self._queue, []
+        self._writing = True
+
+        def written(outcome):
+            self._writing = False
+            if self._queue:
+                self._timer = self._reactor.callLater(self._window, self._write_next)
+            return outcome
+
+        def committed(results):
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure):
+            for _, d in batch:
+                d.errback(failure)
+
+        self._write([item for item, _ in batch]).addBoth(written).addCallbacks(committed, failed)
+
+
 @implementer(IStorage)
 class AdbapiStorage(Service):
     name = "storage"
@@ -48,9 +99,8 @@ class AdbapiStorage(Service):
         # This process among the nodes on one database (a forwarding lease's owner).
         self.node = uuid.uuid4().hex
         self._pool: adbapi.ConnectionPool | None = None
-        self._queue: list[tuple[NewWebhook, Deferred]] = []
-        self._writing = False
-        self._flush: IDelayedCall | None = None
+        self._inserts = GroupCommit(reactor, self._write_inserts, self.commit_window)
+        self._successes = GroupCommit(reactor, self._write_successes, 0)
         self._pending: set[Deferred] = set()
         self._stored_callbacks: list = []
         self._queue_callbacks: list = []
@@ -104,9 +154,8 @@ class AdbapiStorage(Service):
 
     def stopService(self) -> Deferred:
         """Close the pool once the transactions already asked for are done."""
-        if self._flush is not None:
-            self._flush.cancel()
-            self._write_next()
+        self._inserts.flush()
+        self._successes.flush()
         super().stopService()
         pool, self._pool = self._pool, None
 
@@ -136,41 +185,19 @@ class AdbapiStorage(Service):
     # --- receive ---------------------------------------------------------------
 
     def insert(self, webhook: NewWebhook) -> Deferred:
-        d = Deferred()
-        self._queue.append((webhook, d))
-        self._schedule()
-        return d
+        return self._inserts.add(webhook)
 
-    def _schedule(self) -> None:
-        """Write the queue commit_window from now, unless a write is under way
-        or planned already: the end of the running batch plans the next."""
-        if not self._writing and self._flush is None:
-            self._flush = self._reactor.callLater(self.commit_window, self._write_next)
-
-    def _write_next(self) -> None:
-        self._flush = None
-        batch, self._queue = self._queue, []
-        self._writing = True
-        done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
-
+    def _write_inserts(self, batch: list[NewWebhook]) -> Deferred:
         def committed(results):
-            self._stored(q.stored_news([w for w, _ in batch], results))
-            for (_, d), result in zip(batch, results):
-                d.callback(result)
+            self._stored(q.stored_news(batch, results))
+            return results
 
         def failed(failure):
             if failure.check(StorageUnavailable):
                 log.warn("cannot store webhooks: {reason}", reason=failure.value)
-            for _, d in batch:
-                d.errback(failure)
+            return failure
 
-        def next_batch(outcome):
-            self._writing = False
-            if self._queue:
-                self._schedule()
-            return outcome
-
-        done.addBoth(next_batch).addCallbacks(committed, failed)
+        return self._run(q.insert_batch, self.dialect, batch).addCallbacks(committed, failed)
 
     # --- pull ------------------------------------------------------------------
 
@@ -204,9 +231,10 @@ class AdbapiStorage(Service):
         return self._run(q.forward_get, channel, consumer, webhook_id)
 
     def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER, token=None) -> Deferred:
-        return self._run(
-            q.forward_succeeded, self.dialect, channel, consumer, webhook_id, attempt, self.retention, token
-        )
+        return self._successes.add(q.Success(channel, consumer, token, webhook_id, attempt))
+
+    def _write_successes(self, batch: list[q.Success]) -> Deferred:
+        return self._run(q.forward_succeeded, self.dialect, batch, self.retention)
 
     def forward_failed(
         self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER, token=None
