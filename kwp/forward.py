@@ -31,14 +31,20 @@ from datetime import timezone
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Callable
 
+from hyperlink import URL
+from treq.auth import add_basic_auth
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
 
 from kwp import verify
 from kwp.config import DEFAULT_CONSUMER, DEFAULT_LEASE_SECONDS, Channel, Config, Consumer
@@ -148,13 +154,94 @@ def outgoing_headers(
     return headers, unsendable
 
 
+def _pool(reactor) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    return pool
+
+
 def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
     """treq over a persistent connection pool; no redirects followed and no
     cookies kept (a target's Set-Cookie must not leak into later requests)."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
+    pool = _pool(reactor)
     no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
+
+
+def push_client(reactor) -> tuple["PushClient", HTTPConnectionPool]:
+    pool = _pool(reactor)
+    return PushClient(Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)), pool
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """The Agent's endpoints (TCP, and TLS for https), each made once: an
+    Agent makes one per request, and each encodes the host name anew."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple, object] = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A request body that is all there at once."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> Deferred:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PushClient:
+    """The forwarder's HTTP client: the part of treq's ``request`` that it
+    uses, straight on twisted's Agent.  It never follows a redirect, keeps
+    no cookie and leaves the answer undecoded and unbuffered; treq's parsing
+    of the URL and its cookie and decoding agents would cost more per
+    request than the request itself."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+        self._urls: dict[str, bytes] = {}
+        self._agents: dict[tuple[str, str] | None, IAgent] = {None: agent}
+
+    def request(
+        self, method: str, url: str, *, data: bytes, headers: Headers, auth=None, allow_redirects=False, unbuffered=True
+    ) -> Deferred:
+        if allow_redirects or not unbuffered:
+            raise ValueError("a PushClient follows no redirect and buffers no answer")
+        uri = self._urls.get(url)
+        if uri is None:
+            uri = self._urls[url] = URL.from_text(url).to_uri().to_text().encode("ascii")
+        agent = self._agents.get(auth)
+        if agent is None:
+            agent = self._agents[auth] = add_basic_auth(self._agent, *auth)
+        return agent.request(method.encode("ascii"), uri, headers, _Bytes(data))
 
 
 class CappedBody(Protocol):
@@ -572,7 +659,9 @@ class Forwarder(Service):
         """Write the success; the webhook leaves the window at once, and
         after a fast answer its slot too."""
         self._recording.add(item.id)
-        if self._ahead is not None:
+        if self._ahead and self._ahead[0].id == item.id:
+            del self._ahead[0]
+        elif self._ahead is not None:
             self._ahead = [i for i in self._ahead if i.id != item.id]
         written = self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
         if fast:

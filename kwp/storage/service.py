@@ -4,9 +4,9 @@ call as one transaction of kwp.storage.queries.
 Inserts that arrive while a transaction runs wait in a queue and are written
 together in the next one: one commit per batch, and each caller's Deferred
 fires only after the commit that holds its webhook.  Successful pushes are
-recorded the same way, without the window: a forwarder does not wait for
-them before its next attempt, and their commits, not their attempts, would
-otherwise bound its rate.  A backend subclass gives the connection pool, the
+recorded the same way, in a window of their own: a forwarder does not wait
+for them before its next attempt, and a commit and a hand-over to the
+storage thread per attempt would otherwise cost more than the attempt.  A backend subclass gives the connection pool, the
 SQL dialect and what counts as "cannot write now".
 
 ``on_stored`` and ``on_queue_changed`` callbacks hear of new deliveries and
@@ -37,6 +37,10 @@ log = Logger()
 # times, which under load costs the reactor thread far more than the insert
 # itself; a short window makes batches larger and those hand-overs rarer.
 COMMIT_WINDOW = 0.002
+# How long the first success of a batch waits for others; a forwarder that
+# waits for its success (a target slower than kwp.forward.FAST_ANSWER)
+# waits this much longer.
+SUCCESS_WINDOW = 0.002
 
 
 class GroupCommit:
@@ -100,7 +104,7 @@ class AdbapiStorage(Service):
         self.node = uuid.uuid4().hex
         self._pool: adbapi.ConnectionPool | None = None
         self._inserts = GroupCommit(reactor, self._write_inserts, self.commit_window)
-        self._successes = GroupCommit(reactor, self._write_successes, 0)
+        self._successes = GroupCommit(reactor, self._write_successes, SUCCESS_WINDOW)
         self._pending: set[Deferred] = set()
         self._stored_callbacks: list = []
         self._queue_callbacks: list = []
