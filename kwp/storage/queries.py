@@ -301,17 +301,17 @@ def claim(txn, d: Dialect, channel, consumer, claim_id, limit, now, lease_second
         f" ORDER BY d.seq LIMIT ?{d.skip_locked}",
         (channel, consumer, limit),
     )
-    rows = _pulled(txn)
+    rows = txn.fetchall()
     if rows:
         hold = lease_seconds if lease_seconds is not None else d.pull_hold
         lease_until = None if hold is None else now + hold
-        for chunk in _chunks([r.id for r in rows]):
+        for chunk in _chunks([r[0] for r in rows]):
             txn.execute(
                 "UPDATE deliveries SET claim = ?, lease_until = ?, handouts = handouts + 1, taken_at = ?"
                 f" WHERE consumer = ? AND webhook_id IN ({_marks(len(chunk))})",
                 (claim_id, lease_until, now, consumer, *chunk),
             )
-    return [StoredWebhook(r.id, r.headers_json, r.body, r.received_at, r.deliveries + 1) for r in rows]
+    return [StoredWebhook(i, h, bytes(b), r, n + 1) for i, h, b, r, n in rows]
 
 
 def finish_claim(txn, d: Dialect, claim_id, now, retention) -> None:

@@ -169,10 +169,11 @@ class AdbapiStorage(Service):
 
         return DeferredList(list(self._pending)).addCallback(close)
 
-    def _run(self, txn_function, *args) -> Deferred:
+    def _run(self, txn_function, *args, with_connection: bool = False) -> Deferred:
         if self._pool is None or not self.running:
             return fail(StorageError("the storage service is not running"))
-        d = self._pool.runInteraction(txn_function, *args)
+        run = self._pool.runWithConnection if with_connection else self._pool.runInteraction
+        d = run(txn_function, *args)
         self._pending.add(d)
 
         def settled(result):
@@ -205,8 +206,17 @@ class AdbapiStorage(Service):
 
     # --- pull ------------------------------------------------------------------
 
+    def _run_unsynced(self, txn_function, *args) -> Deferred:
+        """_run, for a transaction that a crash may undo (the backend need
+        not wait for the disk at its commit)."""
+        return self._run(txn_function, *args)
+
     def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER) -> Deferred:
-        return self._run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+        # An unleased claim that a crash undoes was given back anyway: a
+        # restart releases the claims of pulls it never finished.
+        durable = lease_seconds is not None or self.dialect.pull_hold is not None
+        run = self._run if durable else self._run_unsynced
+        return run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
 
     def finish_claim(self, claim_id, now) -> Deferred:
         return self._run(q.finish_claim, self.dialect, claim_id, now, self.retention)
