@@ -10,6 +10,8 @@ process: under callgrind the instruction counts repeat from run to run.
 
     python bench/receive_loop.py --requests 5000     # CPU time per request
     python bench/receive_loop.py --callgrind         # instructions per request
+    python bench/receive_loop.py --callgrind --fanout   # with three filtered consumers
+    python bench/receive_loop.py --callgrind --bare     # bench/bare.py's floor instead of kwp
 
 --callgrind runs this script twice under ``valgrind --tool=callgrind``, with
 --requests N and 2N, and prints the difference of the two totals divided by
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -109,7 +111,23 @@ class Loop:
             protocol.connectionLost(Failure(ConnectionDone()))
 
 
-def run(requests: int, wave: int) -> dict:
+class Bare:
+    """bench/bare.py's Site in place of kwp's service: the floor of the
+    benchmark, fed the same requests."""
+
+    def __init__(self):
+        from bare import QuietSite, Receive
+
+        self.site = QuietSite(Receive(), parsePOSTFormSubmission=False)
+
+    def startService(self) -> None:
+        pass
+
+    def stopService(self) -> Deferred:
+        return succeed(None)
+
+
+def run(requests: int, wave: int, fanout: bool = False, bare: bool = False) -> dict:
     from twisted.internet import reactor
 
     from kwp.tap import Options, makeService
@@ -118,12 +136,16 @@ def run(requests: int, wave: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="kwp-loop-") as tmp:
         config = Path(tmp) / "kwp.yml"
         config.write_text(f"channels:\n  - name: {CHANNEL}\n    token: loop-read-token\n")
+        if fanout:
+            from run import FANOUT_CONSUMERS
+
+            config.write_text(config.read_text() + FANOUT_CONSUMERS)
         options = Options()
         options.parseOptions(
             ["--config", str(config), "--database", str(Path(tmp) / "kwp.db"), "--listen", "tcp:0:interface=127.0.0.1"]
         )
         sys.stdout = open(os.devnull, "w")
-        service = makeService(options, reactor)
+        service = Bare() if bare else makeService(options, reactor)
 
         async def drive():
             service.startService()
@@ -177,6 +199,8 @@ def callgrind(args) -> None:
                 str(requests),
                 "--wave",
                 str(args.wave),
+                *(["--fanout"] if args.fanout else []),
+                *(["--bare"] if args.bare else []),
             ],
             env=environment,
             check=True,
@@ -201,6 +225,10 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=None, help="receives (5000; with --callgrind 1000 and 2000)")
     parser.add_argument("--wave", type=int, default=50, help="connections fed at a time, one request each (50)")
     parser.add_argument("--callgrind", action="store_true", help="instructions per receive under callgrind")
+    parser.add_argument(
+        "--fanout", action="store_true", help="the three filtered consumers of bench/run.py's fanout section"
+    )
+    parser.add_argument("--bare", action="store_true", help="bench/bare.py's twisted.web Resource instead of kwp")
     parser.add_argument("--out", help="where --callgrind keeps its output files (a new temporary folder)")
     args = parser.parse_args(argv)
     if args.callgrind:
@@ -208,7 +236,7 @@ def main(argv=None) -> None:
         callgrind(args)
         return
     args.requests = args.requests or 5000
-    result = run(args.requests, args.wave)
+    result = run(args.requests, args.wave, args.fanout, args.bare)
     print(
         f"{args.requests} receives in waves of {args.wave}: {result['seconds']:.2f}s, "
         f"{args.requests / result['seconds']:,.0f}/s, CPU {result['cpu'] / args.requests * 1e6:.0f} us per receive "

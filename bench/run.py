@@ -89,7 +89,16 @@ TARGETS = {
     "longpoll": "long-poll wake p50 < 20 ms",
     "forward": "forward p50 < 50 ms",
     "scrape": "receive p99 with 4 scrapers and 400k pending <= 2x unscraped",
+    "pg_receive": "receive on PostgreSQL >= 0.8x receive on SQLite (same wrk load)",
+    "pg_wake": "long-poll wake across two nodes on PostgreSQL p50 <= 10 ms, p99 <= 50 ms",
+    "pg_claim": "claim + ack across two nodes on PostgreSQL >= 1,000 webhooks/s with >= 10 per statement",
+    "pg_notify": "at 1,500 receives/s on PostgreSQL, at most 50 NOTIFY-bearing commits per second",
 }
+# The PostgreSQL server of the postgres section; it creates and drops
+# databases of its own there.
+POSTGRES_URL = os.environ.get("KWP_BENCH_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
+PACED_RATE = 1500
+PACED_CLIENTS = 128
 SCRAPERS = 4
 PUSH_TARGETS = {1: ("push_1", 1500), 8: ("push_8", 3000)}
 
@@ -269,6 +278,8 @@ class Kwp(Server):
         ]
 
     def stored(self) -> int:
+        if str(self.db).startswith("postgresql://"):
+            return kwpdb.pg_stored(str(self.db))
         return kwpdb.stored(self.db)
 
 
@@ -866,6 +877,288 @@ def bench_scrape(args, work: Path, report: Report) -> None:
     report.judge("scrape", None if args.quick else ratio <= 2, f"p99 {ratio:.2f}x (median of rounds)")
 
 
+def postgres_cpu_seconds() -> float:
+    """User and system CPU time of every PostgreSQL server process."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except OSError:
+            continue
+        if head.endswith("(postgres"):
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pg_receive(args, work: Path, databases, report: Report) -> None:
+    """kwp on SQLite and kwp on PostgreSQL under the same wrk load, in an
+    order that alternates each round; CPU per stored webhook of kwp, and of
+    kwp and the PostgreSQL server together."""
+    config = write_config(work / "pg-receive.yml")
+    kinds = ("sqlite", "postgresql")
+    rates = {kind: [] for kind in kinds}
+    cpu = {kind: [] for kind in kinds}
+    server_cpu = []
+    for round_no in range(args.rounds):
+        for kind in kinds if round_no % 2 == 0 else kinds[::-1]:
+            db = databases.create() if kind == "postgresql" else work / f"pg-receive-{round_no}.db"
+            server = Kwp(work, config, db).start()
+            try:
+                time.sleep(args.settle)
+                kwp_before, pg_before = server.cpu_seconds(), postgres_cpu_seconds()
+                result = run_wrk(server.url(f"/api/webhook/{CHANNEL}"), args.seconds, args.connections)
+                kwp_used, pg_used = server.cpu_seconds() - kwp_before, postgres_cpu_seconds() - pg_before
+            finally:
+                server.stop()
+            stored = server.stored()
+            honesty(report, f"kwp on {kind}", result, stored)
+            rates[kind].append(result.ok_per_second)
+            cpu[kind].append(kwp_used / max(stored, 1) * 1e6)
+            extra = ""
+            if kind == "postgresql":
+                server_cpu.append(pg_used / max(stored, 1) * 1e6)
+                extra = f" + PostgreSQL {server_cpu[-1]:4.0f} us"
+            else:
+                db.unlink()
+            report.say(
+                f"  round {round_no + 1} {kind:10s} {result.ok_per_second:8.0f} 2xx/s  p50 {result.p50_ms:6.1f} ms  "
+                f"p99 {result.p99_ms:6.1f} ms  CPU per stored webhook: kwp {cpu[kind][-1]:4.0f} us{extra}"
+            )
+        report.say(
+            f"  round {round_no + 1} ratio postgresql/sqlite {rates['postgresql'][-1] / rates['sqlite'][-1]:.2f}"
+            f"   load {load()}"
+        )
+    ratio = median([p / q for p, q in zip(rates["postgresql"], rates["sqlite"])])
+    report.judge(
+        "pg_receive",
+        None if args.quick else ratio >= 0.8,
+        f"{ratio:.2f}x (median of rounds: {median(rates['postgresql']):.0f} against {median(rates['sqlite']):.0f} 2xx/s; "
+        f"CPU per webhook kwp {median(cpu['postgresql']):.0f} us + PostgreSQL {median(server_cpu):.0f} us, "
+        f"against kwp on SQLite {median(cpu['sqlite']):.0f} us)",
+    )
+
+
+def pg_wake(args, nodes: list[Kwp], report: Report) -> None:
+    """GET ?wait=30 on node A; once it is parked, a POST to node B; the
+    figure is the time from sending the POST to the long-poll's answer."""
+    a, b = nodes
+    wakes = []
+    for n in range(args.pg_polls):
+        connection = http.client.HTTPConnection("127.0.0.1", a.port, timeout=40)
+        connection.request("GET", f"/api/webhook/{CHANNEL}?wait=30", headers={"Authorization": f"Bearer {TOKEN}"})
+        answer: dict = {}
+
+        def read(connection=connection, answer=answer):
+            response = connection.getresponse()
+            answer["body"] = response.read()
+            answer["at"] = time.perf_counter()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(0.05)
+        sent = time.perf_counter()
+        status = post_webhook(b.port, b'{"n":%d}' % n)
+        reader.join(35)
+        connection.close()
+        items = json.loads(answer.get("body", b"[]"))
+        if status != 200 or [i["payload"] for i in items] != [{"n": n}]:
+            report.honest = False
+            report.say(f"  wake {n}: POST {status}, long-poll got {items!r} -> MISMATCH")
+            continue
+        wakes.append((answer["at"] - sent) * 1000)
+    p50, p99 = (median(wakes), percentile(wakes, 99)) if wakes else (float("nan"), float("nan"))
+    report.say(f"  {len(wakes)} wakes: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(wakes, default=p99):.1f} ms   load {load()}")
+    report.judge("pg_wake", None if args.quick else p50 <= 10 and p99 <= 50, f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
+def pg_claim(args, work: Path, databases, report: Report) -> None:
+    """A backlog taken by leased pulls and acked, by two clients on each of
+    two nodes.  Webhooks per statement: each GET's page is claimed by one
+    SELECT ... FOR UPDATE SKIP LOCKED and one UPDATE, and each ack closes
+    its ids with one UPDATE (up to 500 ids per statement), so they are the
+    sizes of kwp's answers; PostgreSQL's own counters (rows updated in
+    deliveries per transaction) are printed beside them."""
+    url = databases.create()
+    kwpdb.pg_fill(url, work, CHANNEL, STORED_HEADERS, (BODY for _ in range(args.pg_backlog)))
+    config = write_config(work / "pg-claim.yml")
+    nodes = [Kwp(work, config, url).start() for _ in range(2)]
+    taken: list[int] = []
+    pages: list[int] = []
+    acks: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(port: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        try:
+            while True:
+                connection.request("GET", f"/api/webhook/{CHANNEL}?limit={args.pg_page}&lease=60", headers=auth)
+                items = json.loads(connection.getresponse().read())
+                if not items:
+                    return
+                ids = [item["id"] for item in items]
+                connection.request(
+                    "POST", f"/api/webhook/{CHANNEL}/ack", body=json.dumps({"ids": ids}),
+                    headers={**auth, "Content-Type": "application/json"},
+                )
+                acked = json.loads(connection.getresponse().read())["acked"]
+                with lock:
+                    taken.extend(ids)
+                    pages.append(len(ids))
+                    acks.append(acked)
+        except Exception as e:
+            failures.append(repr(e))
+        finally:
+            connection.close()
+
+    commits_before, updated_before = kwpdb.pg_activity(url)
+    threads = [threading.Thread(target=client, args=(node.port,)) for node in nodes for _ in range(2)]
+    started = time.perf_counter()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.push_timeout)
+        elapsed = time.perf_counter() - started
+        cpu = sum(node.cpu_seconds() for node in nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+    commits, updated = kwpdb.pg_activity(url)
+    left = kwpdb.pg_open(url, CHANNEL)
+    exact = not failures and len(taken) == len(set(taken)) == args.pg_backlog and sum(acks) == len(taken) and left == 0
+    report.honest &= exact
+    rate = len(taken) / elapsed
+    per_claim, per_ack = sum(pages) / max(len(pages), 1), sum(acks) / max(len(acks), 1)
+    report.say(
+        f"  {len(taken):,} webhooks claimed and acked in {elapsed:.2f}s by 4 clients on 2 nodes: {rate:,.0f}/s; "
+        f"{len(pages)} claims of {per_claim:.1f} and {len(acks)} acks of {per_ack:.1f} webhooks each; "
+        f"PostgreSQL: {updated - updated_before:,} delivery rows updated in {commits - commits_before:,} commits; "
+        f"kwp CPU {cpu:.1f}s   load {load()}"
+    )
+    report.say(
+        f"  honesty: {len(set(taken))} distinct of {len(taken)} taken, {sum(acks)} acked, {left} left open"
+        f"{', failures ' + str(failures[:3]) if failures else ''} -> {'OK' if exact else 'MISMATCH'}"
+    )
+    report.judge(
+        "pg_claim",
+        None if args.quick else rate >= 1000 and min(per_claim, per_ack) >= 10,
+        f"{rate:,.0f} webhooks/s, {min(per_claim, per_ack):.1f} per statement at least",
+    )
+
+
+def pg_notify(args, server: Kwp, url: str, report: Report) -> None:
+    """POSTs paced at PACED_RATE a second to one node by PACED_CLIENTS
+    keep-alive connections; a LISTEN connection of the benchmark counts the
+    notifications PostgreSQL delivers on kwp's channel: one per commit that
+    sent one."""
+    import psycopg
+
+    before = kwpdb.pg_stored(url)
+    listener = psycopg.connect(url, autocommit=True)
+    listener.execute("LISTEN kwp")
+    heard: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            for _ in listener.notifies(timeout=0.2):
+                heard.append(time.perf_counter())
+
+    def client(first: int, start: float, count: int) -> None:
+        # Connected before the start, so that the paced requests do not
+        # wait for PACED_CLIENTS connections to be accepted at once.
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.connect()
+        headers = {"Content-Type": "application/json", "User-Agent": "kwp-bench", "X-GitHub-Event": "pull_request"}
+        for k in range(first, count, PACED_CLIENTS):
+            wait = start + k / PACED_RATE - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                connection.request("POST", f"/api/webhook/{CHANNEL}", body=BODY, headers=headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as e:
+                # Counted, and the next request goes on a new connection.
+                errors.append(repr(e))
+                connection.close()
+                continue
+            with lock:
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+        connection.close()
+
+    count = int(PACED_RATE * args.pg_paced_seconds)
+    watcher = threading.Thread(target=listen)
+    watcher.start()
+    try:
+        time.sleep(args.settle)
+        start = time.perf_counter() + 0.5
+        clients = [threading.Thread(target=client, args=(i, start, count)) for i in range(PACED_CLIENTS)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(args.pg_paced_seconds + 60)
+        end = time.perf_counter()
+        time.sleep(0.5)
+    finally:
+        done.set()
+        watcher.join()
+        listener.close()
+    seconds = end - start
+    ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
+    stored = kwpdb.pg_stored(url) - before
+    # A request cut off by an error may have been stored or not.
+    exact = ok <= stored <= ok + len(errors)
+    report.honest &= exact
+    received = ok / seconds
+    commits = len([at for at in heard if start <= at <= end + 0.5])
+    per_second = commits / seconds
+    report.say(
+        f"  {ok} of {count} POSTs answered 2xx in {seconds:.2f}s ({received:,.0f}/s, {stored} stored, "
+        f"{len(errors)} errors{' ' + str(errors[:2]) if errors else ''} -> "
+        f"{'OK' if exact else 'MISMATCH'}); {commits} notifications heard: {per_second:.1f} NOTIFY-bearing commits/s, "
+        f"{ok / max(commits, 1):.1f} webhooks each   load {load()}"
+    )
+    report.judge(
+        "pg_notify",
+        None if args.quick else received >= 0.95 * PACED_RATE and per_second <= 50,
+        f"{per_second:.1f} commits/s at {received:,.0f} receives/s",
+    )
+
+
+def bench_postgres(args, work: Path, report: Report) -> None:
+    report.say(
+        f"== PostgreSQL: receive against SQLite ({args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections}), "
+        f"long-poll wake across two nodes ({args.pg_polls} times), claim + ack of {args.pg_backlog:,} across two "
+        f"nodes, {PACED_RATE:,} receives/s paced for {args.pg_paced_seconds}s"
+    )
+    databases = kwpdb.PostgresDatabases(args.postgresql)
+    try:
+        pg_receive(args, work, databases, report)
+        pg_claim(args, work, databases, report)
+        # The wakes and the paced receives share two nodes on one database.
+        url = databases.create()
+        config = write_config(work / "pg-nodes.yml")
+        nodes = [Kwp(work, config, url).start() for _ in range(2)]
+        try:
+            pg_wake(args, nodes, report)
+            pg_notify(args, nodes[0], url, report)
+        finally:
+            for node in nodes:
+                node.stop()
+    finally:
+        databases.drop_all()
+
+
 SECTIONS = {
     "receive": bench_receive,
     "drain": bench_drain,
@@ -873,6 +1166,7 @@ SECTIONS = {
     "longpoll": bench_longpoll,
     "forward": bench_forward,
     "scrape": bench_scrape,
+    "postgres": bench_postgres,
 }
 
 
@@ -903,6 +1197,11 @@ def parse_args(argv):
     parser.add_argument("--scrape-rounds", type=int, default=3, help="rounds of receive with and without scrapers (3)")
     parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between one scraper's scrapes (1)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between start and the idle RSS reading")
+    parser.add_argument("--postgresql", default=POSTGRES_URL, help="PostgreSQL server of the postgres section")
+    parser.add_argument("--pg-polls", type=int, default=200, help="long-poll wakes across two nodes (200)")
+    parser.add_argument("--pg-backlog", type=int, default=20_000, help="webhooks claimed and acked (20,000)")
+    parser.add_argument("--pg-page", type=int, default=100, help="webhooks per claim (GET ?limit=) (100)")
+    parser.add_argument("--pg-paced-seconds", type=float, default=10, help="seconds of paced receives (10)")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     if args.quick:
@@ -910,6 +1209,7 @@ def parse_args(argv):
         args.pending, args.drain, args.drain_rounds, args.polls, args.settle = 2000, 1000, 1, 5, 0.3
         args.scrape_pending, args.scrape_rounds, args.scrape_interval = 2000, 1, 0.2
         args.push, args.push_rounds = 300, 1
+        args.pg_polls, args.pg_backlog, args.pg_paced_seconds = 5, 1000, 1
     return args
 
 
@@ -922,6 +1222,11 @@ def main(argv=None) -> int:
         missing = [f"{peer}: {why}" for peer in args.peers if (why := peer_missing(peer))]
         if missing:
             print("bench: peers cannot run:\n  " + "\n  ".join(missing), file=sys.stderr)
+            return 2
+    if args.only is None or "postgres" in args.only:
+        unreachable = kwpdb.PostgresDatabases(args.postgresql).reachable()
+        if unreachable:
+            print(f"bench: PostgreSQL at {args.postgresql} cannot be reached: {unreachable}", file=sys.stderr)
             return 2
     if PINNED:
         os.sched_setaffinity(0, {LOAD_CPU})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import random
 from urllib.parse import unquote, urlsplit, urlunsplit
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ from zope.interface import implementer
 
 from kwp import verify
 from kwp.config import DEFAULT_CONSUMER, DEFAULT_LEASE_SECONDS, Channel, Config, Consumer
+from kwp.errors import ApiError
 from kwp.headers import passed_on
 from kwp.receive import stored_headers
 from kwp.storage import DEAD, PENDING, Attempt, ForwardItem, QueueState
@@ -67,6 +69,8 @@ ERROR_PAUSE = 1.0
 # How often a forwarder without the lease tries to take it, at most: a node
 # that dies is replaced within the lease plus this.
 LEASE_RETRY = 1.0
+# How often a retry waiting for the lease looks whether it came.
+LEASE_POLL = 0.05
 # How long a stop waits for attempts in flight before cancelling them.
 STOP_GRACE = 10
 # A retry time this close counts as due (float rounding of timer deadlines).
@@ -87,6 +91,10 @@ INTERNAL_ERROR = "internal_error"
 OWN_HEADERS = frozenset({"x-kwp-delivery-id", "x-kwp-attempt"})
 
 
+class LeaseUnavailable(Exception):
+    """A retry did not get the forwarding lease in time."""
+
+
 @dataclass(frozen=True)
 class AttemptResult:
     success: bool
@@ -103,8 +111,12 @@ class AttemptResult:
 def backoff(interval: float, max_delay: float, failures: int, randomness: float) -> float:
     """The wait after the ``failures``-th failed attempt: ``interval`` doubled
     each time, plus up to JITTER of it (``randomness`` in [0, 1)), at most
-    ``max_delay``."""
+    ``max_delay``; once the doubling reaches ``max_delay``, up to JITTER
+    less than it, so that retries at the cap do not keep in step with each
+    other or with a target that fails periodically."""
     base = interval * 2 ** min(failures - 1, 64)
+    if base >= max_delay:
+        return max_delay * (1 - JITTER * randomness)
     return min(max_delay, base * (1 + JITTER * randomness))
 
 
@@ -371,6 +383,9 @@ class Forwarder(Service):
         # No attempt starts before this time (after a failed write).
         self._resume_at = 0.0
         self._paused: bool | None = None
+        # Counts the changes of the pause switch heard here: a read that
+        # began before one of them is out of date when it ends.
+        self._pause_changes = 0
         self._kicked = False
         self._sleeper: Deferred | None = None
         self._waiter: Deferred | None = None
@@ -379,6 +394,10 @@ class Forwarder(Service):
         self._owner = storage.node
         self._token: int | None = None
         self._renewal: task.LoopingCall | None = None
+        # Until then this forwarder neither forwards nor takes the lease: it
+        # hands the lease to another node that asked for it (inf while its
+        # attempts in flight end).
+        self._yield_until = 0.0
 
     # --- the service -------------------------------------------------------
 
@@ -472,12 +491,18 @@ class Forwarder(Service):
         """Start every attempt that is due; return how long to sleep at most
         (None: until something happens)."""
         self._kicked = False
+        if self._yield_until > self._clock.seconds():
+            return None if self._yield_until == math.inf else self._yield_until - self._clock.seconds()
         if self._token is None and not await self._take_lease():
             return min(LEASE_RETRY, self._lease_seconds / 3)
         # Listen before reading, so an insert during the read is not missed.
         self._listen()
         if self._paused is None:
-            self._paused = (await self._storage.queue_state(self.channel.name, consumer=self.consumer.name)).paused
+            changes = self._pause_changes
+            state = await self._storage.queue_state(self.channel.name, consumer=self.consumer.name)
+            if changes != self._pause_changes:
+                return 0
+            self._paused = state.paused
         limit = self.forward.concurrency
         if self._paused or len(self._in_flight) >= limit:
             return None
@@ -489,7 +514,9 @@ class Forwarder(Service):
                 return None
         wake_at = None
         for item in self._ahead[:limit]:
-            if not self.running or self._paused or len(self._in_flight) >= limit:
+            # A hand-over of the lease asked for while the window was read
+            # waits for the attempts in flight: no more may start.
+            if not self.running or self._paused or self._yield_until > now or len(self._in_flight) >= limit:
                 break
             if item.id in self._attempts:
                 continue
@@ -547,6 +574,7 @@ class Forwarder(Service):
         token = self._token
         if token is None or not self.running:
             return
+        changes = self._pause_changes
         try:
             state = await self._storage.renew_lease(
                 self.channel.name, self._owner, token, self._clock.seconds(), self._lease_seconds,
@@ -557,7 +585,7 @@ class Forwarder(Service):
             return
         if state is None:
             self._lost(token)
-        elif state.paused != self._paused:
+        elif changes == self._pause_changes and state.paused != self._paused:
             self._paused = state.paused
             self._kick()
 
@@ -575,9 +603,50 @@ class Forwarder(Service):
         self._forget_ahead()
         self._kick()
 
+    def lease_wanted(self) -> None:
+        """Another node has a retry to make: hand it the lease once the
+        attempts in flight here end, so that no webhook is in flight from
+        two nodes at once."""
+        if self._token is not None and self._yield_until != math.inf:
+            self._yield_until = math.inf
+            ensureDeferred(self._hand_over(self._token))
+
+    async def _hand_over(self, token: int) -> None:
+        try:
+            await self._wait_in_flight()
+            if self._token == token:
+                self._token = None
+                if self._renewal is not None and self._renewal.running:
+                    self._renewal.stop()
+                await self._storage.release_lease(self.channel.name, self._owner, token, consumer=self.consumer.name)
+                log.info("forwarder {forwarder}: handed the lease over to another node", forwarder=self.name)
+        except Exception:
+            log.failure("forwarder {forwarder}: cannot release the lease", forwarder=self.name)
+        finally:
+            self._yield_until = self._clock.seconds() + LEASE_RETRY
+            self._kick()
+
+    async def _hold_lease(self) -> None:
+        """Have the lease, asked of the node that holds it; raises
+        LeaseUnavailable when it does not come in time."""
+        now = self._clock.seconds()
+        deadline = now + self._lease_seconds + self._grace + LEASE_RETRY
+        asked_at = None
+        while self._token is None:
+            if not self.running or now >= deadline:
+                raise LeaseUnavailable(self.name)
+            # Asked again each LEASE_RETRY: the lease may have gone to
+            # another node that asked too.
+            if asked_at is None or now - asked_at >= LEASE_RETRY:
+                asked_at = now
+                await self._storage.want_lease(self.channel.name, consumer=self.consumer.name)
+            await task.deferLater(self._clock, LEASE_POLL, lambda: None)
+            now = self._clock.seconds()
+
     def queue_changed(self) -> None:
         """The pause switch or the lease changed, maybe on another node."""
         self._paused = None
+        self._pause_changes += 1
         self._forget_ahead()
         self._kick()
 
@@ -738,6 +807,7 @@ class Forwarder(Service):
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
+        self._pause_changes += 1
         self._kick()
 
     def poke(self) -> None:
@@ -746,8 +816,12 @@ class Forwarder(Service):
 
     async def retry(self, webhook_id: int) -> AttemptResult | None:
         """One attempt now (or the one in flight); None when there is no
-        such webhook."""
+        such webhook.  Made with the lease: a node without it asks for it
+        and waits (LeaseUnavailable when it does not come)."""
         running = self._attempts.get(webhook_id)
+        if running is None and self._token is None:
+            await self._hold_lease()
+            running = self._attempts.get(webhook_id)
         if running is None:
             item = await self._storage.forward_get(self.channel.name, webhook_id, consumer=self.consumer.name)
             if item is None or webhook_id in self._recorded:
@@ -828,6 +902,7 @@ class Forwarders(MultiService):
         self._random = randomness
         self._lease_seconds = config.server.lease_seconds
         storage.on_queue_changed(self._queue_changed)
+        storage.on_lease_wanted(self._lease_wanted)
         for channel, consumer in _push_consumers(config):
             self._add(channel, consumer, config.server.ignored_headers)
 
@@ -835,6 +910,11 @@ class Forwarders(MultiService):
         forwarder = self.get(channel, consumer)
         if forwarder is not None:
             forwarder.queue_changed()
+
+    def _lease_wanted(self, channel: str, consumer: str) -> None:
+        forwarder = self.get(channel, consumer)
+        if forwarder is not None:
+            forwarder.lease_wanted()
 
     def _add(self, channel: Channel, consumer: Consumer, ignored: frozenset[str]) -> None:
         forwarder = Forwarder(
@@ -905,7 +985,11 @@ class Forwarders(MultiService):
         forwarder = self.get(channel, consumer)
         if forwarder is None:
             raise LookupError(forwarder_name(channel, consumer))
-        return await forwarder.retry(webhook_id)
+        try:
+            return await forwarder.retry(webhook_id)
+        except LeaseUnavailable:
+            late = "the node forwarding this consumer did not hand it over in time; try again"
+            raise ApiError(503, "internal_error", late, {"Retry-After": "1"}) from None
 
 
 def _push_consumers(config: Config):

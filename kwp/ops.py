@@ -148,6 +148,9 @@ class Metrics:
             buckets=FORWARD_BUCKETS,
             registry=self.registry,
         )
+        # (channel, status) -> the children of _received and _receive_seconds:
+        # .labels() checks and joins its arguments on every call.
+        self._receive_series: dict[tuple[str, str], tuple] = {}
         self._filter_errors = Counter(
             "kwp_filter_errors",
             "Webhooks whose consumer filter failed to evaluate (taken as no match)",
@@ -162,8 +165,14 @@ class Metrics:
             name = UNKNOWN_CHANNEL
         elif not channel.monitoring_metrics:
             return
-        self._received.labels(name, status).inc()
-        self._receive_seconds.labels(name).observe(seconds)
+        series = self._receive_series.get((name, status))
+        if series is None:
+            series = self._receive_series[name, status] = (
+                self._received.labels(name, status),
+                self._receive_seconds.labels(name),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def forward_outcome(self, channel: str, consumer: str, status: str, seconds: float) -> None:
         """Count one forward attempt of a consumer: status is one of FORWARD_STATUSES."""

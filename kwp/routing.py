@@ -14,6 +14,12 @@ from typing import Any, Callable, Iterable, Mapping
 import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
+from jmespath.visitor import TreeInterpreter
+
+# One interpreter for every filter and webhook: ParsedResult.search builds a
+# new one, with its table of functions, on each call, which costs as much as
+# evaluating a short expression.  It keeps no state between evaluations.
+_INTERPRETER = TreeInterpreter()
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +36,7 @@ class Filter:
     def matches(self, document: Any) -> bool:
         """Whether the expression is truthy over document; raises whatever
         the evaluation raises (a JMESPath type error, say)."""
-        return truthy(self._expression.search(document))
+        return truthy(_INTERPRETER.visit(self._expression.parsed, document))
 
 
 def compile_filter(source: str) -> Filter:

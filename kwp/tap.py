@@ -300,7 +300,7 @@ def makeService(options, reactor=None):
     app = make_app(config, storage, reactor, ui_token)
     # twistd's own options, when it runs kwp: where it would log.
     stream = log_stream(getattr(options, "parent", None), reactor)
-    access_log = make_access_log(options["log-format"], options["log-level"], stream)
+    access_log = make_access_log(options["log-format"], options["log-level"], stream, reactor)
     site = KwpSite(app, reactor, options["receive-timeout"], options["idle-timeout"], access_log)
     observer = make_log_observer(options["log-format"], options["log-level"], stream)
     log.info(

@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.web import http
@@ -26,7 +26,7 @@ from kwp.logs import printable
 from kwp.history import History, Listing, Window, encode_event, encode_page, replay_targets
 from kwp.ops import Metrics, channels_overview
 from kwp.pull import MAX_ID, MAX_LIMIT, Puller, PullQuery, encode, int_arg, parse_ids
-from kwp.receive import Receiver, check_headers, header_map, too_large
+from kwp.receive import Received, Receiver, check_headers, header_map, too_large
 from kwp.stream import StreamHub, StreamSpec
 
 log = Logger()
@@ -164,6 +164,8 @@ class KwpRequest(Request):
     # The channel whose header checks passed in gotLength, if any.
     kwp_checked: Channel | None = None
     kwp_channel: str = "-"
+    # The channel of a receive request (receive_channel), found in gotLength.
+    kwp_receive: str | None = None
     # Answered before the end of its body (KwpRequest._answer_now).
     kwp_answered = False
 
@@ -176,7 +178,7 @@ class KwpRequest(Request):
         config = self.kwp_config = self.channel.site.config
         name = receive_channel(getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b""))
         if name is not None:
-            self.kwp_channel = name
+            self.kwp_channel = self.kwp_receive = name
             # Kept for the route, which would otherwise build the same map again.
             headers = self.kwp_headers = header_map(self.requestHeaders.getAllRawHeaders())
             try:
@@ -250,8 +252,10 @@ class KwpRequest(Request):
                 return None
             return ApiError(405, "bad_request", "only OPTIONS may be asked of *", {"Allow": "OPTIONS"})
         try:
-            # As twisted.web splits it into postpath: without the first byte.
-            unquote_to_bytes(self.path.split(b"?", 1)[0][1:]).decode("utf-8")
+            if self.kwp_receive is None:
+                # As twisted.web splits it into postpath: without the first
+                # byte.  receive_channel decoded the path of a receive already.
+                unquote_to_bytes(self.path.split(b"?", 1)[0][1:]).decode("utf-8")
             (self.getHeader(b"host") or b"").decode("utf-8")
         except UnicodeDecodeError:
             return bad_request("the URL and the Host header must be UTF-8")
@@ -267,8 +271,32 @@ class KwpRequest(Request):
 
     def requestReceived(self, command, path, version):
         self.channel.request_received()
-        self.channel.site.track(self.notifyFinish())
+        self._kwp_site = self.channel.site
+        self._kwp_site.request_started()
         super().requestReceived(command, path, version)
+
+    # In flight from requestReceived until finish or connectionLost, counted
+    # here rather than through notifyFinish, whose Deferred per request
+    # costs more than the count.
+    _kwp_site: KwpSite | None = None
+    # Cancelled when the connection is lost before the answer (a receive).
+    kwp_answer: Deferred | None = None
+
+    def _kwp_ended(self) -> None:
+        site, self._kwp_site = self._kwp_site, None
+        if site is not None:
+            site.request_ended()
+
+    def finish(self):
+        super().finish()
+        self._kwp_ended()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        answer, self.kwp_answer = self.kwp_answer, None
+        if answer is not None and not self.finished:
+            answer.cancel()
+        self._kwp_ended()
 
 
 class KwpChannel(http.HTTPChannel):
@@ -278,9 +306,14 @@ class KwpChannel(http.HTTPChannel):
     A request must arrive whole within the site's receive time-out, counted
     from its first byte: Twisted creates the Request only once the request
     line is complete, so a deadline kept there would let a client trickle the
-    request line for ever."""
+    request line for ever.  One timer per connection serves the deadlines
+    of all its requests: a new request moves it (DelayedCall.reset) instead
+    of cancelling one timer and scheduling another."""
 
+    # The deadline's timer; once the request is received it may still run
+    # out, and then finds no request being received.
     _deadline = None
+    _receiving = False
     # Set when the request being received was answered before the end of
     # its body: the end that may still arrive is no request.
     answered_early = False
@@ -300,8 +333,12 @@ class KwpChannel(http.HTTPChannel):
         return d
 
     def dataReceived(self, data):
-        if self._deadline is None and data and not self._handlingRequest:
-            self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+        if not self._receiving and data and not self._handlingRequest:
+            self._receiving = True
+            if self._deadline is None:
+                self._deadline = self.site.reactor.callLater(self.site.receive_timeout, self._too_slow)
+            else:
+                self._deadline.reset(self.site.receive_timeout)
         super().dataReceived(data)
 
     def allContentReceived(self):
@@ -309,19 +346,21 @@ class KwpChannel(http.HTTPChannel):
             super().allContentReceived()
 
     def request_received(self) -> None:
-        """The request being received is complete: stop its deadline."""
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        """The request being received is complete: its deadline no longer holds."""
+        self._receiving = False
 
     def _too_slow(self) -> None:
         self._deadline = None
+        if not self._receiving:
+            return
         log.info("request not received within {timeout}s; disconnecting", timeout=self.site.receive_timeout)
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
-        self.request_received()
+        self._receiving = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         super().connectionLost(reason)
         flushed = reason.check(ConnectionDone) is not None and self.transport.disconnecting
         waiters, self._closed = self._closed, []
@@ -386,18 +425,16 @@ class KwpSite(Site):
         self._idle: list[Deferred] = []
         self._closed: list[Deferred] = []
 
-    def track(self, finished: Deferred) -> None:
-        """Count a request in flight until finished fires."""
+    def request_started(self) -> None:
+        """Count a request in flight until request_ended."""
         self._in_flight += 1
 
-        def done(_):
-            self._in_flight -= 1
-            if not self._in_flight and self._idle:
-                # One turn later, so that what the request's own notifyFinish
-                # callbacks start (settling a pull) is under way first.
-                self.reactor.callLater(0, self._fire_idle)
-
-        finished.addBoth(done)
+    def request_ended(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and self._idle:
+            # One turn later, so that what the request's own notifyFinish
+            # callbacks start (settling a pull) is under way first.
+            self.reactor.callLater(0, self._fire_idle)
 
     def _fire_idle(self) -> None:
         if not self._in_flight:
@@ -436,20 +473,27 @@ class KwpSite(Site):
         now = self.reactor.seconds()
         # What the client wrote is escaped: a %0A in the channel name of the
         # URL is a newline once decoded.
-        fields = {
-            "method": printable(request.method.decode("latin-1")),
-            "path": printable(request.path.decode("latin-1")),
-            "status": request.code,
-            "size": request.sentLength,
-            "duration_ms": round((now - getattr(request, "kwp_started", now)) * 1000, 3),
-            "channel": printable(request.kwp_channel),
-        }
+        method = printable(request.method.decode("latin-1"))
+        path = printable(request.path.decode("latin-1"))
+        duration_ms = round((now - getattr(request, "kwp_started", now)) * 1000, 3)
+        channel = printable(request.kwp_channel)
         if self.access_log is not None:
-            self.access_log(now, ACCESS_FORMAT.format_map(fields))
-        else:
-            length = request.getHeader(b"content-length")
-            request_size = int(length) if length and length.isdigit() else None
-            log.info(ACCESS_FORMAT, request_size=request_size, **fields)
+            # ACCESS_FORMAT as an f-string: no dict of fields, no format
+            # string parsed again for every request.
+            line = f"{method} {path} {request.code} {request.sentLength}B {duration_ms:.1f}ms channel={channel}"
+            self.access_log(now, line)
+            return
+        length = request.getHeader(b"content-length")
+        log.info(
+            ACCESS_FORMAT,
+            method=method,
+            path=path,
+            status=request.code,
+            size=request.sentLength,
+            duration_ms=duration_ms,
+            channel=channel,
+            request_size=int(length) if length and length.isdigit() else None,
+        )
 
 
 class KwpRoot(Resource):
@@ -467,7 +511,10 @@ class KwpRoot(Resource):
         self._router = app.app.resource()
 
     def render(self, request):
-        name = receive_channel(request.method, request.uri)
+        if isinstance(request, KwpRequest):
+            name = request.kwp_receive
+        else:
+            name = receive_channel(request.method, request.uri)
         if name is None:
             return self._router.render(request)
         d = self._app.answer_receive(request, name)
@@ -556,13 +603,16 @@ class KwpApp:
         request.kwp_channel = name
         config = self._config(request)
         started = getattr(request, "kwp_started", None) or self.clock.seconds()
-        d = Deferred.fromCoroutine(self._receive(request, config, name))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d = self._receive(request, config, name)
+        if isinstance(request, KwpRequest):
+            request.kwp_answer = d
+        else:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
 
-        def answered(body: bytes) -> bytes:
+        def answered(received: Received) -> bytes:
             self.metrics.received(config, name, "ok", self.clock.seconds() - started)
             request.setHeader(b"content-type", b"application/json")
-            return body
+            return received.body()
 
         def failed(failure):
             if failure.check(CancelledError):
@@ -580,18 +630,21 @@ class KwpApp:
         # declared all the same so that the router's 405s list POST here.
         return self.answer_receive(request, name)
 
-    async def _receive(self, request, config: Config, name: str) -> bytes:
+    def _receive(self, request, config: Config, name: str) -> Deferred:
+        """A Deferred Received for the request (see Receiver.receive)."""
         refusal = getattr(request, "kwp_refusal", None)
         if refusal is not None:
-            raise refusal
+            return fail(refusal)
         headers = getattr(request, "kwp_headers", None) or header_map(request.requestHeaders.getAllRawHeaders())
         body = request.content.read()
         channel = getattr(request, "kwp_checked", None)
         if channel is None:
             # A request that is not a KwpRequest: nothing was checked yet.
-            channel = check_headers(config, name, headers, _peer_host(request.transport), len(body))
-        received = await self.receiver.receive(config, channel, headers, body)
-        return received.body()
+            try:
+                channel = check_headers(config, name, headers, _peer_host(request.transport), len(body))
+            except ApiError:
+                return fail()
+        return self.receiver.receive(config, channel, headers, body)
 
     @app.route("/api/webhook/<string:name>", methods=["GET"])
     async def pull(self, request, name):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
@@ -9,7 +8,17 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from tests.forward_support import Target
-from tests.support import CHROMIUM, CHROMIUM_ARGS, Backend, Daemon, LocalKwp, LogCapture, PostgresDatabases, write_config
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Backend,
+    Daemon,
+    KwpDatabases,
+    LocalKwp,
+    LogCapture,
+    PostgresDatabases,
+    write_config,
+)
 
 BASIC_CONFIG = {
     "server": {"admin-token": "admin-secret-token"},
@@ -44,14 +53,34 @@ def _blockon_stop(thing) -> None:
     pytest_twisted.blockon(defer.ensureDeferred(thing.stop()))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def kwp_databases(request, tmp_path):
+    """The databases of the kwp a test starts, on each backend in turn:
+    kwp_databases.new() is a SQLite file in tmp_path (kwp.db first) or a
+    PostgreSQL database of the test's own.  A test about SQLite only says so with
+    tests.support.SQLITE_ONLY."""
+    if request.param == "sqlite":
+        yield KwpDatabases(lambda n: str(tmp_path / ("kwp.db" if n == 1 else f"kwp{n}.db")))
+        return
+    postgres = request.getfixturevalue("postgres_databases")
+    created = []
+
+    def create(_):
+        created.append(postgres.create())
+        return created[-1]
+
+    yield KwpDatabases(create)
+    for url in created:
+        postgres.drop(url)
+
+
 @pytest.fixture
-def local_kwp(tmp_path):
+def local_kwp(kwp_databases):
     """Start kwp's Site in this process: local_kwp(config_dict=BASIC_CONFIG,
     receive_timeout=..., idle_timeout=...)."""
-    databases = itertools.count()
 
     def make(config_data=BASIC_CONFIG, **site_options):
-        kwp = LocalKwp(config_data, tmp_path / f"kwp{next(databases)}.db", **site_options)
+        kwp = LocalKwp(config_data, kwp_databases.new(), **site_options)
         kwp.start()
         return kwp
 
@@ -65,12 +94,16 @@ def target():
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    """Start the real `twistd -n kwp`: daemon(config_dict, extra_args=...)."""
+def daemon(tmp_path, kwp_databases):
+    """Start the real `twistd -n kwp`: daemon(config_dict, extra_args=...);
+    the daemons of one test share its database (db_name: a SQLite file of
+    that name in tmp_path instead)."""
+    database = kwp_databases.new()
 
-    def make(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name="kwp.db"):
+    def make(config_data=BASIC_CONFIG, extra_args=(), env=None, db_name=None):
         config_path = write_config(tmp_path / "config.yml", config_data)
-        return Daemon(tmp_path, config_path, tmp_path / db_name, extra_args, env).start()
+        db = database if db_name is None else tmp_path / db_name
+        return Daemon(tmp_path, config_path, db, extra_args, env).start()
 
     yield from _tracked(make, Daemon.kill)
 

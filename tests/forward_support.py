@@ -62,6 +62,12 @@ class MemoryStorage:
     def on_queue_changed(self, callback):
         self.queue_callbacks.append(callback)
 
+    def on_lease_wanted(self, callback):
+        pass
+
+    def want_lease(self, channel, *, consumer=DEFAULT_CONSUMER):
+        return succeed(None)
+
     def acquire_lease(self, channel, owner, now, seconds, *, consumer=DEFAULT_CONSUMER):
         lease = self.leases.setdefault((channel, consumer), [None, 0, None])
         if lease[0] not in (None, owner) and lease[2] > now:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 import pytest_twisted
 import treq
 import yaml
@@ -29,7 +30,6 @@ from urllib.parse import urlsplit
 from kwp.config import parse_config
 from kwp.storage import open_storage
 from kwp.storage.postgres import PostgresStorage
-from kwp.storage.sqlite import SQLiteStorage
 from kwp.tap import make_app
 from kwp.web import KwpSite
 
@@ -183,6 +183,24 @@ class Backend:
             return cursor.fetchall() if cursor.description else []
 
 
+class KwpDatabases:
+    """The databases of the kwp a test starts (the kwp_databases fixture)."""
+
+    def __init__(self, create):
+        self._create = create
+        self._count = 0
+
+    def new(self) -> str:
+        """A SQLite path or a PostgreSQL URL, of a database not used yet."""
+        self._count += 1
+        return self._create(self._count)
+
+
+# On a test about SQLite itself (its files, its migrations from older
+# releases): the kwp_databases fixture gives SQLite databases only.
+SQLITE_ONLY = pytest.mark.parametrize("kwp_databases", ["sqlite"], indirect=True)
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -190,12 +208,11 @@ def write_config(path: Path, data: dict) -> Path:
 
 class LocalKwp:
     """kwp's Site on a real 127.0.0.1 port in this process (real reactor,
-    temp-file database), for tests of the HTTP layer including KwpRequest."""
+    a SQLite file or a PostgreSQL database), for tests of the HTTP layer including KwpRequest."""
 
-    def __init__(self, config_data: dict, db_path: Path, **site_options):
+    def __init__(self, config_data: dict, database: str, **site_options):
         self.config = parse_config(config_data)
-        self.storage = SQLiteStorage(str(db_path), reactor)
-        self.storage.prepare()
+        self.storage = open_storage(database, reactor)
         self.app = make_app(self.config, self.storage, reactor)
         self.forwarders = self.app.forwarders
         self.site = KwpSite(self.app, reactor, **site_options)
@@ -345,7 +362,7 @@ def daemon_env(**extra: str) -> dict[str, str]:
 class Daemon:
     """``twistd -n kwp`` as a user starts it, in its own working directory."""
 
-    def __init__(self, workdir: Path, config_path: Path, db_path: Path, extra_args=(), env=None):
+    def __init__(self, workdir: Path, config_path: Path, db_path: Path | str, extra_args=(), env=None):
         self.workdir = workdir
         self.config_path = config_path
         self.db_path = db_path
@@ -432,8 +449,6 @@ def npm_package(spec: str) -> Path:
     """The node_modules folder holding the npm package spec (name@version),
     installed by the machine's npm on first use.  A missing npm skips the
     test; an install that fails fails it."""
-    import pytest
-
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not installed")

@@ -36,12 +36,18 @@ def test_quick_benchmark_runs_and_checks_itself():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for section in ("== durable receive", "== drain", "== push", "== long-poll wake", "== forward", "== receive while scraped"):
+    for section in (
+        "== durable receive", "== drain", "== push", "== long-poll wake", "== forward", "== receive while scraped",
+        "== PostgreSQL",
+    ):
         assert section in out
     assert "kwp/klein" in out and "kwp/twisted" in out and "kwp/memory" in out
     assert "honesty kwp: " in out and "honesty kwp-pending: " in out and "MISMATCH" not in out
     assert re.search(r"concurrency 1: .* 0 repeated, in order\), left pending 0 -> OK", out)
     assert re.search(r"concurrency 8: .* 0 repeated, .*left pending 0 -> OK", out)
+    assert "honesty kwp on postgresql: " in out and "honesty kwp on sqlite: " in out
+    assert re.search(r"1,000 webhooks claimed and acked .*\n  honesty: 1000 distinct of 1000 taken, 1000 acked, 0 left open -> OK", out)
+    assert re.search(r"of 1500 POSTs answered 2xx .* -> OK\); [1-9]\d* notifications heard", out)
     assert "PASS  honesty" in out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
-from tests.support import assert_error, body_json, metric_samples, until, write_config
+from tests.support import SQLITE_ONLY, assert_error, body_json, metric_samples, until, write_config
 
 CHANNEL_TOKEN = "gh-token"
 
@@ -160,6 +160,7 @@ async def test_what_each_token_reaches(daemon, target):
     assert (await call(kwp, "GET", "/api/webhook/gh/list?consumer=ci", "ci-token")).code == 200
 
 
+@SQLITE_ONLY
 @pytest_twisted.ensureDeferred
 async def test_a_database_of_release_0_1_0_keeps_its_queues_leases_and_pause(daemon, tmp_path, target):
     t = target()

@@ -85,7 +85,8 @@ def test_backoff_doubles_from_interval_with_jitter_and_cap():
     assert backoff(2, 60, 1, 0.999) == pytest.approx(2 * 1.24975)
     assert backoff(2, 60, 5, 0.999) == pytest.approx(32 * 1.24975)
     assert backoff(2, 60, 6, 0.0) == 60
-    assert backoff(1, 3600, 10_000, 0.5) == 3600
+    assert backoff(2, 60, 6, 0.999) == pytest.approx(60 * (1 - 0.25 * 0.999))
+    assert backoff(1, 3600, 10_000, 0.5) == 3600 * 0.875
 
 
 def test_retry_after_seconds_and_http_date():
@@ -718,6 +719,53 @@ def test_an_outcome_after_the_lease_went_to_another_node_is_not_written_and_send
     assert len(kit.client.sent) == 1
 
 
+class HeldAnswers(MemoryStorage):
+    """Answers renew_lease and queue_state as they stand when asked, but
+    only when the test lets them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[tuple[Deferred, object]] = []
+
+    def _held(self, answer: Deferred) -> Deferred:
+        later = Deferred()
+        answer.addCallback(lambda result: self.held.append((later, result)))
+        return later
+
+    def renew_lease(self, *args, **kwargs):
+        return self._held(super().renew_lease(*args, **kwargs))
+
+    def queue_state(self, *args, **kwargs):
+        return self._held(super().queue_state(*args, **kwargs))
+
+    def answer(self, held=None) -> None:
+        held = self.held if held is None else held
+        while held:
+            later, result = held.pop(0)
+            later.callback(result)
+
+
+@pytest.mark.parametrize("read", ["renewal", "queue_state"])
+def test_a_pause_is_not_undone_by_a_read_that_began_before_it(read):
+    storage = HeldAnswers()
+    kit = make(storage=storage)
+    storage.answer()
+    if read == "renewal":
+        kit.clock.advance(10 / 3)
+    else:
+        kit.forwarder.queue_changed()
+    stale, storage.held = storage.held, []
+    assert len(stale) == 1
+    storage.set_paused("ch", True)
+    kit.forwarder.set_paused(True)
+    storage.answer(stale)
+    kit.post()
+    for _ in range(20):
+        storage.answer()
+        kit.clock.advance(1)
+    assert kit.client.sent == []
+
+
 def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_next_renewal():
     heard = make()
     heard.storage.states["ch", "default"] = QueueState(paused=True)
@@ -729,3 +777,28 @@ def test_a_pause_made_on_another_node_stops_the_forwarder_when_heard_or_at_the_n
     renewed.clock.advance(10 / 3)
     renewed.post()
     assert renewed.client.sent == []
+
+
+def test_a_hand_over_asked_while_the_window_is_read_starts_nothing_more_and_gives_the_lease_up():
+    class HeldWindow(MemoryStorage):
+        def __init__(self):
+            super().__init__()
+            self.held = []
+
+        def forward_window(self, *args, **kwargs):
+            later = Deferred()
+            super().forward_window(*args, **kwargs).addCallback(lambda items: self.held.append((later, items)))
+            return later
+
+    storage = HeldWindow()
+    kit = make(storage=storage)
+    [(first, empty)] = storage.held
+    storage.held.clear()
+    first.callback(empty)
+    kit.post()
+    [(window, items)] = storage.held
+    assert len(items) == 1
+    kit.forwarder.lease_wanted()
+    window.callback(items)
+    assert kit.client.sent == []
+    assert storage.leases["ch", "default"][0] is None

@@ -18,7 +18,7 @@ from kwp.web import KwpApp, KwpSite
 def test_request_lines_are_written_as_the_text_observer_prints_them():
     line = "POST /api/webhook/a 200 25B 1.5ms channel=a"
     through_logger, direct = io.StringIO(), io.StringIO()
-    write = TextAccessLog(direct)
+    write = TextAccessLog(direct, Clock())
     for when in (1_700_000_000.7, 1_700_000_000.9, 1_700_000_001.2):
         event = {
             "log_namespace": "kwp.web",
@@ -34,10 +34,34 @@ def test_request_lines_are_written_as_the_text_observer_prints_them():
 
 
 def test_request_lines_take_the_direct_path_only_for_text_at_info():
-    assert isinstance(make_access_log("text", "info", io.StringIO()), TextAccessLog)
-    assert isinstance(make_access_log("text", "debug", io.StringIO()), TextAccessLog)
-    assert make_access_log("text", "warn", io.StringIO()) is None
-    assert make_access_log("json", "info", io.StringIO()) is None
+    assert isinstance(make_access_log("text", "info", io.StringIO(), Clock()), TextAccessLog)
+    assert isinstance(make_access_log("text", "debug", io.StringIO(), Clock()), TextAccessLog)
+    assert make_access_log("text", "warn", io.StringIO(), Clock()) is None
+    assert make_access_log("json", "info", io.StringIO(), Clock()) is None
+
+
+class _Flushes(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_request_lines_are_flushed_once_per_reactor_turn():
+    clock, stream = Clock(), _Flushes()
+    write = TextAccessLog(stream, clock)
+    for n in range(3):
+        write(1_700_000_000.0, f"line {n}")
+    assert stream.getvalue().count("\n") == 3 and stream.flushes == 0
+    clock.advance(0)
+    assert stream.flushes == 1
+    write(1_700_000_000.0, "line 3")
+    clock.advance(0)
+    assert stream.flushes == 2
+    clock.advance(0)
+    assert stream.flushes == 2
 
 
 class _Answered:
@@ -59,7 +83,7 @@ def test_the_site_writes_the_same_line_directly_and_through_the_logger():
     clock.advance(1_700_000_000.0015)
     app = KwpApp(parse_config({"channels": [{"name": "a", "token": "t"}]}), None, Notifier(), clock)
     direct, through_logger = io.StringIO(), io.StringIO()
-    KwpSite(app, clock, access_log=TextAccessLog(direct)).log(_Answered())
+    KwpSite(app, clock, access_log=TextAccessLog(direct, clock)).log(_Answered())
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -88,7 +112,7 @@ def test_what_a_request_brings_is_escaped_in_its_line_on_both_paths():
     clock.advance(1_700_000_000.0)
     app = KwpApp(parse_config({"channels": [{"name": "a", "token": "t"}]}), None, Notifier(), clock)
     direct = io.StringIO()
-    KwpSite(app, clock, access_log=TextAccessLog(direct)).log(_Forging())
+    KwpSite(app, clock, access_log=TextAccessLog(direct, clock)).log(_Forging())
     events = []
     globalLogPublisher.addObserver(events.append)
     try:

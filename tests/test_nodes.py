@@ -233,3 +233,36 @@ async def test_push_order_is_kept_while_the_forwarding_node_is_killed_and_anothe
     assert [n for i, n in enumerate(order) if n not in order[:i]] == list(range(40))
     assert len(order) - 40 <= 1
     assert taken_over is not None and taken_over - killed_at <= LEASE_SECONDS + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_on_a_node_without_the_lease_waits_for_the_attempt_in_flight_on_the_holder(tmp_path, postgres_databases):
+    target = Target().listen()
+    target.status, target.delay = 500, 1.0
+    config = {
+        "server": {"admin-token": ADMIN, "lease-seconds": LEASE_SECONDS},
+        "channels": [{"name": "push", "token": "t", "forward": {"url": target.url, "interval-seconds": 3600}}],
+    }
+    url = postgres_databases.create()
+    nodes = start_nodes(tmp_path, config, url, count=2)
+    try:
+        code, body = await post(nodes[0], "push", {"n": 1})
+        assert code == 200
+        await target.wait_for(1)
+        [holder] = connected_to(target.port.getHost().port, [node.proc.pid for node in nodes])
+        other = next(node for node in nodes if node.proc.pid != holder)
+        response = await treq.post(
+            f"{other.base}/api/webhook/push/queue/retry/{body['id']}",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            timeout=30,
+        )
+        result = json.loads(await response.content())
+    finally:
+        for node in nodes:
+            node.kill()
+        await target.stop()
+        postgres_databases.drop(url)
+    assert response.code == 200 and (result["success"], result["status_code"]) == (False, 500), result
+    first, retried = target.received
+    # Sent by the other node only once the holder's attempt had its answer.
+    assert retried["at"] - first["at"] >= target.delay

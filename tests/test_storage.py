@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from kwp.config import parse_config
 from kwp.storage import DUPLICATE, QUEUE_FULL, Attempt, NewWebhook, QueueStats, Route, StorageError, open_storage
 from kwp.storage import queries
-from kwp.storage.postgres import PULL_HOLD
+from kwp.storage.postgres import PULL_HOLD, PostgresStorage
 from kwp.storage.prune import Pruner
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage, sqlite_path
 from tests.support import until
@@ -549,3 +549,63 @@ async def test_callbacks_hear_what_was_stored_replayed_and_paused(storage):
     assert stored[2:] == [("a", {"ci": 1})]
     await storage.set_paused("a", True, consumer="chat")
     assert changed == [("a", "chat")]
+
+
+@pytest.mark.parametrize("backend_class", [SQLiteStorage, PostgresStorage])
+def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the_window(backend_class, tmp_path):
+    clock = Clock()
+    clock.advance(1000)
+    storage = backend_class(str(tmp_path / "unused.db") if backend_class is SQLiteStorage else "postgresql:///unused", clock)
+    window = storage.commit_window
+    writes = []
+
+    def held(f, dialect, batch):
+        writes.append((clock.seconds(), len(batch), Deferred()))
+        return writes[-1][2]
+
+    storage._run = held
+    storage.insert(hook(1))
+    clock.advance(0)
+    assert [(at, size) for at, size, _ in writes] == [(1000, 1)]
+    # Webhooks that arrive while a batch is written wait for the window after it.
+    storage.insert(hook(2))
+    storage.insert(hook(3))
+    clock.advance(0.004)
+    writes[0][2].callback([1])
+    clock.advance(window - 0.001)
+    assert len(writes) == 1
+    clock.advance(0.001)
+    assert [(at, size) for at, size, _ in writes][1:] == [(pytest.approx(1000.004 + window), 2)]
+    writes[1][2].callback([2, 3])
+    # Idle again: the next one goes at once.
+    clock.advance(window)
+    storage.insert(hook(4))
+    clock.advance(0)
+    assert len(writes) == 3 and writes[2][0] == pytest.approx(1000.004 + 2 * window)
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_window(tmp_path):
+    clock = Clock()
+    storage = PostgresStorage("postgresql:///unused", clock)
+    writes = []
+
+    def held(f, dialect, batch):
+        writes.append((clock.seconds(), len(batch), Deferred()))
+        return writes[-1][2]
+
+    storage._run = held
+    storage.insert(hook(0))
+    clock.advance(0)
+    for n in range(storage.commit_batch + 5):
+        storage.insert(hook(n))
+    writes[0][2].callback([1])
+    clock.advance(0)
+    assert [(at, size) for at, size, _ in writes][1:] == [(0, storage.commit_batch + 5)]
+    writes[1][2].callback(list(range(storage.commit_batch + 5)))
+    for n in range(storage.commit_batch - 1):
+        storage.insert(hook(n))
+    clock.advance(0)
+    assert len(writes) == 2
+    storage.insert(hook(99))
+    clock.advance(0)
+    assert [(at, size) for at, size, _ in writes][2:] == [(0, storage.commit_batch)]

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import CancelledError, ensureDeferred, gatherResults
 
 from kwp.storage import Attempt, Route, StorageError, StorageUnavailable, open_storage
 from kwp.storage import postgres
@@ -21,15 +21,16 @@ from tests.test_storage import hook, routed
 @pytest.fixture
 def database(postgres_databases):
     url = postgres_databases.create()
-    yield Backend("postgresql", url)
+    backend = Backend("postgresql", url)
+    yield backend
+    backend.stop_all()
     postgres_databases.drop(url)
 
 
 @pytest.fixture
 def nodes(database):
     """Two storages on one database, as two nodes have them."""
-    yield database.start(), database.start()
-    database.stop_all()
+    return database.start(), database.start()
 
 
 def sleep(seconds):
@@ -94,6 +95,25 @@ async def test_two_nodes_closing_the_last_deliveries_of_webhooks_leave_them_done
         await a.claim("a", f"chat{round_}", 100, 2000.0, 60, consumer="chat")
         await gatherResults([a.ack("a", ids, 2001.0, consumer="ci"), b.ack("a", ids, 2001.0, consumer="chat")])
     assert database.execute("SELECT COUNT(*), COUNT(done_at) FROM webhooks") == [(200, 200)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_claim_given_back_while_its_transaction_runs_is_released_after_it(database):
+    """A pull whose client leaves during a claim: the route's Deferred is
+    cancelled and the claim given back while the claim's transaction waits
+    for a lock; the release must not run beside it and find nothing."""
+    storage = database.start()
+    for n in range(3):
+        await storage.insert(hook(n))
+    with psycopg.connect(database.url) as blocker:
+        blocker.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+        taking = storage.claim("a", "gone", 10, 2000.0, None)
+        taking.cancel()
+        taking.addErrback(lambda f: f.trap(CancelledError))
+        releasing = storage.release_claim("gone")
+        await sleep(0.3)
+    assert await releasing == 3
+    assert [r.id for r in await storage.claim("a", "next", 10, 2000.0, None)] == [1, 2, 3]
 
 
 @pytest_twisted.ensureDeferred
@@ -243,14 +263,17 @@ async def test_nodes_closing_deliveries_of_one_queue_do_not_wait_for_each_other(
     assert database.execute(FIGURES) == [("a", "default", 2, 0)]
 
 
-def rolled_back(monkeypatch) -> list:
-    """The transactions that the storages' pools roll back from now on: a
-    deadlock or serialization failure tried again, or any error."""
+def rolled_back(monkeypatch, storages) -> list:
+    """The transactions that the pools of storages roll back from now on: a
+    deadlock or serialization failure tried again, or any error (those of
+    other tests' storages, still closing, are not counted)."""
     forgotten = []
     forget = postgres._Pool._forget
+    pools = {s._pool for s in storages}
 
     def counted(pool, conn):
-        forgotten.append(conn)
+        if pool in pools:
+            forgotten.append(conn)
         forget(pool, conn)
 
     monkeypatch.setattr(postgres._Pool, "_forget", counted)
@@ -259,8 +282,8 @@ def rolled_back(monkeypatch) -> list:
 
 @pytest_twisted.ensureDeferred
 async def test_queue_figures_stay_exact_while_three_nodes_work_on_the_same_queues(database, monkeypatch):
-    rollbacks = rolled_back(monkeypatch)
     nodes = [database.start() for _ in range(3)]
+    rollbacks = rolled_back(monkeypatch, nodes)
     routes = (Route("ci", max_queue=10_000), Route("chat"))
     total = 240
 

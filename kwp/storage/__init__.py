@@ -251,6 +251,14 @@ class IStorage(Interface):
     def release_lease(channel: str, owner: str, token: int, consumer: str):
         """Deferred: give the lease up, so another node takes it at once."""
 
+    def want_lease(channel: str, consumer: str):
+        """Deferred: ask the node that holds the queue's forwarding lease
+        (another one) to give it up once its attempts in flight end."""
+
+    def on_lease_wanted(callback):
+        """callback(channel, consumer) when another node asks for a queue's
+        forwarding lease (PostgreSQL)."""
+
     def on_stored(callback):
         """callback(channel, {consumer: count}) after each commit that
         queued webhooks, on this node or (PostgreSQL) any other."""

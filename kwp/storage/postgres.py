@@ -66,11 +66,17 @@ RECONNECT_DELAY = 1.0
 FOLD_INTERVAL = 1.0
 # Connections per node.
 POOL_SIZE = 4
-# How long the first webhook of a batch waits for others: commits that store
-# webhooks are serialised across the cluster (ID_LOCK, NOTIFY), so fewer,
-# larger batches; at 1,500 receives/s a node makes about 30 such commits a
-# second instead of about 130 with SQLite's 2 ms, for some 15 ms more latency.
+# How long after a batch the next one is written (a lone webhook is written
+# at once), unless COMMIT_BATCH webhooks wait already: commits that store
+# webhooks are serialised across the cluster (ID_LOCK, NOTIFY), so under load
+# fewer, larger batches: at 1,500 receives/s a node commits less than 50
+# times a second (some 30 webhooks each).  Under heavier load batches of 40
+# go without waiting for the window, and one may be written while another
+# commits: its transaction waits for ID_LOCK meanwhile, but the webhooks of
+# the next batch are received meanwhile instead of waiting for the commit.
 COMMIT_WINDOW = 0.02
+COMMIT_BATCH = 40
+FULL_BATCHES = 2
 # How long an unleased pull holds what it took, should its node die.
 PULL_HOLD = 300.0
 # Attempts of a transaction that met a deadlock or lost its connection
@@ -290,8 +296,11 @@ class PostgresDialect(Dialect):
             payload = json.dumps({"node": self.node, "last": last, "stored": None})
         txn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
-    def announce_queue(self, txn, channel: str, consumer: str) -> None:
-        payload = json.dumps({"node": self.node, "queue": [channel, consumer]})
+    def announce_queue(self, txn, channel: str, consumer: str, wanted: bool = False) -> None:
+        message = {"node": self.node, "queue": [channel, consumer]}
+        if wanted:
+            message["wanted"] = True
+        payload = json.dumps(message)
         txn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
 
@@ -533,6 +542,8 @@ _UNAVAILABLE_CODES = {"25006"}
 
 class PostgresStorage(AdbapiStorage):
     commit_window = COMMIT_WINDOW
+    commit_batch = COMMIT_BATCH
+    full_batches = FULL_BATCHES
 
     def __init__(self, url: str, reactor):
         super().__init__(reactor)
@@ -635,7 +646,10 @@ class PostgresStorage(AdbapiStorage):
             return
         if "queue" in message:
             if node != self.node:
-                self._queue_changed(*message["queue"])
+                if message.get("wanted"):
+                    self._lease_wanted(*message["queue"])
+                else:
+                    self._queue_changed(*message["queue"])
             return
         last = message["last"]
         if self._known is not None and last <= self._known:

@@ -80,8 +80,9 @@ class Dialect:
         """Tell other nodes, at the commit, what this transaction stored;
         ``last`` is the largest number it took from the id sequence."""
 
-    def announce_queue(self, txn, channel: str, consumer: str) -> None:
-        """Tell other nodes, at the commit, that a queue's pause or lease changed."""
+    def announce_queue(self, txn, channel: str, consumer: str, wanted: bool = False) -> None:
+        """Tell other nodes, at the commit, that a queue's pause or lease
+        changed, or (wanted) that this node asks for its forwarding lease."""
 
 
 def stored_news(batch: Sequence[NewWebhook], results: Sequence) -> News:
@@ -577,6 +578,10 @@ def renew_lease(txn, channel, consumer, owner, token, now, seconds) -> QueueStat
     )
     row = txn.fetchone()
     return None if row is None else QueueState(bool(row[0]), *row[1:])
+
+
+def want_lease(txn, d: Dialect, channel, consumer) -> None:
+    d.announce_queue(txn, channel, consumer, wanted=True)
 
 
 def release_lease(txn, d: Dialect, channel, consumer, owner, token) -> None:

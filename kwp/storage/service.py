@@ -4,14 +4,16 @@ call as one transaction of kwp.storage.queries.
 Inserts that arrive while a transaction runs wait in a queue and are written
 together in the next one: one commit per batch, and each caller's Deferred
 fires only after the commit that holds its webhook.  Successful pushes are
-recorded the same way, in a window of their own: a forwarder does not wait
-for them before its next attempt, and a commit and a hand-over to the
-storage thread per attempt would otherwise cost more than the attempt.  A backend subclass gives the connection pool, the
-SQL dialect and what counts as "cannot write now".
+recorded in batches too (``GroupCommit``): a forwarder does not wait for
+them before its next attempt, and a commit and a hand-over to the storage
+thread per attempt would otherwise cost more than the attempt.  A backend
+subclass gives the connection pool, the SQL dialect and what counts as
+"cannot write now".
 
 ``on_stored`` and ``on_queue_changed`` callbacks hear of new deliveries and
 of pause and lease changes after the commit: those of this process here, and
-those of other nodes where the backend has them (PostgreSQL).
+those of other nodes where the backend has them (PostgreSQL), as well as
+``on_lease_wanted`` of other nodes' requests for a forwarding lease.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from kwp.storage.queries import News
 
 log = Logger()
 
-# How long the first webhook of a batch waits for others.  Each transaction
-# hands the GIL between the reactor thread and the writer thread a dozen
-# times, which under load costs the reactor thread far more than the insert
-# itself; a short window makes batches larger and those hand-overs rarer.
+# How long after a batch's commit the next batch is written, gathering the
+# webhooks that arrive meanwhile (a webhook arriving later than that, when
+# nothing is being written, is written at once).  Each transaction hands the
+# GIL between the reactor thread and the writer thread a dozen times, which
+# under load costs the reactor thread far more than the insert itself; a
+# short window makes batches larger and those hand-overs rarer.
 COMMIT_WINDOW = 0.002
 # How long the first success of a batch waits for others; a forwarder that
 # waits for its success (a target slower than kwp.forward.FAST_ANSWER)
@@ -97,17 +101,32 @@ class AdbapiStorage(Service):
     name = "storage"
     dialect: q.Dialect
     commit_window = COMMIT_WINDOW
+    # A batch of this many webhooks is written without waiting for the
+    # window, beside the one being written when up to full_batches may be
+    # written at once (None: batches always wait for the window).
+    commit_batch: int | None = None
+    full_batches = 1
 
     def __init__(self, reactor):
         self._reactor = reactor
         # This process among the nodes on one database (a forwarding lease's owner).
         self.node = uuid.uuid4().hex
         self._pool: adbapi.ConnectionPool | None = None
-        self._inserts = GroupCommit(reactor, self._write_inserts, self.commit_window)
         self._successes = GroupCommit(reactor, self._write_successes, SUCCESS_WINDOW)
+        self._queue: list[tuple[NewWebhook, Deferred]] = []
+        # Batches being written.
+        self._writing = 0
+        # When the last batch was written (committed or failed).
+        self._written_at = float("-inf")
+        self._flush: IDelayedCall | None = None
         self._pending: set[Deferred] = set()
         self._stored_callbacks: list = []
         self._queue_callbacks: list = []
+        self._wanted_callbacks: list = []
+        # The transaction of each claim under way, by claim id.
+        self._claiming: dict[str, Deferred] = {}
+        # Finishes and releases of claims under way.
+        self._settling: set[Deferred] = set()
         self.retention = Retention()
 
     # --- what other components hear ----------------------------------------------
@@ -123,6 +142,11 @@ class AdbapiStorage(Service):
         queue's pause switch or released its forwarding lease."""
         self._queue_callbacks.append(callback)
 
+    def on_lease_wanted(self, callback) -> None:
+        """Call callback(channel, consumer) when another node asks for the
+        queue's forwarding lease."""
+        self._wanted_callbacks.append(callback)
+
     def _stored(self, news: News) -> None:
         for channel, consumers in news.items():
             for callback in self._stored_callbacks:
@@ -137,6 +161,13 @@ class AdbapiStorage(Service):
                 callback(channel, consumer)
             except Exception:
                 log.failure("on_queue_changed callback failed")
+
+    def _lease_wanted(self, channel: str, consumer: str) -> None:
+        for callback in self._wanted_callbacks:
+            try:
+                callback(channel, consumer)
+            except Exception:
+                log.failure("on_lease_wanted callback failed")
 
     # --- what a backend provides -----------------------------------------------
 
@@ -158,7 +189,9 @@ class AdbapiStorage(Service):
 
     def stopService(self) -> Deferred:
         """Close the pool once the transactions already asked for are done."""
-        self._inserts.flush()
+        if self._flush is not None:
+            self._flush.cancel()
+            self._write_next()
         self._successes.flush()
         super().stopService()
         pool, self._pool = self._pool, None
@@ -190,19 +223,52 @@ class AdbapiStorage(Service):
     # --- receive ---------------------------------------------------------------
 
     def insert(self, webhook: NewWebhook) -> Deferred:
-        return self._inserts.add(webhook)
+        d = Deferred()
+        self._queue.append((webhook, d))
+        self._schedule()
+        return d
 
-    def _write_inserts(self, batch: list[NewWebhook]) -> Deferred:
+    def _schedule(self) -> None:
+        """Write the queue commit_window after the last batch was written
+        (on the next reactor turn when that is past, or when the queue holds
+        commit_batch webhooks), unless a write is under way: the end of the
+        running batch plans the next."""
+        full = self.commit_batch is not None and len(self._queue) >= self.commit_batch
+        if self._writing >= (self.full_batches if full else 1):
+            return
+        now = self._reactor.seconds()
+        at = now if full else max(now, self._written_at + self.commit_window)
+        if self._flush is not None:
+            if self._flush.getTime() <= at:
+                return
+            self._flush.cancel()
+        self._flush = self._reactor.callLater(at - now, self._write_next)
+
+    def _write_next(self) -> None:
+        self._flush = None
+        batch, self._queue = self._queue, []
+        self._writing += 1
+        done = self._run(q.insert_batch, self.dialect, [w for w, _ in batch])
+
         def committed(results):
-            self._stored(q.stored_news(batch, results))
-            return results
+            self._stored(q.stored_news([w for w, _ in batch], results))
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
 
         def failed(failure):
             if failure.check(StorageUnavailable):
                 log.warn("cannot store webhooks: {reason}", reason=failure.value)
-            return failure
+            for _, d in batch:
+                d.errback(failure)
 
-        return self._run(q.insert_batch, self.dialect, batch).addCallbacks(committed, failed)
+        def next_batch(outcome):
+            self._writing -= 1
+            self._written_at = self._reactor.seconds()
+            if self._queue:
+                self._schedule()
+            return outcome
+
+        done.addBoth(next_batch).addCallbacks(committed, failed)
 
     # --- pull ------------------------------------------------------------------
 
@@ -212,23 +278,66 @@ class AdbapiStorage(Service):
         return self._run(txn_function, *args)
 
     def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        """The caller may cancel what this returns (a pull whose client
+        left): the transaction still commits, and a release_claim asked
+        meanwhile runs after it."""
         # An unleased claim that a crash undoes was given back anyway: a
         # restart releases the claims of pulls it never finished.
         durable = lease_seconds is not None or self.dialect.pull_hold is not None
         run = self._run if durable else self._run_unsynced
-        return run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+        running = run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+        self._claiming[claim_id] = running
+
+        def settled(result):
+            if self._claiming.get(claim_id) is running:
+                del self._claiming[claim_id]
+            return result
+
+        answer = Deferred()
+        running.addBoth(settled).chainDeferred(answer)
+        return answer
+
+    def _settle(self, txn_function, *args) -> Deferred:
+        d = self._run(txn_function, *args)
+        self._settling.add(d)
+
+        def settled(result):
+            self._settling.discard(d)
+            return result
+
+        return d.addBoth(settled)
+
+    def _after_settles(self, txn_function, *args) -> Deferred:
+        """Run a read of queues once the claims that this process settles
+        now are settled: a client that got the whole answer of a pull and
+        asks again sees what it took gone, with several connections as with
+        one (the settle begins when the answer's connection closes)."""
+        if not self._settling:
+            return self._run(txn_function, *args)
+        return DeferredList(list(self._settling)).addCallback(lambda _: self._run(txn_function, *args))
 
     def finish_claim(self, claim_id, now) -> Deferred:
-        return self._run(q.finish_claim, self.dialect, claim_id, now, self.retention)
+        return self._settle(q.finish_claim, self.dialect, claim_id, now, self.retention)
 
     def release_claim(self, claim_id) -> Deferred:
-        return self._run(q.release_claim, claim_id)
+        running = self._claiming.get(claim_id)
+        if running is None:
+            return self._settle(q.release_claim, claim_id)
+        released = Deferred()
+        self._settling.add(released)
+
+        def then(result):
+            self._settle(q.release_claim, claim_id).chainDeferred(released)
+            return result
+
+        running.addBoth(then)
+        return released.addBoth(lambda result: self._settling.discard(released) or result)
 
     def ack(self, channel, ids, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         return self._run(q.ack, self.dialect, channel, consumer, ids, now, self.retention)
 
     def list(self, channel, limit, after=0, *, consumer=DEFAULT_CONSUMER) -> Deferred:
-        return self._run(q.list_queue, channel, consumer, limit, after)
+        return self._after_settles(q.list_queue, channel, consumer, limit, after)
 
     def delete(self, channel, webhook_id, now, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         return self._run(q.delete, self.dialect, channel, consumer, webhook_id, now, self.retention)
@@ -272,6 +381,9 @@ class AdbapiStorage(Service):
     def renew_lease(self, channel, owner, token, now, seconds, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         return self._run(q.renew_lease, channel, consumer, owner, token, now, seconds)
 
+    def want_lease(self, channel, *, consumer=DEFAULT_CONSUMER) -> Deferred:
+        return self._run(q.want_lease, self.dialect, channel, consumer)
+
     def release_lease(self, channel, owner, token, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         return self._run(q.release_lease, self.dialect, channel, consumer, owner, token)
 
@@ -279,7 +391,7 @@ class AdbapiStorage(Service):
         return self._run(q.queue, channel, consumer, limit, after)
 
     def holds(self, channel, consumer) -> Deferred:
-        return self._run(q.holds, channel, consumer)
+        return self._after_settles(q.holds, channel, consumer)
 
     def queue_stats(self) -> Deferred:
         return self._run(q.queue_stats)

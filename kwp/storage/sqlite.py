@@ -19,6 +19,20 @@ from kwp.storage.queries import Dialect
 from kwp.storage.service import AdbapiStorage
 
 
+def _as_is(value):
+    return value
+
+
+# sqlite3 binds an int, float or str parameter as it is, but looks up an
+# adapter for any other, and a lookup that finds none raises and clears two
+# formatted AttributeErrors (no __adapt__, no __conform__): for the body
+# (bytes) and each NULL of every row written, a sixth of the writer
+# thread's instructions on the receive path.  An adapter registered for
+# them is found at once and gives the value back unchanged.
+sqlite3.register_adapter(bytes, bytes)
+sqlite3.register_adapter(type(None), _as_is)
+
+
 def sqlite_path(url: str) -> str:
     if url.startswith("sqlite://"):
         url = url[len("sqlite://") :]

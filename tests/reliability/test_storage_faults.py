@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 
 from tests.reliability.clients import Burst, assert_every_200_stored_once, drain, post, request, wait_for
+from tests.support import SQLITE_ONLY
 
 
 async def _pragma(kwp, statement: str) -> None:
@@ -49,6 +50,7 @@ async def _stored(kwp) -> list[str]:
     ],
     ids=["full", "read-only"],
 )
+@SQLITE_ONLY
 @pytest_twisted.ensureDeferred
 async def test_a_database_that_cannot_be_written_answers_503_and_recovers(local_kwp, fault, repair, captured_log):
     kwp = local_kwp()
@@ -106,6 +108,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+@SQLITE_ONLY
 def test_a_full_disk_under_the_daemon_answers_503_and_recovers(daemon, small_disk):
     d = daemon(db_name="disk/kwp.db")
     filler = small_disk / "filler"
