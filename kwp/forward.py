@@ -5,10 +5,19 @@ A forwarder works on a window of its channel's first ``concurrency`` pending
 webhooks, in receive order, and has each of them in flight at most once; with
 ``concurrency: 1`` that is strict order.  It sleeps until the notifier says a
 webhook arrived, the earliest retry time comes, an attempt ends or the queue
-API pokes it: nothing is polled.  The outcome of an attempt is written to the
-webhook's row before the forwarder looks at the window again, so attempts,
-last error, next attempt time and the dead state survive a restart, like the
-pause switch in ``channel_state``.  A webhook is deleted only once delivered.
+API pokes it: nothing is polled.
+
+It keeps the head of the queue as last read (the window and up to LOOKAHEAD
+webhooks behind it) and reads again when that runs short, an attempt fails
+or the queue changes.  A failure is written before the webhook's slot in the
+window is free again, so attempts, last error, next attempt time and the
+dead state survive a restart, like the pause switch.  A success frees its
+slot at once when the target answered within FAST_ANSWER: the storage
+records successes in batches while the next attempts go out, and a crash
+before such a batch commits sends those webhooks again, in order.  A slower
+answer keeps its slot until its success is written, which then costs little,
+so that a crash repeats only the attempt in flight.  A webhook is deleted
+only once delivered.
 """
 
 from __future__ import annotations
@@ -23,14 +32,20 @@ from datetime import timezone
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Callable
 
+from hyperlink import URL
+from treq.auth import add_basic_auth
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
 
 from kwp import verify
 from kwp.config import DEFAULT_CONSUMER, DEFAULT_LEASE_SECONDS, Channel, Config, Consumer
@@ -60,6 +75,12 @@ LEASE_POLL = 0.05
 STOP_GRACE = 10
 # A retry time this close counts as due (float rounding of timer deadlines).
 EPSILON = 0.001
+# Webhooks read beyond the window, so that a read of the queue is not needed
+# for each attempt.
+LOOKAHEAD = 32
+# An attempt answered within this many seconds frees its slot before its
+# success is written (a commit costs about as much as such an attempt).
+FAST_ANSWER = 0.01
 
 # Outcomes as reported to ``report(channel, outcome, seconds)`` (the metrics' statuses).
 OK = "ok"
@@ -145,13 +166,94 @@ def outgoing_headers(
     return headers, unsendable
 
 
+def _pool(reactor) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    return pool
+
+
 def http_client(reactor) -> tuple[HTTPClient, HTTPConnectionPool]:
     """treq over a persistent connection pool; no redirects followed and no
     cookies kept (a target's Set-Cookie must not leak into later requests)."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
+    pool = _pool(reactor)
     no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies), pool
+
+
+def push_client(reactor) -> tuple["PushClient", HTTPConnectionPool]:
+    pool = _pool(reactor)
+    return PushClient(Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)), pool
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """The Agent's endpoints (TCP, and TLS for https), each made once: an
+    Agent makes one per request, and each encodes the host name anew."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple, object] = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A request body that is all there at once."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> Deferred:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PushClient:
+    """The forwarder's HTTP client: the part of treq's ``request`` that it
+    uses, straight on twisted's Agent.  It never follows a redirect, keeps
+    no cookie and leaves the answer undecoded and unbuffered; treq's parsing
+    of the URL and its cookie and decoding agents would cost more per
+    request than the request itself."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+        self._urls: dict[str, bytes] = {}
+        self._agents: dict[tuple[str, str] | None, IAgent] = {None: agent}
+
+    def request(
+        self, method: str, url: str, *, data: bytes, headers: Headers, auth=None, allow_redirects=False, unbuffered=True
+    ) -> Deferred:
+        if allow_redirects or not unbuffered:
+            raise ValueError("a PushClient follows no redirect and buffers no answer")
+        uri = self._urls.get(url)
+        if uri is None:
+            uri = self._urls[url] = URL.from_text(url).to_uri().to_text().encode("ascii")
+        agent = self._agents.get(auth)
+        if agent is None:
+            agent = self._agents[auth] = add_basic_auth(self._agent, *auth)
+        return agent.request(method.encode("ascii"), uri, headers, _Bytes(data))
 
 
 class CappedBody(Protocol):
@@ -263,7 +365,23 @@ class Forwarder(Service):
         self._report = report or (lambda channel, consumer, outcome, seconds: None)
         self._random = randomness
         self._grace = grace
-        self._in_flight: dict[int, Deferred] = {}
+        # Deliveries started and not finished (attempt, then the record of
+        # its outcome), and the ids among them that hold a slot of the window.
+        self._attempts: dict[int, Deferred] = {}
+        self._in_flight: set[int] = set()
+        # The head of the queue as last read, less the webhooks delivered
+        # since (None: read it again); whether the queue may hold more.
+        self._ahead: list[ForwardItem] | None = None
+        self._read_full = False
+        self._reads = 0
+        self._arrivals = 0
+        self._arrivals_read = 0
+        # Successes being written; and those written, with the number of
+        # reads started before, until a read started after shows them gone.
+        self._recording: set[int] = set()
+        self._recorded: dict[int, int] = {}
+        # No attempt starts before this time (after a failed write).
+        self._resume_at = 0.0
         self._paused: bool | None = None
         # Counts the changes of the pause switch heard here: a read that
         # began before one of them is out of date when it ends.
@@ -310,21 +428,21 @@ class Forwarder(Service):
                 log.failure("forwarder {forwarder}: cannot release the lease", forwarder=self.name)
 
     async def _wait_in_flight(self) -> None:
-        if not self._in_flight:
+        if not self._attempts:
             return
 
         def cancel_late() -> None:
             log.warn(
                 "forwarder {forwarder}: {n} attempts still in flight after {grace}s; cancelled, to be sent again",
                 forwarder=self.name,
-                n=len(self._in_flight),
+                n=len(self._attempts),
                 grace=self._grace,
             )
-            for d in list(self._in_flight.values()):
+            for d in list(self._attempts.values()):
                 d.cancel()
 
         deadline = self._clock.callLater(self._grace, cancel_late)
-        await DeferredList([_observe(d) for d in self._in_flight.values()], consumeErrors=True)
+        await DeferredList([_observe(d) for d in self._attempts.values()], consumeErrors=True)
         if deadline.active():
             deadline.cancel()
 
@@ -343,6 +461,7 @@ class Forwarder(Service):
 
         def arrived(_):
             self._waiter = None
+            self._arrivals += 1
             self._kick()
 
         waiter.addCallbacks(arrived, lambda f: f.trap(CancelledError))
@@ -388,20 +507,51 @@ class Forwarder(Service):
         if self._paused or len(self._in_flight) >= limit:
             return None
         now = self._clock.seconds()
-        window = await self._storage.forward_window(self.channel.name, limit, now, consumer=self.consumer.name)
+        if now < self._resume_at:
+            return self._resume_at - now
+        if self._ahead is None or (len(self._ahead) < limit and self._more()):
+            if not await self._read(limit):
+                return None
         wake_at = None
-        for item in window:
+        for item in self._ahead[:limit]:
             # A hand-over of the lease asked for while the window was read
             # waits for the attempts in flight: no more may start.
             if not self.running or self._paused or self._yield_until > now or len(self._in_flight) >= limit:
                 break
-            if item.id in self._in_flight:
+            if item.id in self._attempts:
                 continue
             if item.next_attempt_at is None or item.next_attempt_at <= now + EPSILON:
                 self._start(item)
             elif wake_at is None or item.next_attempt_at < wake_at:
                 wake_at = item.next_attempt_at
         return None if wake_at is None else wake_at - now
+
+    def _more(self) -> bool:
+        """Whether the queue may hold more than the last read saw."""
+        return self._read_full or self._arrivals != self._arrivals_read
+
+    async def _read(self, limit: int) -> bool:
+        """Read the head of the queue into ``_ahead``; False when it changed
+        meanwhile (the forwarder was kicked: read again)."""
+        self._ahead = None
+        self._reads += 1
+        reads, self._arrivals_read = self._reads, self._arrivals
+        asked = limit + LOOKAHEAD + len(self._recording) + len(self._recorded)
+        window = await self._storage.forward_window(
+            self.channel.name, asked, self._clock.seconds(), consumer=self.consumer.name
+        )
+        if reads != self._reads:
+            return False
+        done = self._recording | self._recorded.keys()
+        self._ahead = [item for item in window if item.id not in done]
+        self._read_full = len(window) == asked
+        self._recorded = {i: n for i, n in self._recorded.items() if n >= reads}
+        return True
+
+    def _forget_ahead(self) -> None:
+        """The queue changed in a way the last read cannot tell: read it again."""
+        self._ahead = None
+        self._reads += 1
 
     # --- the lease ---------------------------------------------------------
 
@@ -414,6 +564,7 @@ class Forwarder(Service):
             return False
         log.info("forwarder {forwarder}: forwarding (lease token {token})", forwarder=self.name, token=self._token)
         self._paused = None
+        self._forget_ahead()
         self._renewal = task.LoopingCall(self._renew)
         self._renewal.clock = self._clock
         self._renewal.start(self._lease_seconds / 3, now=False)
@@ -449,6 +600,7 @@ class Forwarder(Service):
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.cancel()
+        self._forget_ahead()
         self._kick()
 
     def lease_wanted(self) -> None:
@@ -495,20 +647,27 @@ class Forwarder(Service):
         """The pause switch or the lease changed, maybe on another node."""
         self._paused = None
         self._pause_changes += 1
+        self._forget_ahead()
         self._kick()
 
     def _start(self, item: ForwardItem) -> Deferred:
+        self._in_flight.add(item.id)
         d = ensureDeferred(self._deliver(item))
-        self._in_flight[item.id] = d
+        self._attempts[item.id] = d
 
         def finished(result):
-            self._in_flight.pop(item.id, None)
-            self._kick()
+            self._attempts.pop(item.id, None)
+            self._free(item.id)
             return result
 
         d.addBoth(finished)
         d.addErrback(lambda f: f.trap(CancelledError))
         return d
+
+    def _free(self, webhook_id: int) -> None:
+        """The slot of webhook_id in the window is free."""
+        self._in_flight.discard(webhook_id)
+        self._kick()
 
     # --- one attempt -------------------------------------------------------
 
@@ -522,7 +681,7 @@ class Forwarder(Service):
         queue = dict(consumer=self.consumer.name, token=token)
         try:
             if result.success:
-                written = await self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
+                written = await self._record_success(item, logged, now - started < FAST_ANSWER, queue)
             else:
                 max_attempts = self.forward.max_attempts
                 dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)
@@ -530,6 +689,7 @@ class Forwarder(Service):
                 written = await self._storage.forward_failed(
                     self.channel.name, item.id, logged, None if dead else now + delay, DEAD if dead else PENDING, **queue
                 )
+                self._forget_ahead()
             if not written:
                 # Another node holds the lease now and owns this delivery.
                 self._lost(token)
@@ -558,10 +718,30 @@ class Forwarder(Service):
             self._report(self.channel.name, self.consumer.name, INTERNAL_ERROR, now - started)
             # Held back a moment, so a broken database does not turn into a
             # stream of deliveries of the same webhook.
-            await task.deferLater(self._clock, ERROR_PAUSE)
+            self._resume_at = self._clock.seconds() + ERROR_PAUSE
+            self._forget_ahead()
             return replace(result, success=False, outcome=INTERNAL_ERROR, error="internal error: storage failed")
         self._report(self.channel.name, self.consumer.name, result.outcome, now - started)
         return result
+
+    async def _record_success(self, item: ForwardItem, logged: Attempt, fast: bool, queue: dict) -> bool:
+        """Write the success; the webhook leaves the window at once, and
+        after a fast answer its slot too."""
+        self._recording.add(item.id)
+        if self._ahead and self._ahead[0].id == item.id:
+            del self._ahead[0]
+        elif self._ahead is not None:
+            self._ahead = [i for i in self._ahead if i.id != item.id]
+        written = self._storage.forward_succeeded(self.channel.name, item.id, logged, **queue)
+        if fast:
+            self._free(item.id)
+        try:
+            ok = await written
+        finally:
+            self._recording.discard(item.id)
+        if ok:
+            self._recorded[item.id] = self._reads
+        return ok
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = backoff(self.forward.interval_seconds, self.forward.max_delay_seconds, attempt, self._random())
@@ -631,21 +811,22 @@ class Forwarder(Service):
         self._kick()
 
     def poke(self) -> None:
+        self._forget_ahead()
         self._kick()
 
     async def retry(self, webhook_id: int) -> AttemptResult | None:
         """One attempt now (or the one in flight); None when there is no
         such webhook.  Made with the lease: a node without it asks for it
         and waits (LeaseUnavailable when it does not come)."""
-        running = self._in_flight.get(webhook_id)
+        running = self._attempts.get(webhook_id)
         if running is None and self._token is None:
             await self._hold_lease()
-            running = self._in_flight.get(webhook_id)
+            running = self._attempts.get(webhook_id)
         if running is None:
             item = await self._storage.forward_get(self.channel.name, webhook_id, consumer=self.consumer.name)
-            if item is None:
+            if item is None or webhook_id in self._recorded:
                 return None
-            running = self._in_flight.get(webhook_id) or self._start(item)
+            running = self._attempts.get(webhook_id) or self._start(item)
         return await _observe(running)
 
 

@@ -15,7 +15,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from kwp.config import ConfigError, load_config, unsafe_settings
-from kwp.forward import Forwarders, http_client
+from kwp.forward import Forwarders, push_client
 from kwp.logs import LOG_LEVELS, log_stream, make_access_log, make_log_observer
 from kwp.history import retention
 from kwp.notify import Notifier
@@ -251,7 +251,7 @@ def make_app(config, storage, reactor, ui_token: str | None = None) -> KwpApp:
     # Webhooks stored by this node or (PostgreSQL) another one wake as many
     # waiters of each queue.
     storage.on_stored(lambda channel, consumers: [notifier.fire((channel, c), n) for c, n in consumers.items()])
-    client, pool = http_client(reactor)
+    client, pool = push_client(reactor)
     forwarders = Forwarders(config, storage, notifier, reactor, client, pool=pool)
     app = KwpApp(config, storage, notifier, reactor, forwarders, ui_token)
     # Streams follow what is stored, by this node or another, too.

@@ -21,6 +21,8 @@ from twisted.internet.task import Clock
 
 from kwp.config import ConfigError, parse_config
 from kwp.forward import (
+    ERROR_PAUSE,
+    FAST_ANSWER,
     MAX_BODY_KEPT,
     MAX_RETRY_AFTER,
     Forwarder,
@@ -293,6 +295,98 @@ def test_concurrency_keeps_n_in_flight():
     assert [s.body for s in kit.client.waiting()] == [b"[5]"]
     kit.clock.advance(1)
     assert [(s.body, s.attempt) for s in kit.client.waiting()] == [(b"[5]", 1), (b"[1]", 2)]
+
+
+class SlowWrites(MemoryStorage):
+    """Successes are written when the test says (``commit``), as a group
+    commit does some time after the attempt."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[tuple[Deferred, tuple, dict]] = []
+        self.windows = 0
+
+    def forward_succeeded(self, *args, **kwargs):
+        d = Deferred()
+        self.writes.append((d, args, kwargs))
+        return d
+
+    def forward_window(self, *args, **kwargs):
+        self.windows += 1
+        return super().forward_window(*args, **kwargs)
+
+    def commit(self) -> None:
+        writes, self.writes = self.writes, []
+        for d, args, kwargs in writes:
+            d.callback(super().forward_succeeded(*args, **kwargs).result)
+
+    def fail(self) -> None:
+        writes, self.writes = self.writes, []
+        for d, _, _ in writes:
+            d.errback(RuntimeError("disk I/O error"))
+
+
+def test_a_fast_success_frees_its_slot_before_it_is_written_and_is_not_sent_again():
+    kit = make(storage=SlowWrites())
+    for n in range(1, 4):
+        kit.post(b"[%d]" % n)
+    kit.client.waiting()[0].respond(200)
+    kit.client.waiting()[0].respond(200)
+    # [1] and [2] are still pending in the storage, [3] is in flight.
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]", b"[3]"]
+    assert len(kit.storage.writes) == 2 and len(kit.storage.rows) == 3
+    # A read of the queue meanwhile does not take them for pending.
+    kit.post(b"[4]")
+    kit.client.waiting()[0].respond(200)
+    kit.storage.commit()
+    kit.client.waiting()[0].respond(200)
+    kit.storage.commit()
+    kit.clock.advance(5)
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]", b"[3]", b"[4]"]
+    assert kit.storage.rows == {} and kit.outcomes == [("ch", "ok")] * 4
+
+
+def test_a_slow_success_keeps_its_slot_until_it_is_written():
+    kit = make(storage=SlowWrites())
+    kit.post(b"[1]")
+    kit.post(b"[2]")
+    kit.clock.advance(FAST_ANSWER)
+    kit.client.waiting()[0].respond(200)
+    assert [s.body for s in kit.client.sent] == [b"[1]"]
+    kit.storage.commit()
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]"]
+
+
+def test_the_queue_is_read_ahead_not_once_per_attempt():
+    kit = make(storage=SlowWrites())
+    for n in range(20):
+        kit.storage.add("ch", b"[%d]" % n)
+    kit.notifier.fire(("ch", "default"))
+    for _ in range(20):
+        kit.client.waiting()[0].respond(200)
+        kit.storage.commit()
+    assert [s.body for s in kit.client.sent] == [b"[%d]" % n for n in range(20)]
+    assert kit.storage.windows <= 2
+
+
+def test_a_success_that_cannot_be_written_is_sent_again_in_order_after_a_pause():
+    kit = make(storage=SlowWrites())
+    for n in range(1, 4):
+        kit.post(b"[%d]" % n)
+    kit.client.waiting()[0].respond(200)
+    kit.storage.fail()
+    kit.client.waiting()[0].respond(200)
+    kit.storage.commit()
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]"]
+    assert ("ch", "internal_error") in kit.outcomes
+    kit.clock.advance(ERROR_PAUSE)
+    # [2] was written; [1] was not and goes again, before [3].
+    kit.client.waiting()[0].respond(200)
+    kit.storage.commit()
+    kit.client.waiting()[0].respond(200)
+    kit.storage.commit()
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]", b"[1]", b"[3]"]
+    assert kit.storage.rows == {}
 
 
 def test_a_target_that_never_answers_times_out():

@@ -230,7 +230,8 @@ class IStorage(Interface):
     def forward_succeeded(channel: str, webhook_id: int, attempt: Attempt, consumer: str, token: int | None):
         """Deferred bool: the delivery is delivered and the attempt logged;
         with ``token``, only while the forwarding lease has that fencing
-        token (False: lost, nothing written)."""
+        token (False: lost, nothing written).  Successes that come while
+        others are written are written together, in one commit after it."""
 
     def forward_failed(
         channel: str, webhook_id: int, attempt: Attempt, next_attempt_at, state: str, consumer: str, token: int | None

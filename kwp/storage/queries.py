@@ -17,7 +17,7 @@ number from the same sequence, so it queues at the tail.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from kwp.storage import (
@@ -302,17 +302,17 @@ def claim(txn, d: Dialect, channel, consumer, claim_id, limit, now, lease_second
         f" ORDER BY d.seq LIMIT ?{d.skip_locked}",
         (channel, consumer, limit),
     )
-    rows = _pulled(txn)
+    rows = txn.fetchall()
     if rows:
         hold = lease_seconds if lease_seconds is not None else d.pull_hold
         lease_until = None if hold is None else now + hold
-        for chunk in _chunks([r.id for r in rows]):
+        for chunk in _chunks([r[0] for r in rows]):
             txn.execute(
                 "UPDATE deliveries SET claim = ?, lease_until = ?, handouts = handouts + 1, taken_at = ?"
                 f" WHERE consumer = ? AND webhook_id IN ({_marks(len(chunk))})",
                 (claim_id, lease_until, now, consumer, *chunk),
             )
-    return [StoredWebhook(r.id, r.headers_json, r.body, r.received_at, r.deliveries + 1) for r in rows]
+    return [StoredWebhook(i, h, bytes(b), r, n + 1) for i, h, b, r, n in rows]
 
 
 def finish_claim(txn, d: Dialect, claim_id, now, retention) -> None:
@@ -431,13 +431,16 @@ def _note(txn, channel, consumer, **values) -> None:
     )
 
 
-def _log(txn, channel, consumer, webhook_id, attempt: Attempt) -> None:
+def _log(txn, consumer, webhook_id, attempt: Attempt, prune: bool = True) -> None:
+    """Add attempt to the log of the delivery; with prune, keep its last LOG_KEPT."""
     excerpt = attempt.response_excerpt[:RESPONSE_EXCERPT] if attempt.response_excerpt is not None else None
     txn.execute(
         "INSERT INTO attempts (webhook_id, consumer, at, status_code, error, duration_ms, response_excerpt)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (webhook_id, consumer, attempt.at, attempt.status_code, attempt.error, attempt.duration_ms, excerpt),
     )
+    if not prune:
+        return
     txn.execute(
         "DELETE FROM attempts WHERE webhook_id = ? AND consumer = ? AND id <= (SELECT id FROM attempts"
         " WHERE webhook_id = ? AND consumer = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -451,7 +454,7 @@ def _count_attempt(txn, channel, consumer, webhook_id, attempt: Attempt) -> None
         f" WHERE channel = ? AND consumer = ? AND webhook_id = ? AND state IN {_OPEN}",
         (attempt.at, attempt.status_code, attempt.error, channel, consumer, webhook_id),
     )
-    _log(txn, channel, consumer, webhook_id, attempt)
+    _log(txn, consumer, webhook_id, attempt)
 
 
 def _fenced(txn, d: Dialect, channel, consumer, token: int | None) -> bool:
@@ -467,14 +470,49 @@ def _fenced(txn, d: Dialect, channel, consumer, token: int | None) -> bool:
     return txn.fetchone() is not None
 
 
-def forward_succeeded(txn, d: Dialect, channel, consumer, webhook_id, attempt: Attempt, retention, token=None) -> bool:
-    if not _fenced(txn, d, channel, consumer, token):
-        return False
-    _count_attempt(txn, channel, consumer, webhook_id, attempt)
-    where = f"channel = ? AND consumer = ? AND webhook_id = ? AND state IN {_OPEN}"
-    _close(txn, d, where, (channel, consumer, webhook_id), DELIVERED, attempt.at, retention)
-    _note(txn, channel, consumer, last_success_at=attempt.at)
-    return True
+@dataclass(frozen=True)
+class Success:
+    """A push attempt that succeeded, to be recorded (fenced by token as in
+    ``_fenced``)."""
+
+    channel: str
+    consumer: str
+    token: int | None
+    webhook_id: int
+    attempt: Attempt
+
+
+def forward_succeeded(txn, d: Dialect, batch: Sequence[Success], retention) -> list[bool]:
+    """Record each success of batch: its delivery is delivered and the
+    attempt logged; False for those whose queue's lease has moved on
+    (nothing of theirs written)."""
+    fenced: dict[tuple, bool] = {}
+    closed: list[int] = []
+    last_success: dict[tuple[str, str], float] = {}
+    for s in batch:
+        key = (s.channel, s.consumer, s.token)
+        if key not in fenced:
+            fenced[key] = _fenced(txn, d, *key)
+        if not fenced[key]:
+            continue
+        a = s.attempt
+        txn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?, last_status = ?, last_error = ?,"
+            f" state = '{DELIVERED}', closed_at = ?, claim = NULL, lease_until = NULL"
+            f" WHERE channel = ? AND consumer = ? AND webhook_id = ? AND state IN {_OPEN} RETURNING attempts",
+            (a.at, a.status_code, a.error, a.at, s.channel, s.consumer, s.webhook_id),
+        )
+        row = txn.fetchone()
+        if row is not None:
+            closed.append(s.webhook_id)
+        _log(txn, s.consumer, s.webhook_id, a, prune=row is None or row[0] > LOG_KEPT)
+        queue = (s.channel, s.consumer)
+        last_success[queue] = max(a.at, last_success.get(queue, a.at))
+    if closed:
+        _settle(txn, d, closed, max(last_success.values()), retention)
+    for (channel, consumer), at in last_success.items():
+        _note(txn, channel, consumer, last_success_at=at)
+    return [fenced[(s.channel, s.consumer, s.token)] for s in batch]
 
 
 def forward_failed(txn, d: Dialect, channel, consumer, webhook_id, attempt: Attempt, next_attempt_at, state, token=None) -> bool:

@@ -3,9 +3,12 @@ call as one transaction of kwp.storage.queries.
 
 Inserts that arrive while a transaction runs wait in a queue and are written
 together in the next one: one commit per batch, and each caller's Deferred
-fires only after the commit that holds its webhook.  A backend subclass
-gives the connection pool, the SQL dialect and what counts as "cannot write
-now".
+fires only after the commit that holds its webhook.  Successful pushes are
+recorded in batches too (``GroupCommit``): a forwarder does not wait for
+them before its next attempt, and a commit and a hand-over to the storage
+thread per attempt would otherwise cost more than the attempt.  A backend
+subclass gives the connection pool, the SQL dialect and what counts as
+"cannot write now".
 
 ``on_stored`` and ``on_queue_changed`` callbacks hear of new deliveries and
 of pause and lease changes after the commit: those of this process here, and
@@ -38,6 +41,59 @@ log = Logger()
 # under load costs the reactor thread far more than the insert itself; a
 # short window makes batches larger and those hand-overs rarer.
 COMMIT_WINDOW = 0.002
+# How long the first success of a batch waits for others; a forwarder that
+# waits for its success (a target slower than kwp.forward.FAST_ANSWER)
+# waits this much longer.
+SUCCESS_WINDOW = 0.002
+
+
+class GroupCommit:
+    """Calls that come while a batch of theirs is written wait and are
+    written together in the next one, started ``window`` seconds after the
+    first of them; ``write(batch)`` returns a Deferred list of each call's
+    result, or fails them all."""
+
+    def __init__(self, reactor, write, window: float):
+        self._reactor = reactor
+        self._write = write
+        self._window = window
+        self._queue: list[tuple[object, Deferred]] = []
+        self._writing = False
+        self._timer: IDelayedCall | None = None
+
+    def add(self, item) -> Deferred:
+        d = Deferred()
+        self._queue.append((item, d))
+        if not self._writing and self._timer is None:
+            self._timer = self._reactor.callLater(self._window, self._write_next)
+        return d
+
+    def flush(self) -> None:
+        """Write what waits for its window now (a stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._write_next()
+
+    def _write_next(self) -> None:
+        self._timer = None
+        batch, self._queue = self._queue, []
+        self._writing = True
+
+        def written(outcome):
+            self._writing = False
+            if self._queue:
+                self._timer = self._reactor.callLater(self._window, self._write_next)
+            return outcome
+
+        def committed(results):
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure):
+            for _, d in batch:
+                d.errback(failure)
+
+        self._write([item for item, _ in batch]).addBoth(written).addCallbacks(committed, failed)
 
 
 @implementer(IStorage)
@@ -56,6 +112,7 @@ class AdbapiStorage(Service):
         # This process among the nodes on one database (a forwarding lease's owner).
         self.node = uuid.uuid4().hex
         self._pool: adbapi.ConnectionPool | None = None
+        self._successes = GroupCommit(reactor, self._write_successes, SUCCESS_WINDOW)
         self._queue: list[tuple[NewWebhook, Deferred]] = []
         # Batches being written.
         self._writing = 0
@@ -135,6 +192,7 @@ class AdbapiStorage(Service):
         if self._flush is not None:
             self._flush.cancel()
             self._write_next()
+        self._successes.flush()
         super().stopService()
         pool, self._pool = self._pool, None
 
@@ -144,10 +202,11 @@ class AdbapiStorage(Service):
 
         return DeferredList(list(self._pending)).addCallback(close)
 
-    def _run(self, txn_function, *args) -> Deferred:
+    def _run(self, txn_function, *args, with_connection: bool = False) -> Deferred:
         if self._pool is None or not self.running:
             return fail(StorageError("the storage service is not running"))
-        d = self._pool.runInteraction(txn_function, *args)
+        run = self._pool.runWithConnection if with_connection else self._pool.runInteraction
+        d = run(txn_function, *args)
         self._pending.add(d)
 
         def settled(result):
@@ -213,11 +272,20 @@ class AdbapiStorage(Service):
 
     # --- pull ------------------------------------------------------------------
 
+    def _run_unsynced(self, txn_function, *args) -> Deferred:
+        """_run, for a transaction that a crash may undo (the backend need
+        not wait for the disk at its commit)."""
+        return self._run(txn_function, *args)
+
     def claim(self, channel, claim_id, limit, now, lease_seconds=None, *, consumer=DEFAULT_CONSUMER) -> Deferred:
         """The caller may cancel what this returns (a pull whose client
         left): the transaction still commits, and a release_claim asked
         meanwhile runs after it."""
-        running = self._run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
+        # An unleased claim that a crash undoes was given back anyway: a
+        # restart releases the claims of pulls it never finished.
+        durable = lease_seconds is not None or self.dialect.pull_hold is not None
+        run = self._run if durable else self._run_unsynced
+        running = run(q.claim, self.dialect, channel, consumer, claim_id, limit, now, lease_seconds)
         self._claiming[claim_id] = running
 
         def settled(result):
@@ -286,9 +354,10 @@ class AdbapiStorage(Service):
         return self._run(q.forward_get, channel, consumer, webhook_id)
 
     def forward_succeeded(self, channel, webhook_id, attempt, *, consumer=DEFAULT_CONSUMER, token=None) -> Deferred:
-        return self._run(
-            q.forward_succeeded, self.dialect, channel, consumer, webhook_id, attempt, self.retention, token
-        )
+        return self._successes.add(q.Success(channel, consumer, token, webhook_id, attempt))
+
+    def _write_successes(self, batch: list[q.Success]) -> Deferred:
+        return self._run(q.forward_succeeded, self.dialect, batch, self.retention)
 
     def forward_failed(
         self, channel, webhook_id, attempt, next_attempt_at, state, *, consumer=DEFAULT_CONSUMER, token=None

@@ -337,6 +337,19 @@ class SQLiteDialect(Dialect):
         return list(range(last - count + 1, last + 1))
 
 
+def _unsynced(connection, txn_function, *args):
+    """txn_function in a transaction whose commit does not wait for the
+    disk (WAL): a crash may undo it but nothing committed before it, and the
+    next commit that waits for the disk takes it along."""
+    connection.execute("PRAGMA synchronous = NORMAL")
+    try:
+        result = txn_function(connection.cursor(), *args)
+        connection.commit()
+        return result
+    finally:
+        connection.execute("PRAGMA synchronous = FULL")
+
+
 # SQLite result codes that mean "cannot write now" rather than "broken".
 _UNAVAILABLE_CODES = {13: "the disk is full", 8: "the database is read-only"}
 _UNAVAILABLE_MESSAGES = {"database or disk is full": 13, "readonly database": 8}
@@ -374,6 +387,9 @@ class SQLiteStorage(AdbapiStorage):
             cp_openfun=_configure,
             cp_reactor=self._reactor,
         )
+
+    def _run_unsynced(self, txn_function, *args):
+        return self._run(_unsynced, txn_function, *args, with_connection=True)
 
     def _unavailable(self, error: BaseException) -> StorageUnavailable | None:
         if not isinstance(error, sqlite3.Error):
