@@ -16,7 +16,9 @@ slot at once when the target answered within FAST_ANSWER: the storage
 records successes in batches while the next attempts go out, and a crash
 before such a batch commits sends those webhooks again, in order.  A slower
 answer keeps its slot until its success is written, which then costs little,
-so that a crash repeats only the attempt in flight.  A webhook is deleted
+so that a crash repeats only the attempt in flight; so does every answer on
+a database that several nodes share (CONTRACT §10: only the attempt in
+flight at a node's death may be repeated).  A webhook is deleted
 only once delivered.
 """
 
@@ -681,7 +683,8 @@ class Forwarder(Service):
         queue = dict(consumer=self.consumer.name, token=token)
         try:
             if result.success:
-                written = await self._record_success(item, logged, now - started < FAST_ANSWER, queue)
+                fast = not self._storage.shared and now - started < FAST_ANSWER
+                written = await self._record_success(item, logged, fast, queue)
             else:
                 max_attempts = self.forward.max_attempts
                 dead = item.state == DEAD or (max_attempts is not None and attempt >= max_attempts)

@@ -24,6 +24,7 @@ class MemoryStorage:
     queue is a (channel, consumer) pair."""
 
     node = "this-node"
+    shared = False
 
     def __init__(self):
         self.rows: dict[int, tuple[tuple[str, str], ForwardItem]] = {}

@@ -802,3 +802,15 @@ def test_a_hand_over_asked_while_the_window_is_read_starts_nothing_more_and_give
     window.callback(items)
     assert kit.client.sent == []
     assert storage.leases["ch", "default"][0] is None
+
+
+def test_on_a_database_that_several_nodes_share_a_fast_success_keeps_its_slot_until_it_is_written():
+    storage = SlowWrites()
+    storage.shared = True
+    kit = make(storage=storage)
+    kit.post(b"[1]")
+    kit.post(b"[2]")
+    kit.client.waiting()[0].respond(200)
+    assert [s.body for s in kit.client.sent] == [b"[1]"]
+    kit.storage.commit()
+    assert [s.body for s in kit.client.sent] == [b"[1]", b"[2]"]

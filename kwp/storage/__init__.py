@@ -194,6 +194,7 @@ class IStorage(Interface):
     ``consumer`` (DEFAULT_CONSUMER when left out)."""
 
     retention = Attribute("Retention: the app sets it at start and on reload")
+    shared = Attribute("True where other nodes work on the same database (PostgreSQL)")
 
     def insert(webhook: NewWebhook):
         """Deferred firing with the new id, DUPLICATE or QUEUE_FULL, only

@@ -542,6 +542,7 @@ _UNAVAILABLE_CODES = {"25006"}
 
 class PostgresStorage(AdbapiStorage):
     commit_window = COMMIT_WINDOW
+    shared = True
     commit_batch = COMMIT_BATCH
     full_batches = FULL_BATCHES
 

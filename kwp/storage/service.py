@@ -101,6 +101,7 @@ class AdbapiStorage(Service):
     name = "storage"
     dialect: q.Dialect
     commit_window = COMMIT_WINDOW
+    shared = False
     # A batch of this many webhooks is written without waiting for the
     # window, beside the one being written when up to full_batches may be
     # written at once (None: batches always wait for the window).
