@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.ssl import CertificateOptions
 
 from tests.support import free_port, until
 from tests.test_forward_daemon import config, post
@@ -49,10 +49,7 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return PrivateCertificate.loadPEM(cert.public_bytes(serialization.Encoding.PEM) + key_pem).options()
+        return CertificateOptions(privateKey=key, certificate=cert)
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key) -> x509.CertificateBuilder:
