@@ -89,8 +89,8 @@ def local_kwp(kwp_databases):
 
 @pytest.fixture
 def target():
-    """A local forward target on 127.0.0.1: target(port=0)."""
-    yield from _tracked(lambda port=0: Target().listen(port), _blockon_stop)
+    """A local forward target on 127.0.0.1: target(port=0, tls=None)."""
+    yield from _tracked(lambda port=0, tls=None: Target().listen(port, tls), _blockon_stop)
 
 
 @pytest.fixture

@@ -243,8 +243,11 @@ class Target(Resource):
         self._waiters: list[tuple[int, Deferred]] = []
         self._protocols: set = set()
         self.port = None
+        self.tls = None
 
-    def listen(self, port: int = 0) -> "Target":
+    def listen(self, port: int = 0, tls=None) -> "Target":
+        """Listen on 127.0.0.1, over TLS with the server context factory
+        ``tls`` if given (``url`` is then https to localhost)."""
         from twisted.internet import reactor
 
         site = Site(self)
@@ -256,7 +259,11 @@ class Target(Resource):
             return protocol
 
         site.buildProtocol = tracked
-        self.port = reactor.listenTCP(port, site, interface="127.0.0.1")
+        if tls is None:
+            self.port = reactor.listenTCP(port, site, interface="127.0.0.1")
+        else:
+            self.port = reactor.listenSSL(port, site, tls, interface="127.0.0.1")
+        self.tls = tls
         return self
 
     async def stop(self) -> None:
@@ -271,6 +278,8 @@ class Target(Resource):
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port.getHost().port}/hook"
         return f"http://127.0.0.1:{self.port.getHost().port}/hook"
 
     def render_POST(self, request):
