@@ -721,6 +721,36 @@ def post_webhook(port: int, body: bytes) -> int:
         connection.close()
 
 
+def wake_once(poll_port: int, post_port: int, n: int, report: Report, what: str) -> tuple[float, float] | None:
+    """GET ?wait=30 on poll_port; once it is parked, a POST of {"n": n} to
+    post_port.  The milliseconds from sending the POST to the long-poll's
+    answer and to the POST's own; None (and dishonest) when the long-poll
+    did not get that webhook."""
+    connection = http.client.HTTPConnection("127.0.0.1", poll_port, timeout=40)
+    connection.request("GET", f"/api/webhook/{CHANNEL}?wait=30", headers={"Authorization": f"Bearer {TOKEN}"})
+    answer: dict = {}
+
+    def read():
+        response = connection.getresponse()
+        answer["body"] = response.read()
+        answer["at"] = time.perf_counter()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.05)
+    sent = time.perf_counter()
+    status = post_webhook(post_port, b'{"n":%d}' % n)
+    posted = (time.perf_counter() - sent) * 1000
+    reader.join(35)
+    connection.close()
+    items = json.loads(answer.get("body", b"[]"))
+    if status != 200 or [i["payload"] for i in items] != [{"n": n}]:
+        report.honest = False
+        report.say(f"  {what} {n}: POST {status}, long-poll got {items!r} -> MISMATCH")
+        return None
+    return (answer["at"] - sent) * 1000, posted
+
+
 def bench_longpoll(args, work: Path, report: Report) -> None:
     """A client holds GET ?wait=30; once it is parked, another POSTs; the
     figure is the time from sending the POST to the long-poll's answer."""
@@ -729,29 +759,10 @@ def bench_longpoll(args, work: Path, report: Report) -> None:
     wakes, posts = [], []
     try:
         for n in range(args.polls):
-            connection = http.client.HTTPConnection("127.0.0.1", kwp.port, timeout=40)
-            connection.request("GET", f"/api/webhook/{CHANNEL}?wait=30", headers={"Authorization": f"Bearer {TOKEN}"})
-            answer: dict = {}
-
-            def read(connection=connection, answer=answer):
-                response = connection.getresponse()
-                answer["body"] = response.read()
-                answer["at"] = time.perf_counter()
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            time.sleep(0.05)
-            sent = time.perf_counter()
-            status = post_webhook(kwp.port, b'{"n":%d}' % n)
-            posts.append((time.perf_counter() - sent) * 1000)
-            reader.join(35)
-            connection.close()
-            items = json.loads(answer.get("body", b"[]"))
-            if status != 200 or [i["payload"] for i in items] != [{"n": n}]:
-                report.honest = False
-                report.say(f"  poll {n}: POST {status}, long-poll got {items!r} -> MISMATCH")
-                continue
-            wakes.append((answer["at"] - sent) * 1000)
+            wake = wake_once(kwp.port, kwp.port, n, report, "poll")
+            if wake is not None:
+                wakes.append(wake[0])
+                posts.append(wake[1])
     finally:
         kwp.stop()
     report.say(
@@ -948,28 +959,9 @@ def pg_wake(args, nodes: list[Kwp], report: Report) -> None:
     a, b = nodes
     wakes = []
     for n in range(args.pg_polls):
-        connection = http.client.HTTPConnection("127.0.0.1", a.port, timeout=40)
-        connection.request("GET", f"/api/webhook/{CHANNEL}?wait=30", headers={"Authorization": f"Bearer {TOKEN}"})
-        answer: dict = {}
-
-        def read(connection=connection, answer=answer):
-            response = connection.getresponse()
-            answer["body"] = response.read()
-            answer["at"] = time.perf_counter()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        time.sleep(0.05)
-        sent = time.perf_counter()
-        status = post_webhook(b.port, b'{"n":%d}' % n)
-        reader.join(35)
-        connection.close()
-        items = json.loads(answer.get("body", b"[]"))
-        if status != 200 or [i["payload"] for i in items] != [{"n": n}]:
-            report.honest = False
-            report.say(f"  wake {n}: POST {status}, long-poll got {items!r} -> MISMATCH")
-            continue
-        wakes.append((answer["at"] - sent) * 1000)
+        wake = wake_once(a.port, b.port, n, report, "wake")
+        if wake is not None:
+            wakes.append(wake[0])
     p50, p99 = (median(wakes), percentile(wakes, 99)) if wakes else (float("nan"), float("nan"))
     report.say(f"  {len(wakes)} wakes: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(wakes, default=p99):.1f} ms   load {load()}")
     report.judge("pg_wake", None if args.quick else p50 <= 10 and p99 <= 50, f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
