@@ -323,3 +323,13 @@ class Target(Resource):
     def delivered(self) -> list[bytes]:
         """Bodies of the requests answered with a 2xx."""
         return [r["body"] for r in self.received if r["status"] is not None and 200 <= r["status"] < 300]
+
+
+def assert_sent_as_posted(got: dict, raw: bytes, webhook_id: int) -> None:
+    """The target got the body byte for byte, the sender's headers and
+    kwp's own, for a first attempt of channel push."""
+    assert got["body"] == raw
+    assert got["headers"]["x-custom"] == "yes"
+    assert got["headers"]["content-type"] == "application/json"
+    assert got["headers"]["x-kwp-delivery-id"] == f"push-{webhook_id}"
+    assert got["headers"]["x-kwp-attempt"] == "1"

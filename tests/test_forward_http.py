@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 from kwp.forward import MAX_BODY_KEPT
 from kwp.storage import Attempt, NewWebhook
 from kwp.storage.sqlite import MIGRATIONS, SQLiteStorage
+from tests.forward_support import assert_sent_as_posted
 from tests.support import free_port, metric_samples, until
 
 
@@ -87,12 +88,7 @@ async def test_delivers_byte_for_byte_at_once_and_deletes(local_kwp, target):
     await t.wait_for(1)
     print(f"in-process forward latency: {(t.received[0]['at'] - started) * 1000:.1f} ms")
     assert t.received[0]["at"] - started < 1.0
-    got = t.received[0]
-    assert got["body"] == raw
-    assert got["headers"]["x-custom"] == "yes"
-    assert got["headers"]["content-type"] == "application/json"
-    assert got["headers"]["x-kwp-delivery-id"] == f"push-{webhook_id}"
-    assert got["headers"]["x-kwp-attempt"] == "1"
+    assert_sent_as_posted(t.received[0], raw, webhook_id)
     await until(lambda: _empty(kwp))
     status = (await queue(kwp))["status"]
     assert status["last_success_at"] is not None and status["last_error_at"] is None

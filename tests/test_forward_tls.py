@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.ssl import CertificateOptions
 
+from tests.forward_support import assert_sent_as_posted
 from tests.support import free_port, until
 from tests.test_forward_daemon import config, post
 
@@ -100,12 +101,7 @@ async def test_a_target_with_a_certificate_from_a_trusted_ca_gets_the_webhook(da
     assert response.code == 200, await response.text()
     webhook_id = json.loads(await response.content())["id"]
     await t.wait_for(1)
-    got = t.received[0]
-    assert got["body"] == raw
-    assert got["headers"]["x-custom"] == "yes"
-    assert got["headers"]["content-type"] == "application/json"
-    assert got["headers"]["x-kwp-delivery-id"] == f"push-{webhook_id}"
-    assert got["headers"]["x-kwp-attempt"] == "1"
+    assert_sent_as_posted(t.received[0], raw, webhook_id)
     await until(lambda: _empty(kwp), 10, "the queue is empty")
 
 

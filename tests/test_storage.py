@@ -551,12 +551,9 @@ async def test_callbacks_hear_what_was_stored_replayed_and_paused(storage):
     assert changed == [("a", "chat")]
 
 
-@pytest.mark.parametrize("backend_class", [SQLiteStorage, PostgresStorage])
-def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the_window(backend_class, tmp_path):
-    clock = Clock()
-    clock.advance(1000)
-    storage = backend_class(str(tmp_path / "unused.db") if backend_class is SQLiteStorage else "postgresql:///unused", clock)
-    window = storage.commit_window
+def held_writes(storage, clock) -> list:
+    """The storage's batches, each (time, size, the Deferred that ends its
+    write), written only when the test fires that Deferred."""
     writes = []
 
     def held(f, dialect, batch):
@@ -564,6 +561,16 @@ def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the
         return writes[-1][2]
 
     storage._run = held
+    return writes
+
+
+@pytest.mark.parametrize("backend_class", [SQLiteStorage, PostgresStorage])
+def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the_window(backend_class, tmp_path):
+    clock = Clock()
+    clock.advance(1000)
+    storage = backend_class(str(tmp_path / "unused.db") if backend_class is SQLiteStorage else "postgresql:///unused", clock)
+    window = storage.commit_window
+    writes = held_writes(storage, clock)
     storage.insert(hook(1))
     clock.advance(0)
     assert [(at, size) for at, size, _ in writes] == [(1000, 1)]
@@ -587,13 +594,7 @@ def test_a_lone_webhook_is_written_at_once_and_under_load_batches_gather_for_the
 def test_a_full_batch_is_written_without_waiting_for_the_window(tmp_path):
     clock = Clock()
     storage = PostgresStorage("postgresql:///unused", clock)
-    writes = []
-
-    def held(f, dialect, batch):
-        writes.append((clock.seconds(), len(batch), Deferred()))
-        return writes[-1][2]
-
-    storage._run = held
+    writes = held_writes(storage, clock)
     storage.insert(hook(0))
     clock.advance(0)
     for n in range(storage.commit_batch + 5):

@@ -96,6 +96,16 @@ class GroupCommit:
         self._write([item for item, _ in batch]).addBoth(written).addCallbacks(committed, failed)
 
 
+def _tell(callbacks: list, what: str, *args) -> None:
+    """Call each callback with args; one that fails is logged and the others
+    are still called."""
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:
+            log.failure("{what} callback failed", what=what)
+
+
 @implementer(IStorage)
 class AdbapiStorage(Service):
     name = "storage"
@@ -150,25 +160,13 @@ class AdbapiStorage(Service):
 
     def _stored(self, news: News) -> None:
         for channel, consumers in news.items():
-            for callback in self._stored_callbacks:
-                try:
-                    callback(channel, consumers)
-                except Exception:
-                    log.failure("on_stored callback failed")
+            _tell(self._stored_callbacks, "on_stored", channel, consumers)
 
     def _queue_changed(self, channel: str, consumer: str) -> None:
-        for callback in self._queue_callbacks:
-            try:
-                callback(channel, consumer)
-            except Exception:
-                log.failure("on_queue_changed callback failed")
+        _tell(self._queue_callbacks, "on_queue_changed", channel, consumer)
 
     def _lease_wanted(self, channel: str, consumer: str) -> None:
-        for callback in self._wanted_callbacks:
-            try:
-                callback(channel, consumer)
-            except Exception:
-                log.failure("on_lease_wanted callback failed")
+        _tell(self._wanted_callbacks, "on_lease_wanted", channel, consumer)
 
     # --- what a backend provides -----------------------------------------------
 
