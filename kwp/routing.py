@@ -13,19 +13,23 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jmespath
 from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
+from jmespath.functions import Functions
 from jmespath.visitor import TreeInterpreter
 
+Evaluate = Callable[[Any], Any]
+
 # One interpreter for every filter and webhook: ParsedResult.search builds a
-# new one, with its table of functions, on each call, which costs as much as
-# evaluating a short expression.  It keeps no state between evaluations.
+# new one, with its table of functions, on each call.  It keeps no state
+# between evaluations.
 _INTERPRETER = TreeInterpreter()
+_FUNCTIONS = Functions()
+_COMPARE = TreeInterpreter.COMPARATOR_FUNC
 
 
 @dataclass(frozen=True, eq=False)
 class Filter:
     source: str
-    _expression: ParsedResult
+    evaluate: Evaluate
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Filter) and other.source == self.source
@@ -36,16 +40,75 @@ class Filter:
     def matches(self, document: Any) -> bool:
         """Whether the expression is truthy over document; raises whatever
         the evaluation raises (a JMESPath type error, say)."""
-        return truthy(_INTERPRETER.visit(self._expression.parsed, document))
+        return truthy(self.evaluate(document))
 
 
 def compile_filter(source: str) -> Filter:
     """The compiled filter; ValueError with JMESPath's message when it does
     not compile."""
     try:
-        return Filter(source, jmespath.compile(source))
+        parsed = jmespath.compile(source).parsed
     except JMESPathError as e:
         raise ValueError(f"invalid JMESPath expression: {' '.join(str(e).split())}") from None
+    return Filter(source, _compile(parsed))
+
+
+def _compile(node: dict) -> Evaluate:
+    """node of JMESPath's syntax tree as one Python function of the value.
+
+    jmespath's interpreter visits the tree on each evaluation, a dispatch per
+    node that costs more than the node's own work; the kinds filters are made
+    of (fields, comparisons, literals, lists, and/or, function calls) become
+    closures here, with the interpreter's semantics, and every other kind
+    is left to the interpreter.
+    """
+    kind = node["type"]
+    if kind == "field":
+        name = node["value"]
+        return lambda value: value.get(name) if isinstance(value, dict) else None
+    if kind == "literal":
+        constant = node["value"]
+        return lambda value: constant
+    if kind in ("current", "identity"):
+        return lambda value: value
+    if kind == "function_expression":
+        name, arguments = node["value"], [_compile(child) for child in node["children"]]
+        return lambda value: _FUNCTIONS.call_function(name, [argument(value) for argument in arguments])
+    children = [_compile(child) for child in node["children"]] if kind in _COMPOSED else ()
+    if kind in ("subexpression", "pipe") and len(children) == 2:
+        first, second = children
+        return lambda value: second(first(value))
+    if kind == "multi_select_list":
+        return lambda value: None if value is None else [child(value) for child in children]
+    if kind == "comparator":
+        return _comparator(node["value"], *children)
+    if kind == "and_expression":
+        left, right = children
+        return lambda value: right(value) if truthy(matched := left(value)) else matched
+    if kind == "or_expression":
+        left, right = children
+        return lambda value: matched if truthy(matched := left(value)) else right(value)
+    return lambda value: _INTERPRETER.visit(node, value)
+
+
+_COMPOSED = frozenset(("subexpression", "pipe", "multi_select_list", "comparator", "and_expression", "or_expression"))
+
+
+def _comparator(operation: str, left: Evaluate, right: Evaluate) -> Evaluate:
+    compare = _COMPARE[operation]
+    if operation in ("eq", "ne"):
+        return lambda value: compare(left(value), right(value))
+
+    def ordered(value):
+        # Ordering is only for numbers and strings; anything else is null.
+        a, b = left(value), right(value)
+        return compare(a, b) if _orderable(a) and _orderable(b) else None
+
+    return ordered
+
+
+def _orderable(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 def truthy(value: Any) -> bool:

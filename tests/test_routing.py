@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import jmespath
 import pytest
 
 from kwp.routing import compile_filter, route, truthy
@@ -31,3 +32,63 @@ def test_compile_errors_and_equality():
         compile_filter("foo[")
     assert compile_filter("a.b") == compile_filter("a.b") != compile_filter("a.c")
     assert hash(compile_filter("a.b")) == hash(compile_filter("a.b"))
+
+
+DOCUMENTS = [
+    {"headers": {"content-type": "application/json", "x-n": "7"}, "body": {"action": "opened", "number": 12}},
+    {"headers": {}, "body": {"action": "", "number": 0, "draft": False, "tags": ["a", "b"], "sender": {"login": "octo"}}},
+    {"headers": {"x-n": "1"}, "body": {"number": 1.5, "draft": True, "tags": [], "sender": None}},
+    {"headers": {}, "body": ["opened", 1, None]},
+    {"headers": {}, "body": "text"},
+    {"headers": {}, "body": None},
+]
+EXPRESSIONS = [
+    "body.action",
+    "body.action == 'opened'",
+    "body.action != 'opened'",
+    "body.number > `10`",
+    "body.number <= `1`",
+    "body.number < body.action",
+    "headers.\"x-n\" >= '5'",
+    "body.draft == `false`",
+    "body.number == `false`",
+    "body.number == `0`",
+    "body.draft == `1`",
+    "body.action && body.number",
+    "body.number && body.action",
+    "body.number || body.action",
+    "body.action || body.number",
+    "!body.draft",
+    "!body.number",
+    "body.sender.login",
+    "body.tags[0]",
+    "body.tags[*]",
+    "body[?@ != `null`]",
+    "['x', body.action]",
+    "{a: body.action}",
+    "contains(['octo'], body.sender.login)",
+    "contains(body.tags, 'a')",
+    "length(body.tags) > `1`",
+    "starts_with(body.action, 'op')",
+    "to_number(headers.\"x-n\") > `5`",
+    "body | action",
+    "@.body.number",
+    "sort_by(body.tags, &@)",
+    "body.number > `10` && headers.\"content-type\" == 'application/json'",
+]
+
+
+@pytest.mark.parametrize("source", EXPRESSIONS)
+def test_compiled_filters_evaluate_as_jmespath_does(source):
+    """Each filter gives what jmespath's own interpreter gives, or raises
+    the same error, for every document."""
+    flt = compile_filter(source)
+    for doc in DOCUMENTS:
+        try:
+            expected = jmespath.search(source, doc)
+        except Exception as e:
+            with pytest.raises(type(e)):
+                flt.evaluate(doc)
+        else:
+            got = flt.evaluate(doc)
+            assert got == expected and type(got) is type(expected), (doc, got, expected)
