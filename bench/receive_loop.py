@@ -12,6 +12,8 @@ process: under callgrind the instruction counts repeat from run to run.
     python bench/receive_loop.py --callgrind         # instructions per request
     python bench/receive_loop.py --callgrind --fanout   # with three filtered consumers
     python bench/receive_loop.py --callgrind --bare     # bench/bare.py's floor instead of kwp
+    python bench/receive_loop.py --callgrind --postgresql postgresql://postgres@127.0.0.1/test
+                                  # on a new database of that server (kwp's instructions only)
 
 --callgrind runs this script twice under ``valgrind --tool=callgrind``, with
 --requests N and 2N, and prints the difference of the two totals divided by
@@ -127,7 +129,7 @@ class Bare:
         return succeed(None)
 
 
-def run(requests: int, wave: int, fanout: bool = False, bare: bool = False) -> dict:
+def run(requests: int, wave: int, fanout: bool = False, bare: bool = False, postgresql: str | None = None) -> dict:
     from twisted.internet import reactor
 
     from kwp.tap import Options, makeService
@@ -140,10 +142,15 @@ def run(requests: int, wave: int, fanout: bool = False, bare: bool = False) -> d
             from run import FANOUT_CONSUMERS
 
             config.write_text(config.read_text() + FANOUT_CONSUMERS)
+        databases = None
+        database = str(Path(tmp) / "kwp.db")
+        if postgresql is not None:
+            from kwpdb import PostgresDatabases
+
+            databases = PostgresDatabases(postgresql)
+            database = databases.create()
         options = Options()
-        options.parseOptions(
-            ["--config", str(config), "--database", str(Path(tmp) / "kwp.db"), "--listen", "tcp:0:interface=127.0.0.1"]
-        )
+        options.parseOptions(["--config", str(config), "--database", database, "--listen", "tcp:0:interface=127.0.0.1"])
         sys.stdout = open(os.devnull, "w")
         service = Bare() if bare else makeService(options, reactor)
 
@@ -167,6 +174,8 @@ def run(requests: int, wave: int, fanout: bool = False, bare: bool = False) -> d
         reactor.callWhenRunning(start)
         reactor.run()
         sys.stdout = sys.__stdout__
+        if databases is not None:
+            databases.drop_all()
     if "error" in result:
         raise SystemExit(result["error"])
     return result
@@ -201,6 +210,7 @@ def callgrind(args) -> None:
                 str(args.wave),
                 *(["--fanout"] if args.fanout else []),
                 *(["--bare"] if args.bare else []),
+                *(["--postgresql", args.postgresql] if args.postgresql else []),
             ],
             env=environment,
             check=True,
@@ -229,6 +239,7 @@ def main(argv=None) -> None:
         "--fanout", action="store_true", help="the three filtered consumers of bench/run.py's fanout section"
     )
     parser.add_argument("--bare", action="store_true", help="bench/bare.py's twisted.web Resource instead of kwp")
+    parser.add_argument("--postgresql", help="a PostgreSQL server: kwp stores in a new database there")
     parser.add_argument("--out", help="where --callgrind keeps its output files (a new temporary folder)")
     args = parser.parse_args(argv)
     if args.callgrind:
@@ -236,7 +247,7 @@ def main(argv=None) -> None:
         callgrind(args)
         return
     args.requests = args.requests or 5000
-    result = run(args.requests, args.wave, args.fanout, args.bare)
+    result = run(args.requests, args.wave, args.fanout, args.bare, args.postgresql)
     print(
         f"{args.requests} receives in waves of {args.wave}: {result['seconds']:.2f}s, "
         f"{args.requests / result['seconds']:,.0f}/s, CPU {result['cpu'] / args.requests * 1e6:.0f} us per receive "

@@ -76,6 +76,15 @@ class Dialect:
         """count new numbers of the webhook id sequence, ascending."""
         raise NotImplementedError
 
+    def insert_rows(self, txn, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        """Insert rows (tuples of values in the order of columns) into table."""
+        values = f"({_marks(len(columns))})"
+        for chunk in _chunks(rows, _ROWS_PER_INSERT):
+            txn.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([values] * len(chunk)),
+                [v for row in chunk for v in row],
+            )
+
     def announce(self, txn, news: News, last: int) -> None:
         """Tell other nodes, at the commit, what this transaction stored;
         ``last`` is the largest number it took from the id sequence."""
@@ -108,26 +117,29 @@ def _marks(n: int) -> str:
 # --- receive -------------------------------------------------------------------
 
 
+# The columns a new webhook and a new delivery fill.
+_NEW_WEBHOOK = ("id", "channel", "headers", "body", "received_at", "delivery_id", "done_at")
+_NEW_DELIVERY = ("seq", "webhook_id", "channel", "consumer", "queued_at")
+
+
 def _write(txn, d: Dialect, webhooks: list[NewWebhook]) -> list[int]:
     """Insert webhooks and their first deliveries; their new ids in order."""
     ids = d.allocate_ids(txn, len(webhooks))
-    rows = [
-        (i, w.channel, w.headers_json, w.body, w.received_at, w.delivery_id, None if w.routes else w.received_at)
-        for i, w in zip(ids, webhooks)
-    ]
-    for chunk in _chunks(rows, _ROWS_PER_INSERT):
-        txn.execute(
-            "INSERT INTO webhooks (id, channel, headers, body, received_at, delivery_id, done_at) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-            [v for row in chunk for v in row],
-        )
-    deliveries = [(i, i, w.channel, r.consumer, w.received_at) for i, w in zip(ids, webhooks) for r in w.routes]
-    for chunk in _chunks(deliveries, _ROWS_PER_INSERT):
-        txn.execute(
-            "INSERT INTO deliveries (seq, webhook_id, channel, consumer, queued_at) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
-            [v for row in chunk for v in row],
-        )
+    d.insert_rows(
+        txn,
+        "webhooks",
+        _NEW_WEBHOOK,
+        [
+            (i, w.channel, w.headers_json, w.body, w.received_at, w.delivery_id, None if w.routes else w.received_at)
+            for i, w in zip(ids, webhooks)
+        ],
+    )
+    d.insert_rows(
+        txn,
+        "deliveries",
+        _NEW_DELIVERY,
+        [(i, i, w.channel, r.consumer, w.received_at) for i, w in zip(ids, webhooks) for r in w.routes],
+    )
     return ids
 
 
@@ -754,10 +766,11 @@ def replay(txn, d: Dialect, channel, ids, consumers, now, state) -> list[tuple[i
                 f"DELETE FROM deliveries WHERE webhook_id = ? AND consumer IN ({_marks(len(replayed))})",
                 (webhook_id, *replayed),
             )
-            txn.execute(
-                "INSERT INTO deliveries (seq, webhook_id, channel, consumer, queued_at) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?)"] * len(replayed)),
-                [v for seq, c in zip(seqs, replayed) for v in (seq, webhook_id, channel, c, now)],
+            d.insert_rows(
+                txn,
+                "deliveries",
+                _NEW_DELIVERY,
+                [(seq, webhook_id, channel, c, now) for seq, c in zip(seqs, replayed)],
             )
             txn.execute("UPDATE webhooks SET done_at = NULL WHERE id = ?", (webhook_id,))
         results.append((webhook_id, replayed, already))
