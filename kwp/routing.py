@@ -74,10 +74,11 @@ def _compile(node: dict) -> Evaluate:
     if kind == "function_expression":
         name, arguments = node["value"], [_compile(child) for child in node["children"]]
         return lambda value: _FUNCTIONS.call_function(name, [argument(value) for argument in arguments])
+    if kind == "subexpression" and all(child["type"] == "field" for child in node["children"]):
+        return _path(tuple(child["value"] for child in node["children"]))
     children = [_compile(child) for child in node["children"]] if kind in _COMPOSED else ()
-    if kind in ("subexpression", "pipe") and len(children) == 2:
-        first, second = children
-        return lambda value: second(first(value))
+    if kind in ("subexpression", "pipe"):
+        return lambda value: _chain(children, value)
     if kind == "multi_select_list":
         return lambda value: None if value is None else [child(value) for child in children]
     if kind == "comparator":
@@ -91,13 +92,40 @@ def _compile(node: dict) -> Evaluate:
     return lambda value: _INTERPRETER.visit(node, value)
 
 
+def _path(names: tuple[str, ...]) -> Evaluate:
+    def evaluate(value):
+        for name in names:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(name)
+        return value
+
+    return evaluate
+
+
+def _chain(steps: list[Evaluate], value: Any) -> Any:
+    for step in steps:
+        value = step(value)
+    return value
+
+
 _COMPOSED = frozenset(("subexpression", "pipe", "multi_select_list", "comparator", "and_expression", "or_expression"))
 
 
 def _comparator(operation: str, left: Evaluate, right: Evaluate) -> Evaluate:
     compare = _COMPARE[operation]
     if operation in ("eq", "ne"):
-        return lambda value: compare(left(value), right(value))
+        equal = operation == "eq"
+
+        def equality(value):
+            a, b = left(value), right(value)
+            # A string equals only a string: jmespath's special case of 0
+            # and 1 against booleans cannot apply.
+            if type(a) is str or type(b) is str:
+                return (a == b) is equal
+            return compare(a, b)
+
+        return equality
 
     def ordered(value):
         # Ordering is only for numbers and strings; anything else is null.
