@@ -370,10 +370,19 @@ async def test_queue_sizes_follow_every_way_a_webhook_comes_and_goes(storage):
     await storage.forward_failed("b", (await storage.list("b", 1))[0].id, Attempt(2000.0, 500), None, "dead")
     await storage.clear("c", 2000.0)
     await storage.replay("b", [2], None, 2001.0)
+    # One batch fanned out to two consumers of a channel, then one more
+    # for one of them.
+    await gatherResults([storage.insert(hook(200 + i, channel="f", routes=(Route("x"), Route("y")))) for i in range(5)])
+    await storage.insert(hook(300, channel="f", routes=(Route("y"),)))
     assert [len(await storage.list(channel, 100)) for channel in "abc"] == [3, 5, 0]
     # a: 1006 (leased), 1008, 1010; b: 1005 (dead), 1007, 1009, 1011 and
     # the replayed 1001 at the tail.
-    counted = {("a", "default"): QueueStats(3, 1006.0, 0), ("b", "default"): QueueStats(4, 1007.0, 1)}
+    counted = {
+        ("a", "default"): QueueStats(3, 1006.0, 0),
+        ("b", "default"): QueueStats(4, 1007.0, 1),
+        ("f", "x"): QueueStats(5, 1200.0, 0),
+        ("f", "y"): QueueStats(6, 1200.0, 0),
+    }
     assert await storage.queue_stats() == counted
 
 

@@ -85,6 +85,10 @@ class Dialect:
                 [v for row in chunk for v in row],
             )
 
+    def add_deliveries(self, txn, rows: Sequence[tuple]) -> None:
+        """Insert new pending deliveries: tuples of _NEW_DELIVERY's columns."""
+        self.insert_rows(txn, "deliveries", _NEW_DELIVERY, rows)
+
     def announce(self, txn, news: News, last: int) -> None:
         """Tell other nodes, at the commit, what this transaction stored;
         ``last`` is the largest number it took from the id sequence."""
@@ -134,12 +138,7 @@ def _write(txn, d: Dialect, webhooks: list[NewWebhook]) -> list[int]:
             for i, w in zip(ids, webhooks)
         ],
     )
-    d.insert_rows(
-        txn,
-        "deliveries",
-        _NEW_DELIVERY,
-        [(i, i, w.channel, r.consumer, w.received_at) for i, w in zip(ids, webhooks) for r in w.routes],
-    )
+    d.add_deliveries(txn, [(i, i, w.channel, r.consumer, w.received_at) for i, w in zip(ids, webhooks) for r in w.routes])
     return ids
 
 
@@ -766,12 +765,7 @@ def replay(txn, d: Dialect, channel, ids, consumers, now, state) -> list[tuple[i
                 f"DELETE FROM deliveries WHERE webhook_id = ? AND consumer IN ({_marks(len(replayed))})",
                 (webhook_id, *replayed),
             )
-            d.insert_rows(
-                txn,
-                "deliveries",
-                _NEW_DELIVERY,
-                [(seq, webhook_id, channel, c, now) for seq, c in zip(seqs, replayed)],
-            )
+            d.add_deliveries(txn, [(seq, webhook_id, channel, c, now) for seq, c in zip(seqs, replayed)])
             txn.execute("UPDATE webhooks SET done_at = NULL WHERE id = ?", (webhook_id,))
         results.append((webhook_id, replayed, already))
     if news:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
+from typing import Sequence
 
 from twisted.enterprise import adbapi
 
@@ -270,8 +272,15 @@ def _v5(cursor) -> None:
     )
 
 
+def _v6(cursor: sqlite3.Cursor) -> None:
+    """New deliveries are counted into queue_sizes by the transaction that
+    adds them (SQLiteDialect.add_deliveries), once per queue, instead of by
+    a trigger once per row."""
+    cursor.execute("DROP TRIGGER deliveries_queued")
+
+
 # Migrations, oldest first; PRAGMA user_version counts how many have run.
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -335,6 +344,17 @@ class SQLiteDialect(Dialect):
         else:
             last = row[0]
         return list(range(last - count + 1, last + 1))
+
+    def add_deliveries(self, txn, rows: Sequence[tuple]) -> None:
+        super().add_deliveries(txn, rows)
+        queued = Counter((row[2], row[3]) for row in rows)
+        if queued:
+            txn.execute(
+                "INSERT INTO queue_sizes (channel, consumer, open, dead) VALUES "
+                + ", ".join(["(?, ?, ?, 0)"] * len(queued))
+                + " ON CONFLICT (channel, consumer) DO UPDATE SET open = open + excluded.open",
+                [v for (channel, consumer), n in queued.items() for v in (channel, consumer, n)],
+            )
 
 
 def _unsynced(connection, txn_function, *args):
