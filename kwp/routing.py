@@ -64,8 +64,7 @@ def _compile(node: dict) -> Evaluate:
     """
     kind = node["type"]
     if kind == "field":
-        name = node["value"]
-        return lambda value: value.get(name) if isinstance(value, dict) else None
+        return _path((node["value"],))
     if kind == "literal":
         constant = node["value"]
         return lambda value: constant

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
 from functools import lru_cache
 from typing import Sequence
 
@@ -351,14 +350,13 @@ def _binary_sql(sql: str) -> str:
 
 
 class _Transaction(adbapi.Transaction):
-    # The pipeline its statements are sent in, when libpq has pipelines.
-    pipeline: psycopg.Pipeline | None = None
+    # The pipeline its statements are sent in.
+    pipeline: psycopg.Pipeline
 
     @property
     def rowcount(self) -> int:
         # A pipelined statement's row count is known once its result is in.
-        if self.pipeline is not None:
-            self.pipeline.sync()
+        self.pipeline.sync()
         return self._cursor.rowcount
 
     def execute(self, sql, args=None):
@@ -370,9 +368,6 @@ class _Transaction(adbapi.Transaction):
         """execute, with the parameters sent in binary: an array's strings
         go as they are, where the text format quotes and escapes each."""
         return self._cursor.execute(_binary_sql(sql), args)
-
-
-_PIPELINES = psycopg.Pipeline.is_supported()
 
 
 def _lost(error: BaseException) -> bool:
@@ -404,11 +399,10 @@ class _Pool(adbapi.ConnectionPool):
             try:
                 # Statements go without waiting for each one's answer until
                 # a result is read, then the rest at the end: a batch of
-                # webhooks takes three round trips (the ids, the rows and
-                # their notification, the commit), not one per statement.
-                with conn._connection.pipeline() if _PIPELINES else nullcontext() as trans.pipeline:
+                # webhooks takes four round trips (BEGIN, the ids, the rows
+                # and their notification, the commit), not seven.
+                with conn._connection.pipeline() as trans.pipeline:
                     result = interaction(trans, *args, **kw)
-                trans.pipeline = None
                 trans.close()
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 self._forget(conn)
