@@ -32,7 +32,7 @@ from kwp.errors import ApiError
 from kwp.storage import StorageUnavailable
 from kwp.storage.sqlite import SQLiteStorage
 from tests.fakes import FakeStorage
-from tests.support import body_json, metric_samples, scrape
+from tests.support import body_json, metric_samples, scrape, until
 
 CONFIG = {
     "server": {"admin-token": "admin-secret-token", "metrics": True},
@@ -459,6 +459,14 @@ async def test_max_queue_refuses_with_503_and_keeps_what_is_stored(local_kwp):
     assert (await body_json(full))["error"] == "queue_full"
     items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"] for i in items] == [{"n": 0}, {"n": 1}]
+
+    # A pull deletes what it returned once its connection has closed, which
+    # the server may learn after the client has read the response.
+    async def emptied():
+        overview = await body_json(await kwp.get("/api/channels", "open-token"))
+        return [c["queue_size"] for c in overview["channels"][0]["consumers"]] == [0]
+
+    await until(emptied, what="the pulled webhooks deleted")
     assert (await kwp.post("open", {"n": 3})).code == 200
 
 
