@@ -19,7 +19,7 @@ import stripe
 import svix.webhooks
 import treq
 
-from tests.support import assert_error, body_json
+from tests.support import assert_error, body_json, until
 
 STRIPE_SECRET = "whsec_test_stripe"
 SW_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-key-0123456789").decode()
@@ -68,6 +68,11 @@ async def test_github_rotation_tampering_and_dedup(local_kwp):
 
     # A redelivery is answered 200 and not stored again, even once pulled.
     await kwp.get("/api/webhook/gh", "t-gh")
+
+    async def pulled():
+        return await stored(kwp, "gh") == []
+
+    await until(pulled, what="the pulled webhooks deleted")
     again = await kwp.post("gh", body, {"X-Hub-Signature-256": github_signature("new-secret", body),
                                         "X-GitHub-Delivery": "d-new-secret"})
     assert again.code == 200
