@@ -63,8 +63,8 @@ async def ids(kwp, consumer: str, token: str = CHANNEL_TOKEN) -> list[int]:
 
 async def pulled_away(kwp, consumer: str, token: str = CHANNEL_TOKEN) -> None:
     """Wait until consumer's queue lists nothing: a pull deletes what it
-    returned once its connection has closed, which the daemon may learn
-    after the client has read the response."""
+    returned in a transaction that starts when its connection closes, and
+    may commit after the client has read the response."""
 
     async def gone():
         response = await call(kwp, "GET", f"/api/webhook/gh/list?consumer={consumer}", token)

@@ -460,8 +460,8 @@ async def test_max_queue_refuses_with_503_and_keeps_what_is_stored(local_kwp):
     items = await body_json(await kwp.get("/api/webhook/open", "open-token"))
     assert [i["payload"] for i in items] == [{"n": 0}, {"n": 1}]
 
-    # A pull deletes what it returned once its connection has closed, which
-    # the server may learn after the client has read the response.
+    # A pull deletes what it returned in a transaction that starts when its
+    # connection closes, and may commit after the client has read the response.
     async def emptied():
         overview = await body_json(await kwp.get("/api/channels", "open-token"))
         return [c["queue_size"] for c in overview["channels"][0]["consumers"]] == [0]
