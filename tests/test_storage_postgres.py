@@ -205,6 +205,25 @@ async def test_a_database_that_refuses_writes_answers_unavailable_and_comes_back
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_transaction_that_loses_its_connection_after_sending_its_commit_is_not_run_again(database):
+    storage = database.start()
+    assert await storage.insert(hook(1)) == 1
+    runs = []
+
+    def lose_the_connection_before_the_commit_is_answered(txn):
+        # The COMMIT goes in the same round trip as this statement, so that
+        # the client cannot know whether it was made.
+        runs.append(txn)
+        txn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(StorageUnavailable):
+        await storage._run(lose_the_connection_before_the_commit_is_answered)
+    assert len(runs) == 1
+    again = await storage.insert(hook(2))
+    assert [r.id for r in await storage.list("a", 10)] == [1, again]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_database_that_cannot_be_reached_answers_unavailable():
     storage = PostgresStorage(f"postgresql://postgres@127.0.0.1:{free_port()}/kwp", reactor)
     storage.startService()

@@ -396,32 +396,35 @@ class _Pool(adbapi.ConnectionPool):
         for attempt in range(1, ATTEMPTS + 1):
             conn = self.connectionFactory(self)
             trans = self.transactionFactory(self, conn)
+            committing = False
             try:
                 # Statements go without waiting for each one's answer until
-                # a result is read, then the rest at the end: a batch of
-                # webhooks takes four round trips (BEGIN, the ids, the rows
-                # and their notification, the commit), not seven.
+                # a result is read, then the rest with the commit: a batch
+                # of webhooks takes three round trips (BEGIN, the ids, the
+                # rows with their notification and the commit), not seven.
                 with conn._connection.pipeline() as trans.pipeline:
                     result = interaction(trans, *args, **kw)
+                    committing = True
+                    # Sent with the rest, at the sync that ends the pipeline
+                    # (Connection.commit would sync once more).
+                    trans.execute("COMMIT")
                 trans.close()
             except (errors.DeadlockDetected, errors.SerializationFailure):
+                # A statement failed, so the server skipped the COMMIT sent
+                # after it.
                 self._forget(conn)
                 if attempt == ATTEMPTS:
                     raise
                 time.sleep(0.01 * attempt)
                 continue
             except BaseException as e:
-                # Nothing was committed: a lost connection may be tried once
-                # more on a new one (the server may have restarted since the
-                # connection was last used).
                 self._forget(conn)
-                if _lost(e) and attempt == 1:
+                # A connection lost before the COMMIT was sent committed
+                # nothing, and the transaction may be tried once more on a
+                # new one (the server may have restarted since the
+                # connection was last used, which BEGIN's answer shows).
+                if _lost(e) and attempt == 1 and not committing:
                     continue
-                raise
-            try:
-                conn._connection.commit()
-            except BaseException:
-                self._forget(conn)
                 raise
             return result
 
