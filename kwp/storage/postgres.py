@@ -421,8 +421,9 @@ class _Pool(adbapi.ConnectionPool):
                 self._forget(conn)
                 # A connection lost before the COMMIT was sent committed
                 # nothing, and the transaction may be tried once more on a
-                # new one (the server may have restarted since the
-                # connection was last used, which BEGIN's answer shows).
+                # new one: the server may have restarted since the
+                # connection was last used (psycopg waits for BEGIN's answer,
+                # so such a connection fails there).
                 if _lost(e) and attempt == 1 and not committing:
                     continue
                 raise
